@@ -1,0 +1,56 @@
+# One entry point: `make run` (SQLite, demo data, http://127.0.0.1:8000) and `make test` (MariaDB).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
+SYSTEM_PACKAGES := default-libmysqlclient-dev pkg-config
+TEST_DATABASE_URL ?= mysql://root@127.0.0.1:3306/test
+# CI builds the test database from scratch; locally it is kept between runs (dj-stripe's migrations are slow).
+PYTEST_DB_FLAGS ?= $(if $(filter true,$(CI)),--create-db,--reuse-db)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install system-deps run test lint mariadb clean
+
+install: system-deps $(STAMP)
+
+system-deps:
+	@if ! dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then \
+		echo "==> Installing Debian packages mysqlclient builds against: $(SYSTEM_PACKAGES)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
+	fi
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@echo "==> Creating $(VENV) and installing pinned Python dependencies"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-dev.txt
+	@rm -f $(VENV)/.installed-* && touch $@
+
+# Local server on the embedded SQLite database, migrated and seeded, with a demo admin.
+run: install
+	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py migrate --noinput
+	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py seed_agent_costs
+	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py create_demo_admin
+	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py runserver 127.0.0.1:8000
+
+# Make sure the local MariaDB answers; start it if it is installed but down.
+mariadb:
+	@for i in $$(seq 1 30); do \
+		$(BIN)/python -c "import MySQLdb; MySQLdb.connect(host='127.0.0.1', port=3306, user='root', passwd='')" 2>/dev/null && exit 0; \
+		if [ $$i = 1 ] && [ -x /usr/sbin/mariadbd ]; then \
+			echo "==> MariaDB is not answering on 127.0.0.1:3306; starting it"; \
+			$(SUDO) start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd; \
+		fi; \
+		sleep 1; \
+	done; echo "MariaDB is unreachable on 127.0.0.1:3306"; exit 1
+
+# The whole test suite on the local MariaDB. Exits non-zero if any test fails or none ran.
+test: install mariadb
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest $(PYTEST_DB_FLAGS) $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) db.sqlite3 .pytest_cache

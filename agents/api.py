@@ -1,0 +1,132 @@
+"""The data agents' endpoints: validate everything, then hold → run → capture/release."""
+
+import json
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agents.datasets import DatasetError, parse_csv, parse_data
+from agents.models import AgentRun, RunStatus
+from agents.runner import TOOLS, run_agent
+from billing.api import IDEMPOTENCY_HEADER, idempotency_key
+from billing.errors import ApiError
+
+
+class AgentRequestSerializer(serializers.Serializer):
+    tool_configuration = serializers.JSONField(required=False, default=dict)
+    data = serializers.JSONField(required=False, help_text='{"csv": "<CSV with header>"} or {"rows": [{...}]}')
+    file = serializers.FileField(required=False, help_text="A CSV file (multipart upload) instead of data.")
+
+    def validate_tool_configuration(self, value):
+        if isinstance(value, str):  # multipart forms carry it as JSON text
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise serializers.ValidationError("Must be a JSON object.") from exc
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("Must be a JSON object.")
+        return value
+
+    def validate(self, attrs):
+        if ("data" in attrs) == ("file" in attrs):
+            raise serializers.ValidationError({"data": ['Give either "data" or an uploaded "file".']})
+        return attrs
+
+
+def _receipt(run: AgentRun) -> dict:
+    return {"run_id": str(run.id), "credits_charged": run.credits_charged, "balance_after": run.balance_after}
+
+
+def run_response_body(run: AgentRun) -> dict:
+    return {
+        "run_id": str(run.id),
+        "agent_id": run.agent_id,
+        "status": run.status,
+        "receipt": _receipt(run),
+        "result": run.result,
+    }
+
+
+class AgentRunApi(APIView):
+    permission_classes = [IsAuthenticated]
+    parser_classes = [JSONParser, MultiPartParser, FormParser]
+    agent_id: str = ""
+
+    def _dataset(self, attrs):
+        try:
+            if "file" in attrs:
+                raw = attrs["file"].read()
+                try:
+                    text = raw.decode("utf-8-sig")
+                except UnicodeDecodeError as exc:
+                    raise DatasetError("The file must be UTF-8 CSV text.", field="file") from exc
+                return parse_csv(text, field="file")
+            return parse_data(attrs["data"])
+        except DatasetError as exc:
+            if exc.too_large:
+                raise ApiError(error_code="PAYLOAD_TOO_LARGE", detail=str(exc), status_code=413) from exc
+            raise serializers.ValidationError({exc.field: [str(exc)]}) from exc
+
+    def _configuration(self, raw: dict, dataset) -> dict:
+        tool = TOOLS[self.agent_id]
+        unknown = set(raw) - set(tool.ConfigSerializer().fields)
+        if unknown:
+            raise serializers.ValidationError(
+                {"tool_configuration": {key: ["Unknown option."] for key in sorted(unknown)}}
+            )
+        config = tool.ConfigSerializer(data=raw)
+        if not config.is_valid():
+            raise serializers.ValidationError({"tool_configuration": config.errors})
+        if hasattr(tool, "validate_against"):
+            try:
+                tool.validate_against(dataset, config.validated_data)
+            except serializers.ValidationError as exc:
+                raise serializers.ValidationError({"tool_configuration": exc.detail}) from exc
+        return dict(config.validated_data)
+
+    @extend_schema(
+        request=AgentRequestSerializer,
+        parameters=[OpenApiParameter(IDEMPOTENCY_HEADER, str, OpenApiParameter.HEADER, required=False)],
+        responses={
+            200: inline_serializer(
+                "AgentRunResult",
+                {
+                    "run_id": serializers.UUIDField(),
+                    "agent_id": serializers.CharField(),
+                    "status": serializers.CharField(),
+                    "receipt": inline_serializer(
+                        "Receipt",
+                        {
+                            "run_id": serializers.UUIDField(),
+                            "credits_charged": serializers.IntegerField(),
+                            "balance_after": serializers.IntegerField(),
+                        },
+                    ),
+                    "result": serializers.JSONField(),
+                },
+            )
+        },
+    )
+    def post(self, request):
+        key = idempotency_key(request)
+        serializer = AgentRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        dataset = self._dataset(serializer.validated_data)
+        configuration = self._configuration(serializer.validated_data["tool_configuration"], dataset)
+        outcome = run_agent(
+            user_id=request.user.id,
+            agent_id=self.agent_id,
+            tool_configuration=configuration,
+            dataset=dataset,
+            idempotency_key=key,
+        )
+        body = run_response_body(outcome.run)
+        headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
+        if outcome.run.status == RunStatus.FAILED:
+            body.update(error_code="AGENT_RUN_FAILED", detail="The agent failed; no credits were charged.")
+            return Response(body, status=status.HTTP_422_UNPROCESSABLE_ENTITY, headers=headers)
+        return Response(body, headers=headers)

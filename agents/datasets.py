@@ -1,0 +1,106 @@
+"""Tabular input for the data agents: CSV text, a list of row objects, or an uploaded CSV."""
+
+import csv
+import io
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from django.conf import settings
+
+Scalar = str | int | float | bool | None
+
+
+class DatasetError(ValueError):
+    """The input is not a usable table; `field` names where the problem is."""
+
+    def __init__(self, message: str, *, field: str = "data", too_large: bool = False):
+        super().__init__(message)
+        self.field = field
+        self.too_large = too_large
+
+
+@dataclass(frozen=True)
+class Dataset:
+    columns: list[str]
+    rows: list[dict[str, Scalar]]
+    source_format: Literal["csv", "rows"]
+
+    def to_payload(self, rows: list[dict[str, Scalar]] | None = None) -> dict[str, Any]:
+        """The same format the caller sent: {"csv": "..."} or {"rows": [...]}."""
+        rows = self.rows if rows is None else rows
+        if self.source_format == "rows":
+            return {"rows": rows}
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=self.columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+        return {"csv": out.getvalue()}
+
+
+def _check_row_limit(count: int) -> None:
+    if count > settings.AGENT_MAX_ROWS:
+        raise DatasetError(f"At most {settings.AGENT_MAX_ROWS} rows are accepted.", too_large=True)
+
+
+def parse_csv(text: str, *, field: str = "data.csv") -> Dataset:
+    """Parse CSV with a header row; an empty cell is a null."""
+    if len(text.encode("utf-8", errors="ignore")) > settings.AGENT_MAX_INPUT_BYTES:
+        raise DatasetError(f"The CSV may be at most {settings.AGENT_MAX_INPUT_BYTES} bytes.", field=field, too_large=True)
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DatasetError("The CSV is empty; a header row is required.", field=field) from None
+    except csv.Error as exc:
+        raise DatasetError(f"The CSV cannot be read: {exc}.", field=field) from exc
+    columns = [name.strip() for name in header]
+    if not any(columns) or any(not name for name in columns):
+        raise DatasetError("Every column in the header row needs a name.", field=field)
+    if len(set(columns)) != len(columns):
+        raise DatasetError("Column names in the header row must be unique.", field=field)
+    rows: list[dict[str, Scalar]] = []
+    try:
+        for line_number, record in enumerate(reader, start=2):
+            if not record:
+                continue
+            if len(record) != len(columns):
+                raise DatasetError(
+                    f"Line {line_number} has {len(record)} fields; the header has {len(columns)}.", field=field
+                )
+            rows.append({name: (value if value != "" else None) for name, value in zip(columns, record)})
+            _check_row_limit(len(rows))
+    except csv.Error as exc:
+        raise DatasetError(f"The CSV cannot be read: {exc}.", field=field) from exc
+    return Dataset(columns=columns, rows=rows, source_format="csv")
+
+
+def parse_rows(items: Any, *, field: str = "data.rows") -> Dataset:
+    """Validate a list of flat JSON objects; columns are the union of keys in first-seen order."""
+    if not isinstance(items, list):
+        raise DatasetError("Expected a list of row objects.", field=field)
+    _check_row_limit(len(items))
+    columns: dict[str, None] = {}
+    for index, row in enumerate(items):
+        if not isinstance(row, dict):
+            raise DatasetError(f"Row {index} is not an object.", field=field)
+        for key, value in row.items():
+            if value is not None and not isinstance(value, (str, int, float, bool)):
+                raise DatasetError(f"Row {index}, column {key!r}: values must be scalars.", field=field)
+            columns.setdefault(key, None)
+    names = list(columns)
+    rows = [{name: row.get(name) for name in names} for row in items]
+    return Dataset(columns=names, rows=rows, source_format="rows")
+
+
+def parse_data(data: Any) -> Dataset:
+    """`{"csv": "..."}` or `{"rows": [...]}`: exactly one of them."""
+    if not isinstance(data, dict):
+        raise DatasetError('Expected an object with "csv" or "rows".')
+    keys = set(data) & {"csv", "rows"}
+    if len(keys) != 1 or set(data) - keys:
+        raise DatasetError('Give exactly one of "csv" (CSV text with a header row) or "rows" (a list of objects).')
+    if "csv" in data:
+        if not isinstance(data["csv"], str):
+            raise DatasetError("Expected CSV text.", field="data.csv")
+        return parse_csv(data["csv"])
+    return parse_rows(data["rows"])

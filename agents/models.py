@@ -1,0 +1,74 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class AgentCost(models.Model):
+    """The price of one agent run. A price is "edited" when it differs from the seeded default."""
+
+    agent_id = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=120)
+    description = models.TextField(blank=True, default="")
+    cost_credits = models.PositiveIntegerField()
+    default_cost_credits = models.PositiveIntegerField(help_text="The catalogue price it was last seeded with.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "agent_costs"
+        ordering = ["agent_id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(cost_credits__gte=1, cost_credits__lte=10_000), name="agent_cost_in_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id} ({self.cost_credits} credits)"
+
+    @property
+    def is_price_edited(self) -> bool:
+        return self.cost_credits != self.default_cost_credits
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    EXPIRED = "expired", "Expired"
+
+
+class AgentRun(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="agent_runs")
+    agent_id = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    cost_credits = models.PositiveIntegerField(default=0)
+    credits_charged = models.PositiveIntegerField(default=0)
+    balance_after = models.BigIntegerField(null=True, blank=True)
+    hold = models.ForeignKey(
+        "billing.CreditHold", on_delete=models.PROTECT, null=True, blank=True, related_name="runs"
+    )
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    input_rows = models.PositiveIntegerField(default=0)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "agent_runs"
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "idempotency_key"], name="uniq_run_user_idempotency_key"),
+        ]
+        indexes = [models.Index(fields=["user", "created_at"], name="run_user_history_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id} run {self.id} ({self.status})"

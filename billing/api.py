@@ -1,0 +1,165 @@
+"""HTTP endpoints of the billing app. Views parse, call one service, serialize."""
+
+from django.conf import settings
+from django.db import connection
+from django.db.utils import DatabaseError
+from django_filters import rest_framework as filters
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status, viewsets
+from rest_framework.permissions import AllowAny, IsAdminUser, IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agents.models import AgentCost
+from agents.services import seed_agent_costs
+from billing import ledger
+from billing.errors import ApiError
+from billing.models import CreditTransaction, TransactionKind
+from billing.packages import all_packages
+from billing.selectors import transactions_for_user, wallet_summary
+from billing.serializers import PackageSerializer, StrictIntegerField, TransactionSerializer, WalletSerializer
+from users.models import User
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def idempotency_key(request) -> str | None:
+    """The request's `Idempotency-Key` header (1–255 printable characters), if any."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > 255 or not key.isprintable():
+        raise ApiError(
+            error_code="INVALID_IDEMPOTENCY_KEY",
+            detail="Idempotency-Key must be 1 to 255 printable characters.",
+        )
+    return key
+
+
+class HealthApi(APIView):
+    permission_classes = [AllowAny]
+    authentication_classes: list = []
+
+    @extend_schema(responses={200: inline_serializer("Health", {"status": serializers.CharField(), "database": serializers.CharField()})})
+    def get(self, request):
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+                cursor.fetchone()
+        except DatabaseError:
+            return Response({"status": "error", "database": "error"}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        return Response({"status": "ok", "database": "ok"})
+
+
+class PackagesApi(APIView):
+    permission_classes = [AllowAny]
+    authentication_classes: list = []
+
+    @extend_schema(responses={200: inline_serializer("Packages", {"packages": PackageSerializer(many=True)})})
+    def get(self, request):
+        return Response({"packages": [package.as_dict() for package in all_packages()]})
+
+
+class AgentCostsApi(APIView):
+    permission_classes = [AllowAny]
+    authentication_classes: list = []
+
+    class OutputSerializer(serializers.ModelSerializer):
+        class Meta:
+            model = AgentCost
+            fields = ["agent_id", "name", "description", "cost_credits"]
+
+    @extend_schema(responses={200: inline_serializer("AgentCosts", {"agents": OutputSerializer(many=True)})})
+    def get(self, request):
+        agents = AgentCost.objects.filter(is_active=True).order_by("agent_id")
+        return Response({"agents": self.OutputSerializer(agents, many=True).data})
+
+
+class WalletApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(responses={200: WalletSerializer})
+    def get(self, request):
+        return Response(WalletSerializer(wallet_summary(user_id=request.user.id)).data)
+
+
+class TransactionFilter(filters.FilterSet):
+    kind = filters.ChoiceFilter(choices=TransactionKind.choices)
+    agent_id = filters.CharFilter()
+    created_after = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = CreditTransaction
+        fields = ["kind", "agent_id", "created_after", "created_before"]
+
+
+class TransactionViewSet(viewsets.ReadOnlyModelViewSet):
+    """The signed-in user's ledger, newest first."""
+
+    permission_classes = [IsAuthenticated]
+    serializer_class = TransactionSerializer
+    filterset_class = TransactionFilter
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return CreditTransaction.objects.none()
+        return transactions_for_user(user_id=self.request.user.id)
+
+
+class AdminGrantApi(APIView):
+    """Staff grant (positive `credits`) or debit (negative `credits`) with a required reason."""
+
+    permission_classes = [IsAdminUser]
+
+    class GrantInputSerializer(serializers.Serializer):
+        user_id = StrictIntegerField(min_value=1)
+        credits = StrictIntegerField()
+        reason = serializers.CharField(max_length=500, allow_blank=False, trim_whitespace=True)
+
+        def validate_credits(self, value: int) -> int:
+            limit = settings.BILLING_MAX_GRANT
+            if value == 0:
+                raise serializers.ValidationError("Credits must not be zero.")
+            if abs(value) > limit:
+                raise serializers.ValidationError(f"Credits must be between -{limit} and {limit}.")
+            return value
+
+    @extend_schema(
+        request=GrantInputSerializer,
+        responses={200: inline_serializer("GrantResult", {"success": serializers.BooleanField(), "new_balance": serializers.IntegerField(), "transaction_id": serializers.IntegerField()})},
+    )
+    def post(self, request):
+        serializer = self.GrantInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        if not User.objects.filter(pk=data["user_id"]).exists():
+            raise ApiError(error_code="USER_NOT_FOUND", detail="No user with this id.", status_code=404)
+        verb = ledger.grant if data["credits"] > 0 else ledger.adjust
+        result = verb(
+            user_id=data["user_id"],
+            amount=data["credits"],
+            reason=data["reason"],
+            actor_id=request.user.id,
+            idempotency_key=idempotency_key(request),
+        )
+        return Response(
+            {"success": True, "new_balance": result.balance_after, "transaction_id": result.transaction.id}
+        )
+
+
+class AdminSeedCostsApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    class SeedCostsInputSerializer(serializers.Serializer):
+        reset = serializers.BooleanField(default=False, help_text="Overwrite prices staff have edited.")
+
+    @extend_schema(
+        request=SeedCostsInputSerializer,
+        responses={200: inline_serializer("SeedReport", {"created": serializers.IntegerField(), "updated": serializers.IntegerField(), "kept": serializers.IntegerField()})},
+    )
+    def post(self, request):
+        serializer = self.SeedCostsInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return Response(seed_agent_costs(**serializer.validated_data).as_dict())

@@ -1,0 +1,387 @@
+"""The only code that changes wallet balances.
+
+Every verb here:
+- runs in one database transaction and locks the wallet row (`SELECT … FOR UPDATE`)
+  before reading the balance, so concurrent calls on one wallet serialise and no
+  update is lost;
+- writes exactly one immutable `CreditTransaction` carrying `balance_after` for every
+  change of the balance (holds move `held_credits` only and write a `CreditHold`);
+- is idempotent on its `idempotency_key`: the same key replays the first result, the
+  same key with different parameters raises `IdempotencyConflict`;
+- retries lock-wait timeouts and deadlocks itself when it owns the transaction, and
+  raises `LedgerBusy` (retryable, never a 500) if they persist.
+
+Lock order is always wallet, then hold, and no verb locks two wallets.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, NoReturn, TypeVar
+
+from django.conf import settings
+from django.db import OperationalError, transaction
+from django.utils import timezone
+
+from billing.models import CreditHold, CreditTransaction, HoldStatus, TransactionKind, Wallet
+
+logger = logging.getLogger("billing")
+
+# MySQL/MariaDB error numbers worth retrying: lock wait timeout, deadlock.
+_RETRYABLE_MYSQL_ERRORS = {1205, 1213}
+_MAX_ATTEMPTS = 5
+
+
+class LedgerError(Exception):
+    """A refusal the caller can explain to the user; mapped to HTTP in `billing.errors`."""
+
+    error_code = "LEDGER_ERROR"
+    status_code = 400
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+    def extra(self) -> dict[str, Any]:
+        return {}
+
+
+class InsufficientCredits(LedgerError):
+    error_code = "BILLING_INSUFFICIENT_CREDITS"
+    status_code = 402
+
+    def __init__(self, *, required: int, available: int):
+        super().__init__(f"This needs {required} credits but only {available} are available.")
+        self.required = required
+        self.available = available
+
+    def extra(self) -> dict[str, Any]:
+        return {"required": self.required, "available": self.available}
+
+
+class InvalidLedgerRequest(LedgerError):
+    error_code = "INVALID_REQUEST"
+
+
+class InvalidAmount(InvalidLedgerRequest):
+    error_code = "INVALID_AMOUNT"
+
+
+class IdempotencyConflict(LedgerError):
+    error_code = "IDEMPOTENCY_KEY_REUSED"
+    status_code = 409
+
+
+class HoldNotPending(LedgerError):
+    error_code = "HOLD_NOT_PENDING"
+    status_code = 409
+
+
+class LedgerBusy(LedgerError):
+    error_code = "LEDGER_BUSY"
+    status_code = 503
+
+
+@dataclass(frozen=True)
+class LedgerResult:
+    transaction: CreditTransaction
+    replayed: bool = False
+
+    @property
+    def balance_after(self) -> int:
+        return self.transaction.balance_after
+
+
+@dataclass(frozen=True)
+class HoldResult:
+    hold: CreditHold
+    replayed: bool = False
+
+
+T = TypeVar("T")
+
+
+def _is_retryable(exc: OperationalError) -> bool:
+    return bool(exc.args) and exc.args[0] in _RETRYABLE_MYSQL_ERRORS
+
+
+def _money_verb(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run `fn` in its own transaction, retrying lock timeouts/deadlocks when we own it."""
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> T:
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            try:
+                with transaction.atomic():
+                    return fn(**kwargs)
+            except OperationalError as exc:
+                if not _is_retryable(exc):
+                    raise
+                if transaction.get_connection().in_atomic_block:
+                    # An outer transaction owns the locks; only its owner can retry.
+                    raise LedgerBusy("The wallet is busy; retry the request.") from exc
+                if attempt == _MAX_ATTEMPTS:
+                    raise LedgerBusy("The wallet is busy; retry the request.") from exc
+                time.sleep(random.uniform(0, 0.02 * attempt))
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def _fingerprint(verb: str, **params: Any) -> str:
+    canonical = json.dumps({"verb": verb, **params}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _require_positive(amount: Any, *, limit: int | None = None) -> int:
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        raise InvalidAmount("The amount must be a positive whole number of credits.")
+    if limit is not None and amount > limit:
+        raise InvalidAmount(f"The amount may not exceed {limit} credits.")
+    return amount
+
+
+def _lock_wallet(user_id: int) -> Wallet:
+    """Lock the user's wallet row, creating the wallet on first use."""
+    try:
+        return Wallet.objects.select_for_update().get(user_id=user_id)
+    except Wallet.DoesNotExist:
+        Wallet.objects.get_or_create(user_id=user_id)
+        return Wallet.objects.select_for_update().get(user_id=user_id)
+
+
+def _replay(model, *, wallet: Wallet, idempotency_key: str | None, fingerprint: str):
+    """Return the row already written under this key, or None. The wallet lock is held."""
+    if not idempotency_key:
+        return None
+    existing = model.objects.filter(wallet=wallet, idempotency_key=idempotency_key).first()
+    if existing is not None and existing.request_fingerprint != fingerprint:
+        raise IdempotencyConflict("This Idempotency-Key was already used with different parameters.")
+    return existing
+
+
+def _post(
+    *,
+    wallet: Wallet,
+    kind: str,
+    amount: int,
+    held_delta: int = 0,
+    **fields: Any,
+) -> CreditTransaction:
+    """Move the locked wallet's balance by `amount` and write its ledger row.
+
+    Debits may only take available credits (those not held), except when they consume
+    a hold (`held_delta` < 0), whose credits were reserved for exactly this.
+    """
+    available = wallet.balance_credits - wallet.held_credits - held_delta
+    if amount < 0 and -amount > available:
+        raise InsufficientCredits(required=-amount, available=max(wallet.available_credits, 0))
+    wallet.balance_credits += amount
+    wallet.held_credits += held_delta
+    now = timezone.now()
+    Wallet.objects.filter(pk=wallet.pk).update(
+        balance_credits=wallet.balance_credits, held_credits=wallet.held_credits, updated_at=now
+    )
+    return CreditTransaction.objects.create(
+        wallet=wallet, kind=kind, amount=amount, balance_after=wallet.balance_credits, **fields
+    )
+
+
+def _log_after_commit(message: str, *args: Any) -> None:
+    transaction.on_commit(lambda: logger.info(message, *args))
+
+
+def _refuse(user_id: int, exc: InsufficientCredits) -> NoReturn:
+    logger.warning("[Billing] Error: Insufficient credits for user %s", user_id)
+    raise exc
+
+
+@_money_verb
+def grant(
+    *,
+    user_id: int,
+    amount: int,
+    reason: str,
+    actor_id: int | None = None,
+    idempotency_key: str | None = None,
+    metadata: dict | None = None,
+) -> LedgerResult:
+    """Add `amount` free credits (staff grant). Idempotent on `idempotency_key`."""
+    _require_positive(amount, limit=settings.BILLING_MAX_GRANT)
+    if not reason or not reason.strip():
+        raise InvalidLedgerRequest("A reason is required.")
+    fingerprint = _fingerprint("grant", amount=amount, reason=reason)
+    wallet = _lock_wallet(user_id)
+    if existing := _replay(CreditTransaction, wallet=wallet, idempotency_key=idempotency_key, fingerprint=fingerprint):
+        return LedgerResult(existing, replayed=True)
+    row = _post(
+        wallet=wallet,
+        kind=TransactionKind.GRANT,
+        amount=amount,
+        reason=reason.strip(),
+        actor_id=actor_id,
+        idempotency_key=idempotency_key,
+        request_fingerprint=fingerprint,
+        metadata=metadata or {},
+    )
+    _log_after_commit("[Billing] Granted %s credits to user %s", amount, user_id)
+    return LedgerResult(row)
+
+
+@_money_verb
+def adjust(
+    *,
+    user_id: int,
+    amount: int,
+    reason: str,
+    actor_id: int | None = None,
+    idempotency_key: str | None = None,
+    metadata: dict | None = None,
+) -> LedgerResult:
+    """Correct a balance by a signed `amount` (staff). A debit never takes held or missing
+    credits: if it exceeds the available balance, `InsufficientCredits` and nothing changes."""
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount == 0:
+        raise InvalidAmount("The amount must be a non-zero whole number of credits.")
+    _require_positive(abs(amount), limit=settings.BILLING_MAX_GRANT)
+    if not reason or not reason.strip():
+        raise InvalidLedgerRequest("A reason is required.")
+    fingerprint = _fingerprint("adjust", amount=amount, reason=reason)
+    wallet = _lock_wallet(user_id)
+    if existing := _replay(CreditTransaction, wallet=wallet, idempotency_key=idempotency_key, fingerprint=fingerprint):
+        return LedgerResult(existing, replayed=True)
+    try:
+        row = _post(
+            wallet=wallet,
+            kind=TransactionKind.ADJUSTMENT,
+            amount=amount,
+            reason=reason.strip(),
+            actor_id=actor_id,
+            idempotency_key=idempotency_key,
+            request_fingerprint=fingerprint,
+            metadata=metadata or {},
+        )
+    except InsufficientCredits as exc:
+        _refuse(user_id, exc)
+    verb = "Granted" if amount > 0 else "Debited"
+    _log_after_commit(f"[Billing] {verb} %s credits {'to' if amount > 0 else 'from'} user %s", abs(amount), user_id)
+    return LedgerResult(row)
+
+
+@_money_verb
+def charge(
+    *,
+    user_id: int,
+    amount: int,
+    agent_id: str,
+    idempotency_key: str | None = None,
+    agent_run_id: Any = None,
+    metadata: dict | None = None,
+) -> LedgerResult:
+    """Take `amount` available credits for one use of `agent_id`; never overdraws."""
+    _require_positive(amount)
+    fingerprint = _fingerprint("charge", amount=amount, agent_id=agent_id)
+    wallet = _lock_wallet(user_id)
+    if existing := _replay(CreditTransaction, wallet=wallet, idempotency_key=idempotency_key, fingerprint=fingerprint):
+        return LedgerResult(existing, replayed=True)
+    try:
+        row = _post(
+            wallet=wallet,
+            kind=TransactionKind.CHARGE,
+            amount=-amount,
+            agent_id=agent_id,
+            agent_run_id=agent_run_id,
+            idempotency_key=idempotency_key,
+            request_fingerprint=fingerprint,
+            metadata=metadata or {},
+        )
+    except InsufficientCredits as exc:
+        _refuse(user_id, exc)
+    _log_after_commit("[Billing] Charged %s credits from user %s for agent %s", amount, user_id, agent_id)
+    return LedgerResult(row)
+
+
+@_money_verb
+def hold(
+    *,
+    user_id: int,
+    amount: int,
+    agent_id: str,
+    idempotency_key: str | None = None,
+    expires_at: datetime | None = None,
+) -> HoldResult:
+    """Reserve `amount` available credits: `held_credits` grows, the balance does not."""
+    _require_positive(amount)
+    fingerprint = _fingerprint("hold", amount=amount, agent_id=agent_id)
+    wallet = _lock_wallet(user_id)
+    if existing := _replay(CreditHold, wallet=wallet, idempotency_key=idempotency_key, fingerprint=fingerprint):
+        return HoldResult(existing, replayed=True)
+    if amount > wallet.available_credits:
+        _refuse(user_id, InsufficientCredits(required=amount, available=wallet.available_credits))
+    Wallet.objects.filter(pk=wallet.pk).update(held_credits=wallet.held_credits + amount, updated_at=timezone.now())
+    wallet.held_credits += amount
+    created = CreditHold.objects.create(
+        wallet=wallet,
+        amount=amount,
+        agent_id=agent_id,
+        idempotency_key=idempotency_key,
+        request_fingerprint=fingerprint,
+        expires_at=expires_at or timezone.now() + settings.BILLING_HOLD_TTL,
+    )
+    return HoldResult(created)
+
+
+def _lock_pending_hold(hold_id: int) -> tuple[Wallet, CreditHold]:
+    wallet_user_id = CreditHold.objects.filter(pk=hold_id).values_list("wallet__user_id", flat=True).first()
+    if wallet_user_id is None:
+        raise CreditHold.DoesNotExist(f"No hold {hold_id}.")
+    wallet = _lock_wallet(wallet_user_id)
+    locked = CreditHold.objects.select_for_update().get(pk=hold_id)
+    if locked.status != HoldStatus.PENDING:
+        raise HoldNotPending(f"Hold {hold_id} is already {locked.status}.")
+    return wallet, locked
+
+
+@_money_verb
+def capture(*, hold_id: int, amount: int | None = None, agent_run_id: Any = None) -> LedgerResult:
+    """Turn a pending hold into one `charge` row of `amount` (default: all of it); any
+    remainder is released. A hold is captured at most once (`HoldNotPending`)."""
+    wallet, locked = _lock_pending_hold(hold_id)
+    amount = locked.amount if amount is None else _require_positive(amount, limit=locked.amount)
+    row = _post(
+        wallet=wallet,
+        kind=TransactionKind.CHARGE,
+        amount=-amount,
+        held_delta=-locked.amount,
+        agent_id=locked.agent_id,
+        agent_run_id=agent_run_id,
+        hold=locked,
+    )
+    locked.status = HoldStatus.CAPTURED
+    locked.settled_at = timezone.now()
+    locked.save(update_fields=["status", "settled_at"])
+    _log_after_commit(
+        "[Billing] Charged %s credits from user %s for agent %s", amount, wallet.user_id, locked.agent_id
+    )
+    return LedgerResult(row)
+
+
+@_money_verb
+def release(*, hold_id: int, status: str = HoldStatus.RELEASED) -> CreditHold:
+    """Give a pending hold's credits back to the available balance; the balance is unchanged."""
+    if status not in (HoldStatus.RELEASED, HoldStatus.EXPIRED):
+        raise ValueError("A hold is released or expired.")
+    wallet, locked = _lock_pending_hold(hold_id)
+    Wallet.objects.filter(pk=wallet.pk).update(
+        held_credits=wallet.held_credits - locked.amount, updated_at=timezone.now()
+    )
+    locked.status = status
+    locked.settled_at = timezone.now()
+    locked.save(update_fields=["status", "settled_at"])
+    return locked

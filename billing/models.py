@@ -1,0 +1,182 @@
+"""Wallets, the immutable ledger, holds and stored Stripe webhook events.
+
+Only `billing.ledger` changes `balance_credits`/`held_credits` or writes
+`CreditTransaction` rows; the constraints below make the database refuse what
+the ledger must never do, whoever tries it.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+
+class Wallet(models.Model):
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="wallet")
+    balance_credits = models.BigIntegerField(default=0)
+    held_credits = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "credit_wallets"
+        constraints = [
+            models.CheckConstraint(condition=Q(balance_credits__gte=0), name="wallet_balance_non_negative"),
+            models.CheckConstraint(condition=Q(held_credits__gte=0), name="wallet_held_non_negative"),
+            models.CheckConstraint(
+                condition=Q(held_credits__lte=F("balance_credits")), name="wallet_held_within_balance"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Wallet of {self.user} ({self.balance_credits} credits)"
+
+    @property
+    def available_credits(self) -> int:
+        return self.balance_credits - self.held_credits
+
+
+class TransactionKind(models.TextChoices):
+    PURCHASE = "purchase", "Purchase"
+    GRANT = "grant", "Grant"
+    CHARGE = "charge", "Charge"
+    REFUND = "refund", "Refund"
+    CLAWBACK = "clawback", "Claw-back"
+    ADJUSTMENT = "adjustment", "Adjustment"
+
+
+class ImmutableQuerySet(models.QuerySet):
+    """Ledger rows are never updated or deleted; corrections are new rows."""
+
+    def update(self, **kwargs):
+        raise TypeError("Ledger rows are immutable: write a correcting transaction instead.")
+
+    def delete(self):
+        raise TypeError("Ledger rows are immutable: write a correcting transaction instead.")
+
+    update.queryset_only = True
+    delete.queryset_only = True
+
+
+class CreditTransaction(models.Model):
+    wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="transactions")
+    kind = models.CharField(max_length=16, choices=TransactionKind.choices)
+    amount = models.BigIntegerField(help_text="Signed change of the balance in credits.")
+    balance_after = models.BigIntegerField()
+    agent_id = models.CharField(max_length=64, null=True, blank=True)
+    agent_run_id = models.UUIDField(null=True, blank=True)
+    hold = models.ForeignKey(
+        "billing.CreditHold", on_delete=models.PROTECT, null=True, blank=True, related_name="transactions"
+    )
+    stripe_payment_intent_id = models.CharField(max_length=255, null=True, blank=True)
+    stripe_checkout_session_id = models.CharField(max_length=255, null=True, blank=True)
+    stripe_event_id = models.CharField(max_length=255, null=True, blank=True)
+    reason = models.CharField(max_length=500, blank=True, default="")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The staff user who caused this row, if any.",
+    )
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=False)
+
+    objects = ImmutableQuerySet.as_manager()
+
+    class Meta:
+        db_table = "credit_transactions"
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["wallet", "idempotency_key"], name="uniq_txn_wallet_idempotency_key"),
+            models.CheckConstraint(condition=~Q(amount=0), name="txn_amount_non_zero"),
+            models.CheckConstraint(condition=Q(balance_after__gte=0), name="txn_balance_after_non_negative"),
+            models.CheckConstraint(
+                condition=Q(kind__in=TransactionKind.values), name="txn_kind_valid"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["wallet", "created_at"], name="txn_wallet_history_idx"),
+            models.Index(fields=["agent_id", "created_at"], name="txn_agent_usage_idx"),
+            models.Index(fields=["kind", "created_at"], name="txn_kind_created_idx"),
+            models.Index(fields=["stripe_payment_intent_id"], name="txn_payment_intent_idx"),
+            models.Index(fields=["stripe_checkout_session_id"], name="txn_checkout_session_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount:+d} → {self.balance_after}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise TypeError("Ledger rows are immutable: write a correcting transaction instead.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise TypeError("Ledger rows are immutable: write a correcting transaction instead.")
+
+
+class HoldStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    CAPTURED = "captured", "Captured"
+    RELEASED = "released", "Released"
+    EXPIRED = "expired", "Expired"
+
+
+class CreditHold(models.Model):
+    """Credits reserved for a run; they count in `held_credits` while pending."""
+
+    wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="holds")
+    amount = models.BigIntegerField()
+    status = models.CharField(max_length=16, choices=HoldStatus.choices, default=HoldStatus.PENDING)
+    agent_id = models.CharField(max_length=64, null=True, blank=True)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "credit_holds"
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="hold_amount_positive"),
+            models.CheckConstraint(condition=Q(status__in=HoldStatus.values), name="hold_status_valid"),
+            models.UniqueConstraint(fields=["wallet", "idempotency_key"], name="uniq_hold_wallet_idempotency_key"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "expires_at"], name="hold_status_expiry_idx"),
+            models.Index(fields=["wallet", "status"], name="hold_wallet_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Hold {self.pk}: {self.amount} ({self.status})"
+
+
+class WebhookEventStatus(models.TextChoices):
+    RECEIVED = "received", "Received"
+    PROCESSED = "processed", "Processed"
+    IGNORED = "ignored", "Ignored"
+    FAILED = "failed", "Failed"
+
+
+class StripeWebhookEvent(models.Model):
+    """Every verified Stripe event, stored once before it is processed."""
+
+    stripe_event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=100)
+    payload = models.JSONField()
+    status = models.CharField(
+        max_length=16, choices=WebhookEventStatus.choices, default=WebhookEventStatus.RECEIVED
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "stripe_webhook_events"
+        indexes = [models.Index(fields=["status", "received_at"], name="webhook_status_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.stripe_event_id} ({self.type}, {self.status})"

@@ -1,0 +1,16 @@
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from billing import api
+
+router = SimpleRouter(trailing_slash=False)
+router.register("transactions", api.TransactionViewSet, basename="transaction")
+
+urlpatterns = [
+    path("packages", api.PackagesApi.as_view(), name="packages"),
+    path("agent-costs", api.AgentCostsApi.as_view(), name="agent-costs"),
+    path("wallet", api.WalletApi.as_view(), name="wallet"),
+    path("admin/grant", api.AdminGrantApi.as_view(), name="admin-grant"),
+    path("admin/seed-costs", api.AdminSeedCostsApi.as_view(), name="admin-seed-costs"),
+    *router.urls,
+]

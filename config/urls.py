@@ -1,0 +1,22 @@
+from django.conf import settings
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from billing.api import HealthApi
+
+urlpatterns = [
+    path("health", HealthApi.as_view(), name="health"),
+    path("admin/", admin.site.urls),
+    path("auth/", include("users.urls")),
+    path("api/schema", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/", include("agents.urls")),
+]
+
+# The rollback switch: with billing off its routes do not exist at all (404).
+if settings.BILLING_ENABLED:
+    urlpatterns.append(path("billing/", include("billing.urls")))
+
+handler404 = "billing.errors.json_not_found"
+handler500 = "billing.errors.json_server_error"

@@ -1,0 +1,81 @@
+import os
+
+import pytest
+from django.db import connection
+from rest_framework.test import APIClient
+from rest_framework_simplejwt.tokens import RefreshToken
+
+from agents.services import seed_agent_costs
+from tests.factories import StaffFactory, UserFactory
+
+
+def pytest_collection_modifyitems(config, items):
+    # Everything here is about a ledger on MariaDB; on any other backend the suite must
+    # fail loudly (never skip), so a CI run without its database cannot look green.
+    for item in items:
+        item.add_marker(pytest.mark.usefixtures("_require_mariadb"))
+
+
+@pytest.fixture(scope="session")
+def _mariadb_checked(django_db_setup, django_db_blocker):
+    with django_db_blocker.unblock():
+        vendor = connection.vendor
+        version = connection.mysql_version if vendor == "mysql" else None
+    return vendor, version
+
+
+@pytest.fixture
+def _require_mariadb(request, _mariadb_checked):
+    vendor, _ = _mariadb_checked
+    if vendor != "mysql":
+        pytest.fail(
+            f"The test suite runs on MariaDB (DATABASE_URL=mysql://…), not {vendor}; "
+            f"DATABASE_URL={os.environ.get('DATABASE_URL')!r}"
+        )
+
+
+@pytest.fixture
+def user(db):
+    return UserFactory()
+
+
+@pytest.fixture
+def other_user(db):
+    return UserFactory()
+
+
+@pytest.fixture
+def staff(db):
+    return StaffFactory()
+
+
+@pytest.fixture
+def agent_costs(db):
+    """The 22 default agents (transactional tests flush the migration's seed)."""
+    seed_agent_costs()
+
+
+def bearer_client(user) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {RefreshToken.for_user(user).access_token}")
+    return client
+
+
+@pytest.fixture
+def anon():
+    return APIClient()
+
+
+@pytest.fixture
+def client_for():
+    return bearer_client
+
+
+@pytest.fixture
+def user_client(user):
+    return bearer_client(user)
+
+
+@pytest.fixture
+def staff_client(staff):
+    return bearer_client(staff)
