@@ -45,7 +45,9 @@ def _check_row_limit(count: int) -> None:
 def parse_csv(text: str, *, field: str = "data.csv") -> Dataset:
     """Parse CSV with a header row; an empty cell is a null."""
     if len(text.encode("utf-8", errors="ignore")) > settings.AGENT_MAX_INPUT_BYTES:
-        raise DatasetError(f"The CSV may be at most {settings.AGENT_MAX_INPUT_BYTES} bytes.", field=field, too_large=True)
+        raise DatasetError(
+            f"The CSV may be at most {settings.AGENT_MAX_INPUT_BYTES} bytes.", field=field, too_large=True
+        )
     reader = csv.reader(io.StringIO(text))
     try:
         header = next(reader)
@@ -67,7 +69,7 @@ def parse_csv(text: str, *, field: str = "data.csv") -> Dataset:
                 raise DatasetError(
                     f"Line {line_number} has {len(record)} fields; the header has {len(columns)}.", field=field
                 )
-            rows.append({name: (value if value != "" else None) for name, value in zip(columns, record)})
+            rows.append({name: (value if value != "" else None) for name, value in zip(columns, record, strict=False)})
             _check_row_limit(len(rows))
     except csv.Error as exc:
         raise DatasetError(f"The CSV cannot be read: {exc}.", field=field) from exc

@@ -50,9 +50,7 @@ class AgentRun(models.Model):
     cost_credits = models.PositiveIntegerField(default=0)
     credits_charged = models.PositiveIntegerField(default=0)
     balance_after = models.BigIntegerField(null=True, blank=True)
-    hold = models.ForeignKey(
-        "billing.CreditHold", on_delete=models.PROTECT, null=True, blank=True, related_name="runs"
-    )
+    hold = models.ForeignKey("billing.CreditHold", on_delete=models.PROTECT, null=True, blank=True, related_name="runs")
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     request_fingerprint = models.CharField(max_length=64, blank=True, default="")
     input_rows = models.PositiveIntegerField(default=0)

@@ -41,7 +41,11 @@ class HealthApi(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list = []
 
-    @extend_schema(responses={200: inline_serializer("Health", {"status": serializers.CharField(), "database": serializers.CharField()})})
+    @extend_schema(
+        responses={
+            200: inline_serializer("Health", {"status": serializers.CharField(), "database": serializers.CharField()})
+        }
+    )
     def get(self, request):
         try:
             with connection.cursor() as cursor:
@@ -128,7 +132,16 @@ class AdminGrantApi(APIView):
 
     @extend_schema(
         request=GrantInputSerializer,
-        responses={200: inline_serializer("GrantResult", {"success": serializers.BooleanField(), "new_balance": serializers.IntegerField(), "transaction_id": serializers.IntegerField()})},
+        responses={
+            200: inline_serializer(
+                "GrantResult",
+                {
+                    "success": serializers.BooleanField(),
+                    "new_balance": serializers.IntegerField(),
+                    "transaction_id": serializers.IntegerField(),
+                },
+            )
+        },
     )
     def post(self, request):
         serializer = self.GrantInputSerializer(data=request.data)
@@ -144,9 +157,7 @@ class AdminGrantApi(APIView):
             actor_id=request.user.id,
             idempotency_key=idempotency_key(request),
         )
-        return Response(
-            {"success": True, "new_balance": result.balance_after, "transaction_id": result.transaction.id}
-        )
+        return Response({"success": True, "new_balance": result.balance_after, "transaction_id": result.transaction.id})
 
 
 class AdminSeedCostsApi(APIView):
@@ -157,7 +168,16 @@ class AdminSeedCostsApi(APIView):
 
     @extend_schema(
         request=SeedCostsInputSerializer,
-        responses={200: inline_serializer("SeedReport", {"created": serializers.IntegerField(), "updated": serializers.IntegerField(), "kept": serializers.IntegerField()})},
+        responses={
+            200: inline_serializer(
+                "SeedReport",
+                {
+                    "created": serializers.IntegerField(),
+                    "updated": serializers.IntegerField(),
+                    "kept": serializers.IntegerField(),
+                },
+            )
+        },
     )
     def post(self, request):
         serializer = self.SeedCostsInputSerializer(data=request.data)

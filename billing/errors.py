@@ -50,9 +50,7 @@ def _flatten(detail) -> str:
 
 def api_exception_handler(exc, context):
     if isinstance(exc, LedgerError):
-        return Response(
-            {"error_code": exc.error_code, "detail": exc.detail, **exc.extra()}, status=exc.status_code
-        )
+        return Response({"error_code": exc.error_code, "detail": exc.detail, **exc.extra()}, status=exc.status_code)
     if isinstance(exc, ApiError):
         return Response({"error_code": exc.error_code, "detail": str(exc.detail), **exc.extra}, status=exc.status_code)
     if isinstance(exc, RequestDataTooBig):

@@ -22,9 +22,10 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from django.conf import settings
 from django.db import OperationalError, transaction
@@ -366,9 +367,7 @@ def capture(*, hold_id: int, amount: int | None = None, agent_run_id: Any = None
     locked.status = HoldStatus.CAPTURED
     locked.settled_at = timezone.now()
     locked.save(update_fields=["status", "settled_at"])
-    _log_after_commit(
-        "[Billing] Charged %s credits from user %s for agent %s", amount, wallet.user_id, locked.agent_id
-    )
+    _log_after_commit("[Billing] Charged %s credits from user %s for agent %s", amount, wallet.user_id, locked.agent_id)
     return LedgerResult(row)
 
 

@@ -93,9 +93,7 @@ class CreditTransaction(models.Model):
             models.UniqueConstraint(fields=["wallet", "idempotency_key"], name="uniq_txn_wallet_idempotency_key"),
             models.CheckConstraint(condition=~Q(amount=0), name="txn_amount_non_zero"),
             models.CheckConstraint(condition=Q(balance_after__gte=0), name="txn_balance_after_non_negative"),
-            models.CheckConstraint(
-                condition=Q(kind__in=TransactionKind.values), name="txn_kind_valid"
-            ),
+            models.CheckConstraint(condition=Q(kind__in=TransactionKind.values), name="txn_kind_valid"),
         ]
         indexes = [
             models.Index(fields=["wallet", "created_at"], name="txn_wallet_history_idx"),
@@ -166,9 +164,7 @@ class StripeWebhookEvent(models.Model):
     stripe_event_id = models.CharField(max_length=255, unique=True)
     type = models.CharField(max_length=100)
     payload = models.JSONField()
-    status = models.CharField(
-        max_length=16, choices=WebhookEventStatus.choices, default=WebhookEventStatus.RECEIVED
-    )
+    status = models.CharField(max_length=16, choices=WebhookEventStatus.choices, default=WebhookEventStatus.RECEIVED)
     attempts = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True, default="")
     received_at = models.DateTimeField(auto_now_add=True)

@@ -96,9 +96,7 @@ def database_from_url(url: str) -> dict:
     return config
 
 
-DATABASES = {
-    "default": database_from_url(env.str("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"))
-}
+DATABASES = {"default": database_from_url(env.str("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"))}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "users.User"
@@ -155,7 +153,9 @@ BILLING_ENABLED = env.bool("BILLING_ENABLED", default=True)
 BILLING_ENFORCEMENT = env.bool("BILLING_ENFORCEMENT", default=True)
 BILLING_MAX_GRANT = env.int("BILLING_MAX_GRANT", default=1_000_000)
 BILLING_HOLD_TTL = timedelta(seconds=env.int("BILLING_HOLD_TTL_SECONDS", default=900))
-BILLING_PACKAGES_FILE = Path(env.str("BILLING_PACKAGES_FILE", default=str(BASE_DIR / "billing" / "credit_packages.json")))
+BILLING_PACKAGES_FILE = Path(
+    env.str("BILLING_PACKAGES_FILE", default=str(BASE_DIR / "billing" / "credit_packages.json"))
+)
 FRONTEND_URL = env.str("FRONTEND_URL", default="http://localhost:3000")
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 

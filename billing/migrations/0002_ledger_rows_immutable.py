@@ -15,8 +15,7 @@ SQL = {
         f"SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{MESSAGE}'"
     ),
     "sqlite": (
-        f"CREATE TRIGGER {TRIGGER} BEFORE UPDATE ON credit_transactions "
-        f"BEGIN SELECT RAISE(ABORT, '{MESSAGE}'); END"
+        f"CREATE TRIGGER {TRIGGER} BEFORE UPDATE ON credit_transactions BEGIN SELECT RAISE(ABORT, '{MESSAGE}'); END"
     ),
     "postgresql": None,
 }

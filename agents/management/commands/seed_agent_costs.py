@@ -13,7 +13,6 @@ class Command(BaseCommand):
         report = seed_agent_costs(reset=reset)
         self.stdout.write(
             self.style.SUCCESS(
-                f"Agent costs: {report.created} created, {report.updated} updated, "
-                f"{report.kept} edited price(s) kept."
+                f"Agent costs: {report.created} created, {report.updated} updated, {report.kept} edited price(s) kept."
             )
         )
