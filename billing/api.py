@@ -1,5 +1,7 @@
 """HTTP endpoints of the billing app. Views parse, call one service, serialize."""
 
+import logging
+
 from django.conf import settings
 from django.db import connection
 from django.db.utils import DatabaseError
@@ -16,9 +18,19 @@ from billing import ledger
 from billing.errors import ApiError
 from billing.models import CreditTransaction, TransactionKind
 from billing.packages import all_packages
-from billing.selectors import transactions_for_user, wallet_summary
-from billing.serializers import PackageSerializer, StrictIntegerField, TransactionSerializer, WalletSerializer
+from billing.selectors import transactions_for_user, wallet_for_user, wallet_summary
+from billing.serializers import (
+    PackageSerializer,
+    StrictCharField,
+    StrictIntegerField,
+    TransactionSerializer,
+    WalletSerializer,
+)
+from billing.stripe_checkout import start_checkout
+from billing.stripe_webhooks import process_event, store_event, verify_event
 from users.models import User
+
+logger = logging.getLogger("billing")
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -120,7 +132,7 @@ class AdminGrantApi(APIView):
     class GrantInputSerializer(serializers.Serializer):
         user_id = StrictIntegerField(min_value=1)
         credits = StrictIntegerField()
-        reason = serializers.CharField(max_length=500, allow_blank=False, trim_whitespace=True)
+        reason = StrictCharField(max_length=500, allow_blank=False, trim_whitespace=True)
 
         def validate_credits(self, value: int) -> int:
             limit = settings.BILLING_MAX_GRANT
@@ -183,3 +195,100 @@ class AdminSeedCostsApi(APIView):
         serializer = self.SeedCostsInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         return Response(seed_agent_costs(**serializer.validated_data).as_dict())
+
+
+class CheckoutApi(APIView):
+    """Start a Stripe Checkout for a credit package; credits arrive with the signed webhook."""
+
+    permission_classes = [IsAuthenticated]
+
+    class CheckoutInputSerializer(serializers.Serializer):
+        package_id = StrictCharField(max_length=64)
+
+    @extend_schema(
+        request=CheckoutInputSerializer,
+        responses={
+            200: inline_serializer(
+                "CheckoutStarted", {"checkout_url": serializers.URLField(), "session_id": serializers.CharField()}
+            )
+        },
+    )
+    def post(self, request):
+        serializer = self.CheckoutInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        started = start_checkout(
+            user=request.user,
+            package_id=serializer.validated_data["package_id"],
+            idempotency_key=idempotency_key(request),
+        )
+        return Response(
+            {"checkout_url": started.checkout_url, "session_id": started.purchase.stripe_checkout_session_id}
+        )
+
+
+class StripeWebhookApi(APIView):
+    """Stripe's signed events. Authenticated by the `Stripe-Signature` HMAC only."""
+
+    permission_classes = [AllowAny]
+    authentication_classes: list = []
+
+    @extend_schema(
+        request=None,
+        responses={
+            200: inline_serializer(
+                "WebhookReceived",
+                {
+                    "received": serializers.BooleanField(),
+                    "status": serializers.CharField(),
+                    "duplicate": serializers.BooleanField(),
+                },
+            )
+        },
+    )
+    def post(self, request):
+        event = verify_event(payload=request.body, signature=request.headers.get("Stripe-Signature"))
+        stored = store_event(event)
+        try:
+            outcome = process_event(event_pk=stored.pk)
+        except Exception:
+            logger.exception("[Billing] Error: Webhook %s failed", stored.stripe_event_id)
+            return Response(
+                {"error_code": "WEBHOOK_PROCESSING_FAILED", "detail": "Processing failed; Stripe will retry."},
+                status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+            )
+        return Response({"received": True, "status": outcome.status, "duplicate": outcome.duplicate})
+
+
+class AdminSettleShortfallApi(APIView):
+    """Staff settle a wallet's refund/dispute shortfall so it can be charged again."""
+
+    permission_classes = [IsAdminUser]
+
+    class SettleInputSerializer(serializers.Serializer):
+        user_id = StrictIntegerField(min_value=1)
+        reason = StrictCharField(max_length=500)
+
+    @extend_schema(
+        request=SettleInputSerializer,
+        responses={
+            200: inline_serializer(
+                "ShortfallSettled",
+                {
+                    "collected": serializers.IntegerField(),
+                    "written_off": serializers.IntegerField(),
+                    "new_balance": serializers.IntegerField(),
+                },
+            )
+        },
+    )
+    def post(self, request):
+        serializer = self.SettleInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        if not User.objects.filter(pk=data["user_id"]).exists():
+            raise ApiError(error_code="USER_NOT_FOUND", detail="No user with this id.", status_code=404)
+        result = ledger.settle_shortfall(user_id=data["user_id"], actor_id=request.user.id, reason=data["reason"])
+        wallet = wallet_for_user(user_id=data["user_id"])
+        return Response(
+            {"collected": result.clawed_back, "written_off": result.shortfall, "new_balance": wallet.balance_credits}
+        )

@@ -31,7 +31,7 @@ from django.conf import settings
 from django.db import OperationalError, transaction
 from django.utils import timezone
 
-from billing.models import CreditHold, CreditTransaction, HoldStatus, TransactionKind, Wallet
+from billing.models import CreditHold, CreditShortfall, CreditTransaction, HoldStatus, TransactionKind, Wallet
 
 logger = logging.getLogger("billing")
 
@@ -65,6 +65,23 @@ class InsufficientCredits(LedgerError):
 
     def extra(self) -> dict[str, Any]:
         return {"required": self.required, "available": self.available}
+
+
+class WalletInShortfall(LedgerError):
+    """A refund or dispute took back credits the wallet no longer had; staff must settle it first."""
+
+    error_code = "BILLING_WALLET_IN_SHORTFALL"
+    status_code = 402
+
+    def __init__(self, *, shortfall: int):
+        super().__init__(
+            f"This account owes {shortfall} credits from a refunded or disputed purchase; "
+            "charges are paused until support settles it."
+        )
+        self.shortfall = shortfall
+
+    def extra(self) -> dict[str, Any]:
+        return {"shortfall": self.shortfall}
 
 
 class InvalidLedgerRequest(LedgerError):
@@ -101,6 +118,13 @@ class LedgerResult:
 
 
 @dataclass(frozen=True)
+class ClawbackResult:
+    transaction: CreditTransaction | None
+    clawed_back: int
+    shortfall: int
+
+
+@dataclass(frozen=True)
 class HoldResult:
     hold: CreditHold
     replayed: bool = False
@@ -109,7 +133,8 @@ class HoldResult:
 T = TypeVar("T")
 
 
-def _is_retryable(exc: OperationalError) -> bool:
+def is_retryable_error(exc: OperationalError) -> bool:
+    """A lock-wait timeout or deadlock: the whole transaction may simply be run again."""
     return bool(exc.args) and exc.args[0] in _RETRYABLE_MYSQL_ERRORS
 
 
@@ -123,7 +148,7 @@ def _money_verb(fn: Callable[..., T]) -> Callable[..., T]:
                 with transaction.atomic():
                     return fn(**kwargs)
             except OperationalError as exc:
-                if not _is_retryable(exc):
+                if not is_retryable_error(exc):
                     raise
                 if transaction.get_connection().in_atomic_block:
                     # An outer transaction owns the locks; only its owner can retry.
@@ -202,6 +227,12 @@ def _log_after_commit(message: str, *args: Any) -> None:
 def _refuse(user_id: int, exc: InsufficientCredits) -> NoReturn:
     logger.warning("[Billing] Error: Insufficient credits for user %s", user_id)
     raise exc
+
+
+def _refuse_if_in_shortfall(wallet: Wallet) -> None:
+    if wallet.shortfall_credits > 0:
+        logger.warning("[Billing] Error: Wallet of user %s is in shortfall", wallet.user_id)
+        raise WalletInShortfall(shortfall=wallet.shortfall_credits)
 
 
 @_money_verb
@@ -291,6 +322,7 @@ def charge(
     wallet = _lock_wallet(user_id)
     if existing := _replay(CreditTransaction, wallet=wallet, idempotency_key=idempotency_key, fingerprint=fingerprint):
         return LedgerResult(existing, replayed=True)
+    _refuse_if_in_shortfall(wallet)
     try:
         row = _post(
             wallet=wallet,
@@ -323,6 +355,7 @@ def hold(
     wallet = _lock_wallet(user_id)
     if existing := _replay(CreditHold, wallet=wallet, idempotency_key=idempotency_key, fingerprint=fingerprint):
         return HoldResult(existing, replayed=True)
+    _refuse_if_in_shortfall(wallet)
     if amount > wallet.available_credits:
         _refuse(user_id, InsufficientCredits(required=amount, available=wallet.available_credits))
     Wallet.objects.filter(pk=wallet.pk).update(held_credits=wallet.held_credits + amount, updated_at=timezone.now())
@@ -384,3 +417,133 @@ def release(*, hold_id: int, status: str = HoldStatus.RELEASED) -> CreditHold:
     locked.settled_at = timezone.now()
     locked.save(update_fields=["status", "settled_at"])
     return locked
+
+
+@_money_verb
+def purchase(
+    *,
+    user_id: int,
+    amount: int,
+    checkout_session_id: str,
+    payment_intent_id: str | None,
+    stripe_event_id: str,
+    package_id: str,
+) -> LedgerResult:
+    """Credit a paid Checkout Session. Exactly once per session: the row's idempotency key is
+    the session id, unique per wallet in the database, so a second event for the same session
+    replays the first grant."""
+    _require_positive(amount)
+    fingerprint = _fingerprint("purchase", amount=amount, session=checkout_session_id, package=package_id)
+    key = f"stripe-checkout:{checkout_session_id}"
+    wallet = _lock_wallet(user_id)
+    if existing := _replay(CreditTransaction, wallet=wallet, idempotency_key=key, fingerprint=fingerprint):
+        return LedgerResult(existing, replayed=True)
+    row = _post(
+        wallet=wallet,
+        kind=TransactionKind.PURCHASE,
+        amount=amount,
+        stripe_checkout_session_id=checkout_session_id,
+        stripe_payment_intent_id=payment_intent_id,
+        stripe_event_id=stripe_event_id,
+        idempotency_key=key,
+        request_fingerprint=fingerprint,
+        reason=f"Purchase of {package_id}",
+        metadata={"package_id": package_id},
+    )
+    _log_after_commit("[Billing] Granted %s credits to user %s", amount, user_id)
+    return LedgerResult(row)
+
+
+@_money_verb
+def clawback(
+    *,
+    user_id: int,
+    amount: int,
+    reason: str,
+    idempotency_key: str,
+    purchase_id: int | None = None,
+    payment_intent_id: str | None = None,
+    stripe_event_id: str = "",
+) -> ClawbackResult:
+    """Take back up to `amount` credits after a refund or dispute, never below zero and never
+    from credits held for running work. What cannot be taken is recorded as a shortfall on
+    the wallet, which then refuses charges until staff settle it. Idempotent on the key."""
+    _require_positive(amount)
+    fingerprint = _fingerprint("clawback", amount=amount, purchase=purchase_id)
+    wallet = _lock_wallet(user_id)
+    existing_row = _replay(CreditTransaction, wallet=wallet, idempotency_key=idempotency_key, fingerprint=fingerprint)
+    existing_shortfall = CreditShortfall.objects.filter(wallet=wallet, idempotency_key=idempotency_key).first()
+    if existing_row or existing_shortfall:
+        return ClawbackResult(
+            existing_row,
+            clawed_back=-existing_row.amount if existing_row else 0,
+            shortfall=existing_shortfall.amount if existing_shortfall else 0,
+        )
+    taken = min(amount, max(wallet.available_credits, 0))
+    shortfall = amount - taken
+    row = None
+    if taken:
+        row = _post(
+            wallet=wallet,
+            kind=TransactionKind.CLAWBACK,
+            amount=-taken,
+            reason=reason,
+            stripe_payment_intent_id=payment_intent_id,
+            stripe_event_id=stripe_event_id or None,
+            idempotency_key=idempotency_key,
+            request_fingerprint=fingerprint,
+            metadata={"purchase_id": purchase_id, "requested": amount, "shortfall": shortfall},
+        )
+    if shortfall:
+        # The key marks this shortfall so a replay finds it even when no row was written.
+        CreditShortfall.objects.create(
+            wallet=wallet, purchase_id=purchase_id, amount=shortfall, idempotency_key=idempotency_key
+        )
+        Wallet.objects.filter(pk=wallet.pk).update(
+            shortfall_credits=wallet.shortfall_credits + shortfall, updated_at=timezone.now()
+        )
+        logger.warning("[Billing] Error: Shortfall of %s credits recorded for user %s", shortfall, user_id)
+    return ClawbackResult(row, clawed_back=taken, shortfall=shortfall)
+
+
+@_money_verb
+def settle_shortfall(*, user_id: int, actor_id: int, reason: str) -> ClawbackResult:
+    """Staff settle a wallet's shortfall: collect what the available balance now covers (one
+    `clawback` row) and write off the rest; the wallet may be charged again afterwards."""
+    if not reason or not reason.strip():
+        raise InvalidLedgerRequest("A reason is required.")
+    wallet = _lock_wallet(user_id)
+    open_shortfalls = list(CreditShortfall.objects.filter(wallet=wallet, settled_at__isnull=True).order_by("id"))
+    owed = wallet.shortfall_credits
+    collect = min(owed, max(wallet.available_credits, 0))
+    row = None
+    if collect:
+        row = _post(
+            wallet=wallet,
+            kind=TransactionKind.CLAWBACK,
+            amount=-collect,
+            reason=reason.strip(),
+            actor_id=actor_id,
+            metadata={"settles_shortfall": owed},
+        )
+    remaining_to_collect = collect
+    now = timezone.now()
+    for item in open_shortfalls:
+        collected = min(item.amount, remaining_to_collect)
+        remaining_to_collect -= collected
+        item.collected_credits = collected
+        item.written_off_credits = item.amount - collected
+        item.settled_at = now
+        item.settled_by_id = actor_id
+        item.settlement_reason = reason.strip()
+        item.save(
+            update_fields=[
+                "collected_credits",
+                "written_off_credits",
+                "settled_at",
+                "settled_by",
+                "settlement_reason",
+            ]
+        )
+    Wallet.objects.filter(pk=wallet.pk).update(shortfall_credits=0, updated_at=now)
+    return ClawbackResult(row, clawed_back=collect, shortfall=owed - collect)

@@ -14,12 +14,16 @@ class Wallet(models.Model):
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="wallet")
     balance_credits = models.BigIntegerField(default=0)
     held_credits = models.BigIntegerField(default=0)
+    shortfall_credits = models.BigIntegerField(
+        default=0, help_text="Credits clawed back by refunds/disputes that the balance could not cover."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         db_table = "credit_wallets"
         constraints = [
+            models.CheckConstraint(condition=Q(shortfall_credits__gte=0), name="wallet_shortfall_non_negative"),
             models.CheckConstraint(condition=Q(balance_credits__gte=0), name="wallet_balance_non_negative"),
             models.CheckConstraint(condition=Q(held_credits__gte=0), name="wallet_held_non_negative"),
             models.CheckConstraint(
@@ -176,3 +180,89 @@ class StripeWebhookEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.stripe_event_id} ({self.type}, {self.status})"
+
+
+class PurchaseStatus(models.TextChoices):
+    PENDING = "pending", "Pending (checkout created)"
+    AWAITING_PAYMENT = "awaiting_payment", "Awaiting asynchronous payment"
+    PAID = "paid", "Paid (credits granted)"
+    FAILED = "failed", "Payment failed"
+
+
+class Purchase(models.Model):
+    """One Checkout Session for a credit package; credits are granted at most once per session."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="purchases")
+    package_id = models.CharField(max_length=64)
+    credits = models.BigIntegerField()
+    amount_cents = models.BigIntegerField(help_text="What the package costs; the paid session must match.")
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=20, choices=PurchaseStatus.choices, default=PurchaseStatus.PENDING)
+    stripe_checkout_session_id = models.CharField(max_length=255, unique=True)
+    stripe_payment_intent_id = models.CharField(max_length=255, null=True, blank=True)
+    created_by_checkout = models.BooleanField(
+        default=True, help_text="False for sessions from Payment Links or the dashboard, first seen by the webhook."
+    )
+    transaction = models.OneToOneField(
+        CreditTransaction, on_delete=models.PROTECT, null=True, blank=True, related_name="purchase"
+    )
+    refunded_cents = models.BigIntegerField(default=0)
+    disputed_cents = models.BigIntegerField(default=0)
+    clawed_back_credits = models.BigIntegerField(
+        default=0, help_text="Credits taken back for refunds/disputes, including any recorded shortfall."
+    )
+    failure_reason = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "credit_purchases"
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(credits__gt=0), name="purchase_credits_positive"),
+            models.CheckConstraint(condition=Q(amount_cents__gt=0), name="purchase_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(clawed_back_credits__gte=0, clawed_back_credits__lte=F("credits")),
+                name="purchase_clawback_within_credits",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["stripe_payment_intent_id"], name="purchase_payment_intent_idx"),
+            models.Index(fields=["status", "created_at"], name="purchase_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.package_id} for {self.user_id} ({self.status})"
+
+
+class CreditShortfall(models.Model):
+    """Credits a refund or dispute should have taken back but the balance could not cover.
+
+    `Wallet.shortfall_credits` is the sum of open shortfalls; while it is positive the wallet
+    refuses charges until staff settle it.
+    """
+
+    wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="shortfalls")
+    purchase = models.ForeignKey(Purchase, on_delete=models.PROTECT, null=True, blank=True, related_name="shortfalls")
+    amount = models.BigIntegerField()
+    idempotency_key = models.CharField(max_length=255, help_text="The claw-back that recorded it.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    settled_at = models.DateTimeField(null=True, blank=True)
+    settled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    collected_credits = models.BigIntegerField(default=0)
+    written_off_credits = models.BigIntegerField(default=0)
+    settlement_reason = models.CharField(max_length=500, blank=True, default="")
+
+    class Meta:
+        db_table = "credit_shortfalls"
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="shortfall_amount_positive"),
+            models.UniqueConstraint(fields=["wallet", "idempotency_key"], name="uniq_shortfall_wallet_key"),
+        ]
+        indexes = [models.Index(fields=["wallet", "settled_at"], name="shortfall_wallet_open_idx")]
+
+    def __str__(self) -> str:
+        return f"Shortfall of {self.amount} on {self.wallet_id}"

@@ -14,6 +14,17 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+class StrictCharField(serializers.CharField):
+    """A string that is really a JSON string: 5 and true are refused, not turned into "5"/"True"."""
+
+    default_error_messages = {"invalid": "A string is required."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class TransactionSerializer(serializers.ModelSerializer):
     class Meta:
         model = CreditTransaction

@@ -12,5 +12,8 @@ urlpatterns = [
     path("wallet", api.WalletApi.as_view(), name="wallet"),
     path("admin/grant", api.AdminGrantApi.as_view(), name="admin-grant"),
     path("admin/seed-costs", api.AdminSeedCostsApi.as_view(), name="admin-seed-costs"),
+    path("admin/settle-shortfall", api.AdminSettleShortfallApi.as_view(), name="admin-settle-shortfall"),
+    path("checkout", api.CheckoutApi.as_view(), name="checkout"),
+    path("webhook", api.StripeWebhookApi.as_view(), name="stripe-webhook"),
     *router.urls,
 ]

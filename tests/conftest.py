@@ -1,12 +1,17 @@
 import os
 
 import pytest
+import stripe
 from django.db import connection
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from agents.services import seed_agent_costs
 from tests.factories import StaffFactory, UserFactory
+from tests.fake_stripe import FakeStripe, serve
+
+# Nothing listens here: a test that forgets the fake gets "connection refused", never real Stripe.
+CLOSED_PORT = "http://127.0.0.1:9"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -79,3 +84,23 @@ def user_client(user):
 @pytest.fixture
 def staff_client(staff):
     return bearer_client(staff)
+
+
+@pytest.fixture(autouse=True)
+def _never_real_stripe(settings, monkeypatch):
+    settings.STRIPE_API_HOST = CLOSED_PORT
+    settings.STRIPE_MAX_NETWORK_RETRIES = 0
+    monkeypatch.setattr(stripe, "api_base", CLOSED_PORT)
+    monkeypatch.setattr(stripe, "max_network_retries", 0)
+
+
+@pytest.fixture
+def fake_stripe(settings, monkeypatch):
+    """A fake Stripe API on 127.0.0.1 that the real SDK talks to."""
+    fake = FakeStripe()
+    server, url = serve(fake)
+    settings.STRIPE_API_HOST = url
+    monkeypatch.setattr(stripe, "api_base", url)
+    yield fake
+    server.shutdown()
+    server.server_close()

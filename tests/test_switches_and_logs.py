@@ -32,6 +32,9 @@ def billing_disabled(settings):
         ("get", "/billing/transactions"),
         ("post", "/billing/admin/grant"),
         ("post", "/billing/admin/seed-costs"),
+        ("post", "/billing/admin/settle-shortfall"),
+        ("post", "/billing/checkout"),
+        ("post", "/billing/webhook"),
     ],
 )
 def test_with_billing_disabled_the_billing_routes_are_404(billing_disabled, staff_client, method, path):

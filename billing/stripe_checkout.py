@@ -1,0 +1,58 @@
+"""Start a Stripe Checkout for a credit package and record it as a pending purchase."""
+
+import uuid
+from dataclasses import dataclass
+
+from django.db import transaction
+
+from billing import stripe_client
+from billing.errors import ApiError
+from billing.models import Purchase
+from billing.packages import get_package
+from users.models import User
+
+
+@dataclass(frozen=True)
+class CheckoutStarted:
+    purchase: Purchase
+    checkout_url: str
+
+
+def ensure_stripe_customer(*, user: User) -> str:
+    """The user's Stripe Customer id, creating the customer once (Stripe idempotency key per user)."""
+    if user.stripe_customer_id:
+        return user.stripe_customer_id
+    customer = stripe_client.create_customer(user_id=user.id, email=user.email)
+    User.objects.filter(pk=user.pk, stripe_customer_id__isnull=True).update(stripe_customer_id=customer.id)
+    user.refresh_from_db(fields=["stripe_customer_id"])
+    transaction.on_commit(lambda: stripe_client.mirror_objects(customer=customer.to_dict()))
+    return user.stripe_customer_id
+
+
+def start_checkout(*, user: User, package_id: str, idempotency_key: str | None = None) -> CheckoutStarted:
+    """Create a Checkout Session (mode `payment`) for the package and a pending `Purchase`.
+
+    Nothing is credited here: credits come only from the signed webhook. The same
+    `idempotency_key` returns the same session (it becomes part of Stripe's idempotency key).
+    """
+    package = get_package(package_id)
+    if package is None:
+        raise ApiError(error_code="UNKNOWN_PACKAGE", detail=f"No credit package {package_id!r}.", status_code=404)
+    customer_id = ensure_stripe_customer(user=user)
+    session = stripe_client.create_checkout_session(
+        user_id=user.id,
+        customer_id=customer_id,
+        package=package,
+        idempotency_key=f"checkout-{user.id}-{package.package_id}-{idempotency_key or uuid.uuid4().hex}",
+    )
+    purchase, _ = Purchase.objects.get_or_create(
+        stripe_checkout_session_id=session.id,
+        defaults={
+            "user": user,
+            "package_id": package.package_id,
+            "credits": package.credits,
+            "amount_cents": package.price_cents,
+            "currency": package.currency,
+        },
+    )
+    return CheckoutStarted(purchase=purchase, checkout_url=session.url)

@@ -1,0 +1,290 @@
+"""Signed Stripe events: verified, stored once, then processed idempotently.
+
+No outbound call to Stripe is needed to move credits: the grant is decided from the signed
+payload and our own package table. Locks are taken in one order — event row, purchase row,
+wallet row — so concurrent deliveries serialise instead of deadlocking.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import stripe
+from django.conf import settings
+from django.db import OperationalError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from billing import ledger, stripe_client
+from billing.errors import ApiError
+from billing.models import Purchase, PurchaseStatus, StripeWebhookEvent, WebhookEventStatus
+from billing.packages import get_package
+from users.models import User
+
+logger = logging.getLogger("billing")
+
+DONE = (WebhookEventStatus.PROCESSED, WebhookEventStatus.IGNORED)
+CLAWBACK_TYPES = ("charge.refunded", "charge.dispute.created")
+_MAX_ATTEMPTS = 5
+
+
+class WebhookSignatureInvalid(ApiError):
+    def __init__(self, detail: str):
+        super().__init__(error_code="WEBHOOK_SIGNATURE_INVALID", detail=detail, status_code=400)
+
+
+class EventRejected(Exception):
+    """A genuine event we must not honour (e.g. the amount paid does not match the package).
+    The event is marked `failed` with the reason for staff to review; Stripe is not asked to retry."""
+
+
+@dataclass(frozen=True)
+class WebhookOutcome:
+    stripe_event_id: str
+    status: str
+    duplicate: bool = False
+
+
+def verify_event(*, payload: bytes, signature: str | None) -> dict:
+    """Check `Stripe-Signature` (HMAC with STRIPE_WEBHOOK_SECRET, 300 s tolerance); return the event."""
+    secret = settings.STRIPE_WEBHOOK_SECRET
+    if not secret:
+        logger.error("[Billing] Error: STRIPE_WEBHOOK_SECRET is not set; refusing webhook")
+        raise WebhookSignatureInvalid("Webhook signing is not configured.")
+    try:
+        text = payload.decode("utf-8")
+        stripe.Webhook.construct_event(text, signature, secret, tolerance=stripe.Webhook.DEFAULT_TOLERANCE)
+        event = json.loads(text)
+    except (UnicodeDecodeError, ValueError, stripe.SignatureVerificationError) as exc:
+        raise WebhookSignatureInvalid("The Stripe-Signature header does not verify this body.") from exc
+    if not isinstance(event, dict) or not event.get("id") or not event.get("type"):
+        raise WebhookSignatureInvalid("The signed body is not a Stripe event.")
+    return event
+
+
+def store_event(event: dict) -> StripeWebhookEvent:
+    """Store a verified event once (unique Stripe event id); later deliveries find it."""
+    stored, _ = StripeWebhookEvent.objects.get_or_create(
+        stripe_event_id=event["id"], defaults={"type": event["type"], "payload": event}
+    )
+    return stored
+
+
+def process_event(*, event_pk: int) -> WebhookOutcome:
+    """Process a stored event exactly once. A processing error rolls everything back, marks
+    the event `failed` with the error and re-raises (the webhook answers 500 so Stripe retries).
+    Lock waits and deadlocks are retried here first."""
+    for attempt in range(1, _MAX_ATTEMPTS + 1):
+        try:
+            return _process_once(event_pk)
+        except OperationalError as exc:
+            if not ledger.is_retryable_error(exc) or attempt == _MAX_ATTEMPTS:
+                _record_failure(event_pk, exc)
+                raise
+            time.sleep(random.uniform(0, 0.05 * attempt))
+        except Exception as exc:
+            _record_failure(event_pk, exc)
+            raise
+    raise AssertionError("unreachable")
+
+
+def _record_failure(event_pk: int, exc: Exception) -> None:
+    StripeWebhookEvent.objects.filter(pk=event_pk).exclude(status__in=DONE).update(
+        status=WebhookEventStatus.FAILED, error=f"{exc.__class__.__name__}: {exc}"[:5000], attempts=F("attempts") + 1
+    )
+
+
+@transaction.atomic
+def _process_once(event_pk: int) -> WebhookOutcome:
+    stored = StripeWebhookEvent.objects.select_for_update().get(pk=event_pk)
+    if stored.status in DONE:
+        return WebhookOutcome(stored.stripe_event_id, stored.status, duplicate=True)
+    stored.attempts += 1
+    handler = HANDLERS.get(stored.type)
+    try:
+        with transaction.atomic():
+            stored.status = handler(stored) if handler else WebhookEventStatus.IGNORED
+        stored.error = ""
+        stored.processed_at = timezone.now()
+    except EventRejected as exc:
+        logger.warning("[Billing] Error: Webhook %s rejected: %s", stored.stripe_event_id, exc)
+        stored.status = WebhookEventStatus.FAILED
+        stored.error = str(exc)
+    stored.save(update_fields=["status", "error", "attempts", "processed_at"])
+    return WebhookOutcome(stored.stripe_event_id, stored.status)
+
+
+# --- checkout.session.* -----------------------------------------------------------------
+
+
+def _object_id(value) -> str | None:
+    """Stripe references are ids, or objects when expanded."""
+    if isinstance(value, dict):
+        return value.get("id")
+    return value or None
+
+
+def _purchase_for_session(session: dict) -> Purchase:
+    """The locked purchase for a signed session, created for sessions we did not start
+    (Payment Links, dashboard). Rejects sessions whose user, package or amount don't add up."""
+    metadata = session.get("metadata") or {}
+    raw_user_id, package_id = metadata.get("user_id"), metadata.get("package_id")
+    if not raw_user_id or not package_id:
+        raise EventRejected("The session has no metadata.user_id / metadata.package_id.")
+    try:
+        user_id = int(raw_user_id)
+    except (TypeError, ValueError):
+        raise EventRejected(f"metadata.user_id {raw_user_id!r} is not a user id.") from None
+    reference = session.get("client_reference_id")
+    if reference and reference != str(user_id):
+        raise EventRejected(f"client_reference_id {reference!r} disagrees with metadata.user_id {user_id}.")
+    if not User.objects.filter(pk=user_id).exists():
+        raise EventRejected(f"No user {user_id}.")
+    package = get_package(package_id)
+    if package is None:
+        raise EventRejected(f"No credit package {package_id!r}.")
+    purchase, _ = Purchase.objects.get_or_create(
+        stripe_checkout_session_id=session["id"],
+        defaults={
+            "user_id": user_id,
+            "package_id": package.package_id,
+            "credits": package.credits,
+            "amount_cents": package.price_cents,
+            "currency": package.currency,
+            "created_by_checkout": False,
+        },
+    )
+    purchase = Purchase.objects.select_for_update().get(pk=purchase.pk)
+    if (purchase.user_id, purchase.package_id) != (user_id, package_id):
+        raise EventRejected("The session's user/package differ from the checkout we recorded.")
+    paid = (session.get("amount_total"), (session.get("currency") or "").lower())
+    if paid != (purchase.amount_cents, purchase.currency):
+        raise EventRejected(
+            f"Amount mismatch: the session is {paid[0]} {paid[1]}, package {purchase.package_id} "
+            f"costs {purchase.amount_cents} {purchase.currency}."
+        )
+    return purchase
+
+
+def _fulfil(stored: StripeWebhookEvent) -> str:
+    session = stored.payload["data"]["object"]
+    purchase = _purchase_for_session(session)
+    if purchase.transaction_id is not None:
+        return WebhookEventStatus.PROCESSED  # another event for this session already granted it
+    payment_intent_id = _object_id(session.get("payment_intent"))
+    result = ledger.purchase(
+        user_id=purchase.user_id,
+        amount=purchase.credits,
+        checkout_session_id=purchase.stripe_checkout_session_id,
+        payment_intent_id=payment_intent_id,
+        stripe_event_id=stored.stripe_event_id,
+        package_id=purchase.package_id,
+    )
+    purchase.status = PurchaseStatus.PAID
+    purchase.transaction = result.transaction
+    purchase.stripe_payment_intent_id = payment_intent_id
+    purchase.paid_at = timezone.now()
+    purchase.save(update_fields=["status", "transaction", "stripe_payment_intent_id", "paid_at", "updated_at"])
+    _apply_waiting_clawbacks(purchase)
+    session_id = purchase.stripe_checkout_session_id
+    transaction.on_commit(lambda: logger.info("[Billing] Webhook processed: %s", session_id))
+    transaction.on_commit(lambda: stripe_client.mirror_objects(session=session))
+    return WebhookEventStatus.PROCESSED
+
+
+def _on_session_completed(stored: StripeWebhookEvent) -> str:
+    session = stored.payload["data"]["object"]
+    if session.get("mode") != "payment":
+        return WebhookEventStatus.IGNORED
+    if session.get("payment_status") == "paid":
+        return _fulfil(stored)
+    purchase = _purchase_for_session(session)  # e.g. a bank debit still clearing
+    if purchase.status == PurchaseStatus.PENDING:
+        purchase.status = PurchaseStatus.AWAITING_PAYMENT
+        purchase.save(update_fields=["status", "updated_at"])
+    return WebhookEventStatus.PROCESSED
+
+
+def _on_async_payment_failed(stored: StripeWebhookEvent) -> str:
+    session = stored.payload["data"]["object"]
+    purchase = _purchase_for_session(session)
+    if purchase.status != PurchaseStatus.PAID:
+        purchase.status = PurchaseStatus.FAILED
+        purchase.failure_reason = "Asynchronous payment failed."
+        purchase.save(update_fields=["status", "failure_reason", "updated_at"])
+        logger.warning("[Billing] Error: Payment failed for checkout session %s", purchase.stripe_checkout_session_id)
+    return WebhookEventStatus.PROCESSED
+
+
+# --- charge.refunded / charge.dispute.created ----------------------------------------------
+
+
+def _claw_back_to_target(purchase: Purchase, stored: StripeWebhookEvent) -> None:
+    """Take back the share of credits refunded or disputed so far, minus what was already taken.
+    Cumulative, so replays and later events never take the same credits twice."""
+    covered_cents = min(purchase.amount_cents, purchase.refunded_cents + purchase.disputed_cents)
+    target = purchase.credits * covered_cents // purchase.amount_cents
+    owed = target - purchase.clawed_back_credits
+    if owed > 0:
+        ledger.clawback(
+            user_id=purchase.user_id,
+            amount=owed,
+            reason=f"{stored.type} for {purchase.package_id} ({purchase.stripe_payment_intent_id})",
+            idempotency_key=f"stripe-clawback:{stored.stripe_event_id}",
+            purchase_id=purchase.id,
+            payment_intent_id=purchase.stripe_payment_intent_id,
+            stripe_event_id=stored.stripe_event_id,
+        )
+        purchase.clawed_back_credits = target
+    purchase.save(update_fields=["refunded_cents", "disputed_cents", "clawed_back_credits", "updated_at"])
+
+
+def _apply_clawback_event(purchase: Purchase, stored: StripeWebhookEvent) -> None:
+    obj = stored.payload["data"]["object"]
+    if stored.type == "charge.refunded":
+        purchase.refunded_cents = max(purchase.refunded_cents, int(obj.get("amount_refunded") or 0))
+    else:
+        purchase.disputed_cents = max(purchase.disputed_cents, int(obj.get("amount") or 0))
+    _claw_back_to_target(purchase, stored)
+
+
+def _on_refund_or_dispute(stored: StripeWebhookEvent) -> str:
+    payment_intent_id = _object_id(stored.payload["data"]["object"].get("payment_intent"))
+    purchase = Purchase.objects.select_for_update().filter(stripe_payment_intent_id=payment_intent_id).first()
+    if not payment_intent_id or purchase is None or purchase.status != PurchaseStatus.PAID:
+        # Possibly delivered before its checkout.session.completed: kept as failed, and
+        # applied automatically when that purchase is granted (see _apply_waiting_clawbacks).
+        raise EventRejected(f"No paid purchase for payment intent {payment_intent_id!r} (yet).")
+    _apply_clawback_event(purchase, stored)
+    return WebhookEventStatus.PROCESSED
+
+
+def _apply_waiting_clawbacks(purchase: Purchase) -> None:
+    """Refunds/disputes that arrived before the purchase was granted are applied right after it."""
+    if not purchase.stripe_payment_intent_id:
+        return
+    waiting = StripeWebhookEvent.objects.select_for_update().filter(
+        status=WebhookEventStatus.FAILED,
+        type__in=CLAWBACK_TYPES,
+        payload__data__object__payment_intent=purchase.stripe_payment_intent_id,
+    )
+    for stored in waiting.order_by("id"):
+        _apply_clawback_event(purchase, stored)
+        stored.status = WebhookEventStatus.PROCESSED
+        stored.error = ""
+        stored.processed_at = timezone.now()
+        stored.save(update_fields=["status", "error", "processed_at"])
+
+
+HANDLERS: dict[str, Callable[[StripeWebhookEvent], str]] = {
+    "checkout.session.completed": _on_session_completed,
+    "checkout.session.async_payment_succeeded": _fulfil,
+    "checkout.session.async_payment_failed": _on_async_payment_failed,
+    "charge.refunded": _on_refund_or_dispute,
+    "charge.dispute.created": _on_refund_or_dispute,
+}

@@ -1,0 +1,78 @@
+"""Build realistic Stripe events from recorded shapes and sign them with the SDK's helper."""
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import stripe
+from django.conf import settings
+
+PAYLOADS = Path(__file__).parent / "stripe_payloads"
+
+
+def _load(name: str) -> dict:
+    return json.loads((PAYLOADS / f"{name}.json").read_text())
+
+
+def checkout_event(
+    *,
+    event_id: str,
+    session_id: str,
+    user_id,
+    package_id: str = "pack_1k",
+    amount_total: int = 1000,
+    currency: str = "usd",
+    payment_intent: str | None = "pi_test_1",
+    payment_status: str = "paid",
+    event_type: str = "checkout.session.completed",
+    client_reference_id="same",
+) -> dict:
+    event = _load("checkout.session.completed")
+    event["id"], event["type"] = event_id, event_type
+    session = event["data"]["object"]
+    session.update(
+        id=session_id,
+        amount_total=amount_total,
+        amount_subtotal=amount_total,
+        currency=currency,
+        payment_intent=payment_intent,
+        payment_status=payment_status,
+        metadata={"user_id": str(user_id), "package_id": package_id},
+        client_reference_id=str(user_id) if client_reference_id == "same" else client_reference_id,
+    )
+    return event
+
+
+def refund_event(*, event_id: str, payment_intent: str, amount_refunded: int, amount: int = 1000) -> dict:
+    event = _load("charge.refunded")
+    event["id"] = event_id
+    charge = event["data"]["object"]
+    charge.update(
+        payment_intent=payment_intent,
+        amount=amount,
+        amount_captured=amount,
+        amount_refunded=amount_refunded,
+        refunded=amount_refunded >= amount,
+    )
+    return event
+
+
+def dispute_event(*, event_id: str, payment_intent: str, amount: int) -> dict:
+    event = _load("charge.dispute.created")
+    event["id"] = event_id
+    event["data"]["object"].update(payment_intent=payment_intent, amount=amount)
+    return event
+
+
+def signed(event: dict, *, secret: str | None = None, timestamp: int | None = None) -> tuple[str, str]:
+    body = json.dumps(event)
+    header = stripe.WebhookSignature.generate_signature_header(
+        body, secret or settings.STRIPE_WEBHOOK_SECRET, timestamp=timestamp or int(time.time())
+    )
+    return body, header
+
+
+def deliver(client, event: dict, **sign_kwargs):
+    body, header = signed(copy.deepcopy(event), **sign_kwargs)
+    return client.post("/billing/webhook", data=body, content_type="application/json", HTTP_STRIPE_SIGNATURE=header)
