@@ -2,7 +2,7 @@
 
 from django.contrib import admin
 
-from billing.models import CreditHold, CreditTransaction, StripeWebhookEvent, Wallet
+from billing.models import CreditHold, CreditShortfall, CreditTransaction, Purchase, StripeWebhookEvent, Wallet
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -20,7 +20,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(Wallet)
 class WalletAdmin(ReadOnlyAdmin):
-    list_display = ["user", "balance_credits", "held_credits", "available_credits", "updated_at"]
+    list_display = ["user", "balance_credits", "held_credits", "available_credits", "shortfall_credits", "updated_at"]
     search_fields = ["user__email"]
     list_select_related = ["user"]
 
@@ -46,3 +46,37 @@ class StripeWebhookEventAdmin(ReadOnlyAdmin):
     list_display = ["stripe_event_id", "type", "status", "attempts", "received_at", "processed_at"]
     list_filter = ["status", "type"]
     search_fields = ["stripe_event_id"]
+
+
+@admin.register(Purchase)
+class PurchaseAdmin(ReadOnlyAdmin):
+    list_display = [
+        "stripe_checkout_session_id",
+        "user",
+        "package_id",
+        "credits",
+        "amount_cents",
+        "currency",
+        "status",
+        "clawed_back_credits",
+        "created_at",
+        "paid_at",
+    ]
+    list_filter = ["status", "package_id", "created_by_checkout"]
+    search_fields = ["user__email", "stripe_checkout_session_id", "stripe_payment_intent_id"]
+    list_select_related = ["user"]
+
+
+@admin.register(CreditShortfall)
+class CreditShortfallAdmin(ReadOnlyAdmin):
+    list_display = [
+        "wallet",
+        "amount",
+        "purchase",
+        "created_at",
+        "settled_at",
+        "collected_credits",
+        "written_off_credits",
+    ]
+    list_filter = ["settled_at"]
+    list_select_related = ["wallet__user"]

@@ -30,7 +30,7 @@ def test_the_schema_is_valid_warning_free_and_covers_the_contract():
     call_command("spectacular", "--validate", "--fail-on-warn", stdout=out)
     schema = yaml.safe_load(out.getvalue())
     assert schema["openapi"].startswith("3.")
-    assert CONTRACT_PATHS <= set(schema["paths"])
+    assert set(schema["paths"]) >= CONTRACT_PATHS
 
 
 @pytest.mark.django_db
