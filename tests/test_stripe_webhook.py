@@ -422,10 +422,17 @@ def test_reprocess_command_exits_non_zero_while_events_still_fail(client, user):
 def test_the_mirror_is_refreshed_after_the_grant_and_cannot_undo_it(
     client, user, fake_stripe, django_capture_on_commit_callbacks
 ):
+    from djstripe.models import Customer as MirrorCustomer
+    from djstripe.models import PaymentIntent as MirrorPaymentIntent
     from djstripe.models import Session as MirrorSession
 
+    from tests.stripe_helpers import PAYLOADS
+
     customer = fake_stripe.create("/v1/customers", {"email": user.email, "metadata": {}})
-    event = checkout_event(event_id="evt_mirror", session_id="cs_mirror", user_id=user.id, payment_intent=None)
+    intent = json.loads((PAYLOADS / "payment_intent.json").read_text())
+    intent.update(id="pi_mirror", customer=customer["id"])
+    fake_stripe.objects["pi_mirror"] = intent
+    event = checkout_event(event_id="evt_mirror", session_id="cs_mirror", user_id=user.id, payment_intent="pi_mirror")
     event["data"]["object"]["customer"] = customer["id"]
     fake_stripe.objects["cs_mirror"] = json.loads(json.dumps(event["data"]["object"]))
 
@@ -433,7 +440,10 @@ def test_the_mirror_is_refreshed_after_the_grant_and_cannot_undo_it(
         assert deliver(client, event).status_code == 200
 
     assert balance(user) == 1000
-    assert MirrorSession.objects.filter(id="cs_mirror").exists()
+    session = MirrorSession.objects.get(id="cs_mirror")
+    assert session.customer_id == customer["id"]
+    assert MirrorCustomer.objects.filter(id=customer["id"]).exists()
+    assert MirrorPaymentIntent.objects.get(id="pi_mirror").stripe_data["amount"] == 1000
 
 
 def test_a_failing_mirror_does_not_affect_the_grant(client, user, django_capture_on_commit_callbacks):
