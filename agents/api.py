@@ -2,8 +2,10 @@
 
 import json
 
+from django.conf import settings
+from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import serializers, status
+from rest_framework import serializers, status, viewsets
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
@@ -11,7 +13,7 @@ from rest_framework.views import APIView
 
 from agents.datasets import DatasetError, parse_csv, parse_data
 from agents.models import AgentRun, RunStatus
-from agents.runner import TOOLS, run_agent
+from agents.runner import TOOLS, submit_run
 from billing.api import IDEMPOTENCY_HEADER, idempotency_key
 from billing.errors import ApiError
 
@@ -51,6 +53,13 @@ def run_response_body(run: AgentRun) -> dict:
     }
 
 
+def wants_async(request) -> bool:
+    prefer = request.headers.get("Prefer", "")
+    return "respond-async" in {p.strip().lower() for p in prefer.split(",")} or request.query_params.get(
+        "async", ""
+    ).lower() in ("true", "1", "yes")
+
+
 class AgentRunApi(APIView):
     permission_classes = [IsAuthenticated]
     parser_classes = [JSONParser, MultiPartParser, FormParser]
@@ -59,6 +68,10 @@ class AgentRunApi(APIView):
     def _dataset(self, attrs):
         try:
             if "file" in attrs:
+                if attrs["file"].size > settings.AGENT_MAX_INPUT_BYTES:
+                    raise DatasetError(
+                        f"The file may be at most {settings.AGENT_MAX_INPUT_BYTES} bytes.", field="file", too_large=True
+                    )
                 raw = attrs["file"].read()
                 try:
                     text = raw.decode("utf-8-sig")
@@ -90,7 +103,11 @@ class AgentRunApi(APIView):
 
     @extend_schema(
         request=AgentRequestSerializer,
-        parameters=[OpenApiParameter(IDEMPOTENCY_HEADER, str, OpenApiParameter.HEADER, required=False)],
+        parameters=[
+            OpenApiParameter(IDEMPOTENCY_HEADER, str, OpenApiParameter.HEADER, required=False),
+            OpenApiParameter("Prefer", str, OpenApiParameter.HEADER, required=False, description="respond-async"),
+            OpenApiParameter("async", bool, OpenApiParameter.QUERY, required=False),
+        ],
         responses={
             200: inline_serializer(
                 "AgentRunResult",
@@ -117,16 +134,81 @@ class AgentRunApi(APIView):
         serializer.is_valid(raise_exception=True)
         dataset = self._dataset(serializer.validated_data)
         configuration = self._configuration(serializer.validated_data["tool_configuration"], dataset)
-        outcome = run_agent(
+        run_async = wants_async(request)
+        outcome = submit_run(
             user_id=request.user.id,
             agent_id=self.agent_id,
             tool_configuration=configuration,
             dataset=dataset,
             idempotency_key=key,
+            run_async=run_async,
         )
-        body = run_response_body(outcome.run)
+        run = outcome.run
+        if run_async:
+            run.refresh_from_db()  # an eager (broker-less) run has already finished
+        body = run_response_body(run)
         headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
-        if outcome.run.status == RunStatus.FAILED:
-            body.update(error_code="AGENT_RUN_FAILED", detail="The agent failed; no credits were charged.")
+        if run_async and not run.is_finished:
+            headers.update({"Location": f"/api/agents/runs/{run.id}", "Preference-Applied": "respond-async"})
+            return Response(body, status=status.HTTP_202_ACCEPTED, headers=headers)
+        if run.status in (RunStatus.FAILED, RunStatus.EXPIRED):
+            body.update(error_code="AGENT_RUN_FAILED", detail=f"The run {run.status}; no credits were charged.")
             return Response(body, status=status.HTTP_422_UNPROCESSABLE_ENTITY, headers=headers)
         return Response(body, headers=headers)
+
+
+class RunSerializer(serializers.ModelSerializer):
+    run_id = serializers.UUIDField(source="id")
+    receipt = serializers.SerializerMethodField()
+
+    class Meta:
+        model = AgentRun
+        fields = [
+            "run_id",
+            "agent_id",
+            "status",
+            "cost_credits",
+            "receipt",
+            "input_rows",
+            "result_summary",
+            "error",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+
+    def get_receipt(self, run: AgentRun) -> dict:
+        return _receipt(run)
+
+
+class RunDetailSerializer(RunSerializer):
+    result = serializers.JSONField(read_only=True)
+
+    class Meta(RunSerializer.Meta):
+        fields = [*RunSerializer.Meta.fields, "result"]
+
+
+class RunFilter(filters.FilterSet):
+    agent_id = filters.CharFilter()
+    status = filters.ChoiceFilter(choices=RunStatus.choices)
+
+    class Meta:
+        model = AgentRun
+        fields = ["agent_id", "status"]
+
+
+class AgentRunViewSet(viewsets.ReadOnlyModelViewSet):
+    """The signed-in user's agent runs with their receipts, newest first."""
+
+    permission_classes = [IsAuthenticated]
+    filterset_class = RunFilter
+    lookup_value_converter = "uuid"
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return AgentRun.objects.none()
+        runs = AgentRun.objects.filter(user_id=self.request.user.id).order_by("-created_at")
+        return runs.defer("input_blob") if self.action == "retrieve" else runs.defer("input_blob", "result_blob")
+
+    def get_serializer_class(self):
+        return RunDetailSerializer if self.action == "retrieve" else RunSerializer

@@ -1,4 +1,6 @@
+import json
 import uuid
+import zlib
 
 from django.conf import settings
 from django.db import models
@@ -53,8 +55,11 @@ class AgentRun(models.Model):
     hold = models.ForeignKey("billing.CreditHold", on_delete=models.PROTECT, null=True, blank=True, related_name="runs")
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    configuration = models.JSONField(default=dict, blank=True)
     input_rows = models.PositiveIntegerField(default=0)
-    result = models.JSONField(null=True, blank=True)
+    input_blob = models.BinaryField(null=True, blank=True, help_text="Compressed input, kept until the run ends.")
+    result_blob = models.BinaryField(null=True, blank=True, help_text="Compressed JSON result.")
+    result_summary = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -70,3 +75,19 @@ class AgentRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.agent_id} run {self.id} ({self.status})"
+
+    @property
+    def result(self) -> dict | None:
+        return unpack(self.result_blob)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.EXPIRED)
+
+
+def pack(value) -> bytes:
+    return zlib.compress(json.dumps(value, separators=(",", ":"), default=str).encode(), 6)
+
+
+def unpack(blob) -> dict | None:
+    return None if blob is None else json.loads(zlib.decompress(bytes(blob)))

@@ -102,6 +102,10 @@ class HoldNotPending(LedgerError):
     status_code = 409
 
 
+class HoldExpired(HoldNotPending):
+    error_code = "HOLD_EXPIRED"
+
+
 class LedgerBusy(LedgerError):
     error_code = "LEDGER_BUSY"
     status_code = 503
@@ -387,6 +391,8 @@ def capture(*, hold_id: int, amount: int | None = None, agent_run_id: Any = None
     """Turn a pending hold into one `charge` row of `amount` (default: all of it); any
     remainder is released. A hold is captured at most once (`HoldNotPending`)."""
     wallet, locked = _lock_pending_hold(hold_id)
+    if locked.expires_at <= timezone.now():
+        raise HoldExpired(f"Hold {hold_id} expired at {locked.expires_at.isoformat()}; its credits are released.")
     amount = locked.amount if amount is None else _require_positive(amount, limit=locked.amount)
     row = _post(
         wallet=wallet,

@@ -186,3 +186,18 @@ AGENT_MAX_ROWS = env.int("AGENT_MAX_ROWS", default=200_000)
 # Request bodies may carry the whole input table (JSON-escaped CSV grows it a little).
 DATA_UPLOAD_MAX_MEMORY_SIZE = AGENT_MAX_INPUT_BYTES + 2 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
+AGENT_RUN_TIMEOUT_SECONDS = env.int("AGENT_RUN_TIMEOUT_SECONDS", default=120)
+
+# --- Celery (asynchronous runs, hold expiry) -------------------------------------
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
+CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TASK_IGNORE_RESULT = True
+# A run's message is acknowledged only once it has finished, so a crashed worker's run is
+# delivered again; its hold expires meanwhile if nobody picks it up.
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = AGENT_RUN_TIMEOUT_SECONDS + 30
+CELERY_BEAT_SCHEDULE = {
+    "expire-holds": {"task": "billing.expire_holds", "schedule": env.float("EXPIRE_HOLDS_EVERY_SECONDS", default=60.0)},
+}

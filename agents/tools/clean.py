@@ -1,56 +1,261 @@
-"""clean-my-data: trim whitespace, turn blank strings into nulls, drop exact duplicate rows."""
+"""clean-my-data: configurable clean-up steps with a change log per step and column.
 
-import re
+Steps run in this order: trim whitespace → blanks to nulls → case → standardise
+(emails, phones, dates, numbers, booleans) → missing values → drop exact duplicates.
+Type coercion only changes how the cleaned values are returned as JSON rows.
+"""
 
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+import pandas as pd
+import phonenumbers
 from rest_framework import serializers
 
 from agents.datasets import Dataset
+from agents.tools.inference import (
+    BOOL_FALSE,
+    BOOL_TRUE,
+    EMAIL_PATTERN,
+    MONEY_PATTERN,
+    PHONE_NAME,
+    classify,
+    dominant_kind,
+    parse_dates,
+    parse_money,
+    to_frame,
+)
 
-_SPACES = re.compile(r"\s+")
+STANDARD_KINDS = ("email", "phone", "date", "datetime", "number", "boolean")
+CASES = ("lower", "upper", "title")
+STRATEGIES = ("drop", "constant", "mean", "median", "mode")
+AUTO_SHARE = 0.8  # a column is standardised as a kind when this share of its values is of that kind
+
+
+class MissingSerializer(serializers.Serializer):
+    strategy = serializers.ChoiceField(choices=STRATEGIES)
+    value = serializers.JSONField(required=False, allow_null=True)
+
+    def validate(self, attrs):
+        if attrs["strategy"] == "constant" and attrs.get("value") is None:
+            raise serializers.ValidationError({"value": ["Required for the constant strategy."]})
+        return attrs
+
+
+class StandardizeField(serializers.Field):
+    """ "auto", "none", or {column: kind}."""
+
+    def to_internal_value(self, data):
+        if data in ("auto", "none"):
+            return data
+        if isinstance(data, dict) and all(isinstance(k, str) and v in STANDARD_KINDS for k, v in data.items()):
+            return data
+        raise serializers.ValidationError(f'Use "auto", "none" or {{column: one of {", ".join(STANDARD_KINDS)}}}.')
+
+    def to_representation(self, value):
+        return value
 
 
 class ConfigSerializer(serializers.Serializer):
     trim_whitespace = serializers.BooleanField(default=True)
     blank_as_null = serializers.BooleanField(default=True)
+    case = serializers.DictField(child=serializers.ChoiceField(choices=CASES), default=dict)
+    standardize = StandardizeField(default="auto")
+    phone_region = serializers.RegexField(r"^[A-Z]{2}$", default="US")
+    coerce_types = serializers.BooleanField(default=True)
+    missing = serializers.DictField(child=MissingSerializer(), default=dict)
     drop_duplicates = serializers.BooleanField(default=True)
 
 
+def validate_against(dataset: Dataset, config: dict) -> None:
+    """Configuration that names columns must name real ones; mean/median need numbers."""
+    known = set(dataset.columns)
+    errors = {}
+    for option in ("case", "missing"):
+        unknown = sorted(set(config[option]) - known - {"*"})
+        if unknown:
+            errors[option] = [f"Unknown column(s): {', '.join(unknown)}."]
+    if isinstance(config["standardize"], dict):
+        unknown = sorted(set(config["standardize"]) - known)
+        if unknown:
+            errors["standardize"] = [f"Unknown column(s): {', '.join(unknown)}."]
+    if errors:
+        raise serializers.ValidationError(errors)
+
+
+class _ChangeLog:
+    def __init__(self):
+        self.counts: dict[tuple[str, str | None], int] = {}
+
+    def add(self, step: str, column: str | None, count: int) -> None:
+        if count:
+            self.counts[(step, column)] = self.counts.get((step, column), 0) + int(count)
+
+    def diff(self, step: str, column: str, before: pd.Series, after: pd.Series) -> None:
+        changed = ~((before == after) | (before.isna() & after.isna()))
+        self.add(step, column, changed.sum())
+
+    def as_list(self) -> list[dict]:
+        return [{"step": step, "column": column, "count": n} for (step, column), n in self.counts.items()]
+
+
+def _standard_kind(name: str, values: pd.Series) -> str | None:
+    """Which standard form an "auto" column should take, if any."""
+    present = values.dropna()
+    if present.empty:
+        return None
+    if PHONE_NAME.search(name):
+        return "phone"
+    kinds = classify(present)
+    share = kinds.value_counts(normalize=True)
+    if share.get("email", 0) >= AUTO_SHARE:
+        return "email"
+    if share.get("boolean", 0) >= AUTO_SHARE:
+        return "boolean"
+    if share.get("date", 0) + share.get("datetime", 0) >= AUTO_SHARE:
+        return dominant_kind(kinds[kinds.isin(["date", "datetime"])])
+    looks_numeric = present.str.fullmatch(MONEY_PATTERN).mean() >= AUTO_SHARE
+    leading_zeros = present.str.match(r"0\d").any()  # zip codes, account numbers: keep as text
+    if looks_numeric and not leading_zeros:
+        return "number"
+    return None
+
+
+def _canonical_number(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        return str(Decimal(text.strip().replace(",", "").lstrip("$€£").strip()))
+    except InvalidOperation:
+        return text
+
+
+def _standardize(values: pd.Series, kind: str, region: str) -> pd.Series:
+    present = values.dropna()
+    if kind == "email":
+        out = present.str.strip().str.lower()
+        return values.where(values.isna(), out.where(out.str.fullmatch(EMAIL_PATTERN), present))
+    if kind == "phone":
+        formatted = {value: _e164(value, region) for value in present.unique()}
+        return values.map(lambda v: formatted.get(v, v) if v is not None else None)
+    if kind in ("date", "datetime"):
+        parsed, _ = parse_dates(present)
+        fmt = "%Y-%m-%d" if kind == "date" else "%Y-%m-%dT%H:%M:%S"
+        out = parsed.dt.strftime(fmt)
+        return values.where(values.isna() | parsed.reindex(values.index).isna(), out.reindex(values.index))
+    if kind == "number":
+        is_number = present.str.fullmatch(MONEY_PATTERN)
+        out = present.where(~is_number, present[is_number].map(_canonical_number))
+        return values.where(values.isna(), out)
+    if kind == "boolean":
+        lowered = present.str.strip().str.lower()
+        out = lowered.map(lambda v: "true" if v in BOOL_TRUE else "false" if v in BOOL_FALSE else None)
+        return values.where(values.isna(), out.where(out.notna(), present))
+    raise ValueError(kind)
+
+
+def _e164(value: str, region: str) -> str:
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException:
+        return value
+    if not phonenumbers.is_possible_number(number):
+        return value
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _fill_value(values: pd.Series, strategy: str, constant) -> object:
+    if strategy == "constant":
+        return constant if isinstance(constant, str) else str(constant)
+    if strategy == "mode":
+        modes = values.dropna().mode()
+        return modes.iloc[0] if len(modes) else None
+    numbers = parse_money(values).dropna()
+    if numbers.empty:
+        return None
+    result = numbers.mean() if strategy == "mean" else numbers.median()
+    return _canonical_number(f"{round(float(result), 6):f}".rstrip("0").rstrip("."))
+
+
+def _coerce(value: str | None, kind: str | None):
+    if value is None or kind is None:
+        return value
+    if kind == "number":
+        try:
+            number = Decimal(value)
+        except InvalidOperation:
+            return value
+        return int(number) if number == number.to_integral_value() and "." not in value else float(number)
+    if kind == "boolean" and value in ("true", "false"):
+        return value == "true"
+    return value
+
+
 def run(dataset: Dataset, config: dict) -> dict:
-    changes: dict[tuple[str, str | None], int] = {}
+    frame = to_frame(dataset)
+    log = _ChangeLog()
+    rows_in = len(frame)
 
-    def count(step: str, column: str | None) -> None:
-        changes[(step, column)] = changes.get((step, column), 0) + 1
+    for column in dataset.columns:
+        values = frame[column]
+        if config["trim_whitespace"]:
+            cleaned = values.where(values.isna(), values.str.replace(r"\s+", " ", regex=True).str.strip())
+            log.diff("trim_whitespace", column, values, cleaned)
+            values = cleaned
+        if config["blank_as_null"]:
+            blank = values.notna() & (values.str.strip() == "")
+            log.add("blank_as_null", column, blank.sum())
+            values = values.mask(blank, None)
+        frame[column] = values
 
-    cleaned = []
-    for row in dataset.rows:
-        new_row = dict(row)
-        for column, value in row.items():
-            if not isinstance(value, str):
-                continue
-            if config["trim_whitespace"]:
-                trimmed = _SPACES.sub(" ", value).strip()
-                if trimmed != value:
-                    count("trim_whitespace", column)
-                    value = trimmed
-            if config["blank_as_null"] and value.strip() == "":
-                count("blank_as_null", column)
-                value = None
-            new_row[column] = value
-        cleaned.append(new_row)
+    for column, case in config["case"].items():
+        values = frame[column]
+        cased = getattr(values.str, case)()
+        cased = values.where(values.isna(), cased)
+        log.diff(f"case_{case}", column, values, cased)
+        frame[column] = cased
+
+    standardize = config["standardize"]
+    kinds: dict[str, str | None] = {}
+    if standardize == "auto":
+        kinds = {column: _standard_kind(column, frame[column]) for column in dataset.columns}
+    elif isinstance(standardize, dict):
+        kinds = dict(standardize)
+    for column, kind in kinds.items():
+        if kind is None:
+            continue
+        standardized = _standardize(frame[column], kind, config["phone_region"])
+        log.diff(f"standardize_{kind}", column, frame[column], standardized)
+        frame[column] = standardized
+
+    missing = config["missing"]
+    for column in dataset.columns:
+        rule = missing.get(column) or missing.get("*")
+        if not rule:
+            continue
+        gaps = frame[column].isna()
+        if not gaps.any():
+            continue
+        if rule["strategy"] == "drop":
+            frame = frame[~gaps]
+            log.add("missing_drop", column, gaps.sum())
+            continue
+        fill = _fill_value(frame[column], rule["strategy"], rule.get("value"))
+        if fill is not None:
+            frame.loc[gaps, column] = fill
+            log.add(f"missing_{rule['strategy']}", column, gaps.sum())
 
     if config["drop_duplicates"]:
-        seen: set[tuple] = set()
-        unique = []
-        for row in cleaned:
-            key = tuple(row[c] for c in dataset.columns)
-            if key in seen:
-                count("drop_duplicates", None)
-                continue
-            seen.add(key)
-            unique.append(row)
-        cleaned = unique
+        duplicated = frame.fillna("\x00").duplicated()
+        log.add("drop_duplicates", None, duplicated.sum())
+        frame = frame[~duplicated]
 
+    rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    if dataset.source_format == "rows" and config["coerce_types"]:
+        rows = [{column: _coerce(value, kinds.get(column)) for column, value in row.items()} for row in rows]
     return {
-        "data": dataset.to_payload(cleaned),
-        "changes": [{"step": step, "column": column, "count": n} for (step, column), n in changes.items()],
+        "data": dataset.to_payload(rows),
+        "changes": log.as_list(),
+        "summary": {"rows_in": rows_in, "rows_out": len(rows), "standardized": {c: k for c, k in kinds.items() if k}},
     }

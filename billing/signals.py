@@ -1,0 +1,4 @@
+from django.dispatch import Signal
+
+# Sent after a pending hold expired and its credits were released; `hold` is the CreditHold.
+hold_expired = Signal()
