@@ -10,7 +10,7 @@ TEST_DATABASE_URL ?= mysql://root@127.0.0.1:3306/test
 PYTEST_DB_FLAGS ?= $(if $(filter true,$(CI)),--create-db,--reuse-db)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps run test lint mariadb clean
+.PHONY: install system-deps run test lint mariadb redis bench-profile clean
 
 install: system-deps $(STAMP)
 
@@ -45,9 +45,24 @@ mariadb:
 		sleep 1; \
 	done; echo "MariaDB is unreachable on 127.0.0.1:3306"; exit 1
 
+# The local Redis (broker for the real Celery worker in the tests); start it if installed but down.
+redis:
+	@for i in $$(seq 1 15); do \
+		$(BIN)/python -c "import redis; redis.Redis(host='127.0.0.1', port=6379).ping()" 2>/dev/null && exit 0; \
+		if [ $$i = 1 ] && command -v redis-server >/dev/null; then \
+			echo "==> Redis is not answering on 127.0.0.1:6379; starting it"; \
+			redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null; \
+		fi; \
+		sleep 1; \
+	done; echo "Redis is unreachable on 127.0.0.1:6379"; exit 1
+
 # The whole test suite on the local MariaDB. Exits non-zero if any test fails or none ran.
-test: install mariadb
+test: install mariadb redis
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest $(PYTEST_DB_FLAGS) $(PYTEST_ARGS)
+
+# Benchmarks print their figures and write them to bench/results/.
+bench-profile: install
+	$(BIN)/python -m bench.profile_100k
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -16,7 +16,7 @@ from agents.models import AgentCost
 from agents.services import seed_agent_costs
 from billing import ledger
 from billing.errors import ApiError
-from billing.models import CreditTransaction, TransactionKind
+from billing.models import CreditHold, CreditTransaction, TransactionKind
 from billing.packages import all_packages
 from billing.selectors import transactions_for_user, wallet_for_user, wallet_summary
 from billing.serializers import (
@@ -292,3 +292,99 @@ class AdminSettleShortfallApi(APIView):
         return Response(
             {"collected": result.clawed_back, "written_off": result.shortfall, "new_balance": wallet.balance_credits}
         )
+
+
+class HoldSerializer(serializers.ModelSerializer):
+    hold_id = serializers.IntegerField(source="id")
+    credits = serializers.IntegerField(source="amount")
+
+    class Meta:
+        model = CreditHold
+        fields = ["hold_id", "agent_id", "credits", "status", "expires_at", "created_at", "settled_at"]
+
+
+class HoldCreateApi(APIView):
+    """Metering for agents run by other services: reserve the agent's current cost."""
+
+    permission_classes = [IsAuthenticated]
+
+    class HoldInputSerializer(serializers.Serializer):
+        agent_id = StrictCharField(max_length=64)
+
+    @extend_schema(request=HoldInputSerializer, responses={201: HoldSerializer})
+    def post(self, request):
+        serializer = self.HoldInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        agent = AgentCost.objects.filter(agent_id=serializer.validated_data["agent_id"], is_active=True).first()
+        if agent is None:
+            raise ApiError(error_code="AGENT_UNAVAILABLE", detail="No such active agent.", status_code=404)
+        result = ledger.hold(
+            user_id=request.user.id,
+            amount=agent.cost_credits,
+            agent_id=agent.agent_id,
+            idempotency_key=idempotency_key(request),
+        )
+        return Response(
+            HoldSerializer(result.hold).data, status=status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED
+        )
+
+
+class _OwnHoldMixin:
+    def own_hold(self, request, hold_id: int) -> CreditHold:
+        hold = CreditHold.objects.filter(pk=hold_id, wallet__user_id=request.user.id).first()
+        if hold is None:
+            raise ApiError(error_code="HOLD_NOT_FOUND", detail="No such hold.", status_code=404)
+        return hold
+
+
+class HoldDetailApi(_OwnHoldMixin, APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(responses={200: HoldSerializer})
+    def get(self, request, hold_id: int):
+        return Response(HoldSerializer(self.own_hold(request, hold_id)).data)
+
+
+class HoldCaptureApi(_OwnHoldMixin, APIView):
+    """Charge a pending hold (once); 409 if it was already captured, released or has expired."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        request=None,
+        responses={
+            200: inline_serializer(
+                "HoldCaptured",
+                {
+                    "hold_id": serializers.IntegerField(),
+                    "status": serializers.CharField(),
+                    "credits_charged": serializers.IntegerField(),
+                    "balance_after": serializers.IntegerField(),
+                    "transaction_id": serializers.IntegerField(),
+                },
+            )
+        },
+    )
+    def post(self, request, hold_id: int):
+        hold = self.own_hold(request, hold_id)
+        result = ledger.capture(hold_id=hold.id)
+        return Response(
+            {
+                "hold_id": hold.id,
+                "status": "captured",
+                "credits_charged": -result.transaction.amount,
+                "balance_after": result.balance_after,
+                "transaction_id": result.transaction.id,
+            }
+        )
+
+
+class HoldReleaseApi(_OwnHoldMixin, APIView):
+    """Give a pending hold's credits back; 409 if it is no longer pending."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(request=None, responses={200: HoldSerializer})
+    def post(self, request, hold_id: int):
+        hold = self.own_hold(request, hold_id)
+        return Response(HoldSerializer(ledger.release(hold_id=hold.id)).data)

@@ -146,6 +146,11 @@ SPECTACULAR_SETTINGS = {
     # Swagger UI is served from our own static files, never from a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "RunStatusEnum": "agents.models.RunStatus",
+        "HoldStatusEnum": "billing.models.HoldStatus",
+        "TransactionKindEnum": "billing.models.TransactionKind",
+    },
 }
 
 # --- Billing ----------------------------------------------------------------

@@ -4,38 +4,17 @@ Checked by hand against a naive ledger (the wallet read without `select_for_upda
 both tests fail there — charges overspend and grants lose updates.
 """
 
-import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.db import connection
 
 from billing import ledger
 from billing.models import CreditTransaction, TransactionKind, Wallet
+from tests.concurrency import in_threads
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 THREADS = 16
-
-
-def _in_threads(jobs, work):
-    """Run `work(job)` for each job on THREADS threads that start together."""
-    barrier = threading.Barrier(THREADS)
-    chunks = [jobs[i::THREADS] for i in range(THREADS)]
-
-    def worker(chunk):
-        outcomes = []
-        try:
-            barrier.wait()
-            for job in chunk:
-                outcomes.append(work(job))
-        finally:
-            connection.close()
-        return outcomes
-
-    with ThreadPoolExecutor(max_workers=THREADS) as pool:
-        return [outcome for chunk in pool.map(worker, chunks) for outcome in chunk]
 
 
 def _ledger_sum(wallet: Wallet) -> int:
@@ -53,7 +32,7 @@ def test_concurrent_charges_never_overspend(user):
         except ledger.InsufficientCredits:
             return "402"
 
-    outcomes = Counter(_in_threads(list(range(4 * n_charges)), charge))
+    outcomes = Counter(in_threads(list(range(4 * n_charges)), charge))
 
     wallet = Wallet.objects.get(user=user)
     print(f"\n4N={4 * n_charges} concurrent charges on {THREADS} threads: {dict(outcomes)}")
@@ -66,7 +45,7 @@ def test_concurrent_charges_never_overspend(user):
 def test_concurrent_grants_lose_no_update(user):
     grants = list(range(1, 201))  # 200 grants of different sizes
 
-    _in_threads(grants, lambda amount: ledger.grant(user_id=user.id, amount=amount, reason="load"))
+    in_threads(grants, lambda amount: ledger.grant(user_id=user.id, amount=amount, reason="load"))
 
     wallet = Wallet.objects.get(user=user)
     assert wallet.balance_credits == sum(grants)
@@ -76,7 +55,7 @@ def test_concurrent_grants_lose_no_update(user):
 
 
 def test_concurrent_first_use_creates_one_wallet(user):
-    _in_threads(list(range(THREADS)), lambda _: ledger.grant(user_id=user.id, amount=1, reason="first"))
+    in_threads(list(range(THREADS)), lambda _: ledger.grant(user_id=user.id, amount=1, reason="first"))
     assert Wallet.objects.filter(user=user).count() == 1
     assert Wallet.objects.get(user=user).balance_credits == THREADS
 
@@ -87,7 +66,7 @@ def test_concurrent_replays_of_one_key_move_credits_once(user):
     def replay(_):
         return ledger.charge(user_id=user.id, amount=10, agent_id="a", idempotency_key="same-key").transaction.id
 
-    ids = set(_in_threads(list(range(64)), replay))
+    ids = set(in_threads(list(range(64)), replay))
 
     assert len(ids) == 1
     assert Wallet.objects.get(user=user).balance_credits == 90
@@ -104,7 +83,7 @@ def test_concurrent_holds_and_captures_never_overspend(user):
         ledger.capture(hold_id=held.id)
         return "ok"
 
-    outcomes = Counter(_in_threads(list(range(60)), run))
+    outcomes = Counter(in_threads(list(range(60)), run))
 
     wallet = Wallet.objects.get(user=user)
     assert outcomes == {"ok": 15, "402": 45}

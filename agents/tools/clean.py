@@ -229,17 +229,16 @@ def run(dataset: Dataset, config: dict) -> dict:
         log.diff(f"standardize_{kind}", column, frame[column], standardized)
         frame[column] = standardized
 
-    missing = config["missing"]
-    for column in dataset.columns:
-        rule = missing.get(column) or missing.get("*")
-        if not rule:
-            continue
-        gaps = frame[column].isna()
-        if not gaps.any():
-            continue
-        if rule["strategy"] == "drop":
-            frame = frame[~gaps]
+    # Drops first, so that means, medians and modes describe the rows that are returned.
+    rules = {c: config["missing"].get(c) or config["missing"].get("*") for c in dataset.columns}
+    for column, rule in rules.items():
+        if rule and rule["strategy"] == "drop":
+            gaps = frame[column].isna()
             log.add("missing_drop", column, gaps.sum())
+            frame = frame[~gaps]
+    for column, rule in rules.items():
+        gaps = frame[column].isna()
+        if not rule or rule["strategy"] == "drop" or not gaps.any():
             continue
         fill = _fill_value(frame[column], rule["strategy"], rule.get("value"))
         if fill is not None:
