@@ -14,6 +14,22 @@ from tests.fake_stripe import FakeStripe, serve
 CLOSED_PORT = "http://127.0.0.1:9"
 
 
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figures():
+    """`figures("…")` adds a line to the "figures" section printed at the end of the run."""
+    return _FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FIGURES:
+        terminalreporter.section("figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)
+
+
 def pytest_collection_modifyitems(config, items):
     # Everything here is about a ledger on MariaDB; on any other backend the suite must
     # fail loudly (never skip), so a CI run without its database cannot look green.

@@ -205,7 +205,7 @@ def test_every_catalogue_agent_can_be_metered(user_client, user):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_4k_concurrent_runs_on_a_wallet_for_k_runs_exactly_k_succeed(user):
+def test_4k_concurrent_runs_on_a_wallet_for_k_runs_exactly_k_succeed(user, figures):
     k, cost = 12, 25  # profile-my-data costs 25
     ledger.grant(user_id=user.id, amount=k * cost, reason="exactly K runs")
 
@@ -214,7 +214,7 @@ def test_4k_concurrent_runs_on_a_wallet_for_k_runs_exactly_k_succeed(user):
 
     outcomes = Counter(in_threads(list(range(4 * k)), run))
 
-    print(f"\n{4 * k} concurrent runs for a wallet funded for {k}: {dict(outcomes)}")
+    figures(f"{4 * k} concurrent agent runs for a wallet funded for {k}: {dict(outcomes)}")
     assert outcomes == {200: k, 402: 3 * k}
     final = wallet(user)
     assert (final.balance_credits, final.held_credits) == (0, 0)

@@ -205,7 +205,7 @@ def test_clean_configuration_must_name_real_columns(options, field):
 # --- master-my-data -----------------------------------------------------------------------------
 
 
-def test_master_finds_the_planted_clusters_with_precision_and_recall_above_0_9():
+def test_master_finds_the_planted_clusters_with_precision_and_recall_above_0_9(figures):
     text, _ = read("customers.csv")
     truth = {int(r["row"]): int(r["entity_id"]) for r in csv.DictReader((DATA / "customers_truth.csv").open())}
     options = {"match_columns": ["first_name", "last_name", "email", "phone", "city"]}
@@ -220,8 +220,8 @@ def test_master_finds_the_planted_clusters_with_precision_and_recall_above_0_9()
     }
     precision = len(found_pairs & true_pairs) / len(found_pairs)
     recall = len(found_pairs & true_pairs) / len(true_pairs)
-    print(
-        f"\nmaster-my-data on customers.csv: precision {precision:.3f}, recall {recall:.3f} "
+    figures(
+        f"master-my-data on customers.csv: precision {precision:.3f}, recall {recall:.3f} "
         f"({len(true_pairs)} true pairs, {len(result['clusters'])} clusters)"
     )
     assert precision >= 0.9 and recall >= 0.9

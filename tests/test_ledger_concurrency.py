@@ -21,7 +21,7 @@ def _ledger_sum(wallet: Wallet) -> int:
     return sum(CreditTransaction.objects.filter(wallet=wallet).values_list("amount", flat=True))
 
 
-def test_concurrent_charges_never_overspend(user):
+def test_concurrent_charges_never_overspend(user, figures):
     n_charges, cost = 50, 7
     ledger.grant(user_id=user.id, amount=n_charges * cost, reason="exactly N charges")
 
@@ -35,7 +35,7 @@ def test_concurrent_charges_never_overspend(user):
     outcomes = Counter(in_threads(list(range(4 * n_charges)), charge))
 
     wallet = Wallet.objects.get(user=user)
-    print(f"\n4N={4 * n_charges} concurrent charges on {THREADS} threads: {dict(outcomes)}")
+    figures(f"4N={4 * n_charges} concurrent charges on {THREADS} threads: {dict(outcomes)}")
     assert outcomes == {"ok": n_charges, "402": 3 * n_charges}
     assert wallet.balance_credits == 0
     assert wallet.balance_credits == _ledger_sum(wallet)
