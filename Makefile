@@ -5,19 +5,27 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 SYSTEM_PACKAGES := default-libmysqlclient-dev pkg-config
+# The admin's browser test drives Debian's headless Chromium.
+TEST_SYSTEM_PACKAGES := chromium chromium-driver
 TEST_DATABASE_URL ?= mysql://root@127.0.0.1:3306/test
 # CI builds the test database from scratch; locally it is kept between runs (dj-stripe's migrations are slow).
 PYTEST_DB_FLAGS ?= $(if $(filter true,$(CI)),--create-db,--reuse-db)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps run test lint mariadb redis bench-profile clean
+.PHONY: install system-deps test-system-deps apt-packages run test lint mariadb redis bench-profile bench-export clean
 
 install: system-deps $(STAMP)
 
 system-deps:
-	@if ! dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then \
-		echo "==> Installing Debian packages mysqlclient builds against: $(SYSTEM_PACKAGES)"; \
-		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
+	@$(MAKE) --no-print-directory apt-packages PACKAGES="$(SYSTEM_PACKAGES)"
+
+test-system-deps: system-deps
+	@$(MAKE) --no-print-directory apt-packages PACKAGES="$(TEST_SYSTEM_PACKAGES)"
+
+apt-packages:
+	@if ! dpkg -s $(PACKAGES) >/dev/null 2>&1; then \
+		echo "==> Installing Debian packages: $(PACKAGES)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(PACKAGES) >/dev/null; \
 	fi
 
 $(STAMP): requirements.txt requirements-dev.txt
@@ -57,12 +65,15 @@ redis:
 	done; echo "Redis is unreachable on 127.0.0.1:6379"; exit 1
 
 # The whole test suite on the local MariaDB. Exits non-zero if any test fails or none ran.
-test: install mariadb redis
+test: install test-system-deps mariadb redis
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest $(PYTEST_DB_FLAGS) $(PYTEST_ARGS)
 
 # Benchmarks print their figures and write them to bench/results/.
 bench-profile: install
 	$(BIN)/python -m bench.profile_100k
+
+bench-export: install mariadb
+	$(BIN)/python -m bench.export_csv
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -3,6 +3,7 @@ import uuid
 import zlib
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -13,7 +14,7 @@ class AgentCost(models.Model):
     agent_id = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=120)
     description = models.TextField(blank=True, default="")
-    cost_credits = models.PositiveIntegerField()
+    cost_credits = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(10_000)])
     default_cost_credits = models.PositiveIntegerField(help_text="The catalogue price it was last seeded with.")
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -34,6 +35,28 @@ class AgentCost(models.Model):
     @property
     def is_price_edited(self) -> bool:
         return self.cost_credits != self.default_cost_credits
+
+
+class AgentCostChange(models.Model):
+    """Price history: every change of an agent's cost or active flag, who made it and why."""
+
+    agent = models.ForeignKey(AgentCost, on_delete=models.CASCADE, related_name="changes")
+    old_cost_credits = models.PositiveIntegerField(null=True, blank=True)
+    new_cost_credits = models.PositiveIntegerField()
+    old_is_active = models.BooleanField(null=True, blank=True)
+    new_is_active = models.BooleanField()
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    reason = models.CharField(max_length=500)
+    changed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "agent_cost_changes"
+        ordering = ["-changed_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id}: {self.old_cost_credits} → {self.new_cost_credits}"
 
 
 class RunStatus(models.TextChoices):

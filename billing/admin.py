@@ -1,8 +1,52 @@
-"""Finance staff's console. Ledger rows and balances are never editable here."""
+"""Finance staff's console. Ledger rows and balances are never editable here, not even by
+superusers; money moves only through the ledger verbs (grant/debit forms, reprocessing)."""
 
-from django.contrib import admin
+from __future__ import annotations
 
-from billing.models import CreditHold, CreditShortfall, CreditTransaction, Purchase, StripeWebhookEvent, Wallet
+import csv
+import json
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Q, Sum
+from django.http import StreamingHttpResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+
+from billing.models import (
+    CreditHold,
+    CreditShortfall,
+    CreditTransaction,
+    Purchase,
+    StripeWebhookEvent,
+    Wallet,
+    WebhookEventStatus,
+)
+
+EXPORT_CHUNK = 2000
+EXPORT_COLUMNS = [
+    ("id", "id"),
+    ("created_at", "created_at"),
+    ("user_email", "wallet__user__email"),
+    ("kind", "kind"),
+    ("amount", "amount"),
+    ("balance_after", "balance_after"),
+    ("agent_id", "agent_id"),
+    ("agent_run_id", "agent_run_id"),
+    ("hold_id", "hold_id"),
+    ("stripe_checkout_session_id", "stripe_checkout_session_id"),
+    ("stripe_payment_intent_id", "stripe_payment_intent_id"),
+    ("stripe_event_id", "stripe_event_id"),
+    ("reason", "reason"),
+    ("actor_email", "actor__email"),
+]
+
+
+def admin_link(obj, label: str | None = None) -> str:
+    if obj is None:
+        return "—"
+    url = reverse(f"admin:{obj._meta.app_label}_{obj._meta.model_name}_change", args=[obj.pk])
+    return format_html('<a href="{}">{}</a>', url, label or str(obj))
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -20,51 +64,150 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(Wallet)
 class WalletAdmin(ReadOnlyAdmin):
-    list_display = ["user", "balance_credits", "held_credits", "available_credits", "shortfall_credits", "updated_at"]
+    list_display = [
+        "user_link",
+        "balance_credits",
+        "held_credits",
+        "available_credits",
+        "shortfall_credits",
+        "updated_at",
+    ]
     search_fields = ["user__email"]
     list_select_related = ["user"]
+
+    @admin.display(description="user", ordering="user__email")
+    def user_link(self, wallet):
+        return admin_link(wallet.user)
+
+
+class _Echo:
+    def write(self, value):
+        return value
 
 
 @admin.register(CreditTransaction)
 class CreditTransactionAdmin(ReadOnlyAdmin):
-    list_display = ["id", "created_at", "wallet", "kind", "amount", "balance_after", "agent_id", "reason"]
+    list_display = [
+        "id",
+        "created_at",
+        "user_link",
+        "kind",
+        "amount",
+        "balance_after",
+        "agent_id",
+        "reason",
+        "hold_link",
+    ]
     list_filter = ["kind", "agent_id", "created_at"]
     search_fields = ["wallet__user__email", "stripe_payment_intent_id", "stripe_checkout_session_id"]
-    list_select_related = ["wallet__user"]
+    list_select_related = ["wallet__user", "hold"]
     date_hierarchy = "created_at"
+    show_full_result_count = False
+
+    @admin.display(description="user", ordering="wallet__user__email")
+    def user_link(self, row):
+        return admin_link(row.wallet.user)
+
+    @admin.display(description="hold")
+    def hold_link(self, row):
+        return admin_link(row.hold, f"#{row.hold_id}") if row.hold_id else "—"
+
+    def get_urls(self):
+        return [
+            path("export/", self.admin_site.admin_view(self.export_view), name="billing_credittransaction_export"),
+            *super().get_urls(),
+        ]
+
+    def changelist_view(self, request, extra_context=None):
+        response = super().changelist_view(request, extra_context=extra_context)
+        context = getattr(response, "context_data", None)
+        if context and "cl" in context:
+            filtered = context["cl"].queryset.order_by()
+            context["totals"] = filtered.aggregate(
+                rows=Count("id"),
+                credits_in=Sum("amount", filter=Q(amount__gt=0)),
+                credits_out=Sum("amount", filter=Q(amount__lt=0)),
+                net=Sum("amount"),
+            )
+            context["totals_by_kind"] = list(
+                filtered.values("kind").annotate(rows=Count("id"), credits=Sum("amount")).order_by("kind")
+            )
+            context["can_export"] = request.user.has_perm("billing.export_transactions")
+        return response
+
+    def export_view(self, request):
+        """The filtered changelist as CSV, streamed in keyset-paged chunks (flat memory)."""
+        if not request.user.has_perm("billing.export_transactions"):
+            raise PermissionDenied
+        changelist = self.get_changelist_instance(request)
+        filtered = changelist.get_queryset(request).order_by("-id")
+        fields = [field for _, field in EXPORT_COLUMNS]
+
+        def rows():
+            yield [name for name, _ in EXPORT_COLUMNS]
+            last_id = None
+            while True:
+                chunk = filtered if last_id is None else filtered.filter(id__lt=last_id)
+                batch = list(chunk.values_list(*fields)[:EXPORT_CHUNK])
+                if not batch:
+                    return
+                yield from batch
+                last_id = batch[-1][0]
+
+        writer = csv.writer(_Echo())
+        response = StreamingHttpResponse((writer.writerow(row) for row in rows()), content_type="text/csv")
+        response["Content-Disposition"] = 'attachment; filename="credit_transactions.csv"'
+        return response
 
 
 @admin.register(CreditHold)
 class CreditHoldAdmin(ReadOnlyAdmin):
-    list_display = ["id", "wallet", "amount", "status", "agent_id", "expires_at", "created_at"]
+    list_display = ["id", "user_link", "amount", "status", "agent_id", "expires_at", "created_at", "settled_at"]
     list_filter = ["status", "agent_id"]
+    search_fields = ["wallet__user__email"]
     list_select_related = ["wallet__user"]
+    readonly_fields = ["runs", "transactions_of_hold"]
 
+    @admin.display(description="user", ordering="wallet__user__email")
+    def user_link(self, hold):
+        return admin_link(hold.wallet.user)
 
-@admin.register(StripeWebhookEvent)
-class StripeWebhookEventAdmin(ReadOnlyAdmin):
-    list_display = ["stripe_event_id", "type", "status", "attempts", "received_at", "processed_at"]
-    list_filter = ["status", "type"]
-    search_fields = ["stripe_event_id"]
+    @admin.display(description="agent runs")
+    def runs(self, hold):
+        return format_html_join(", ", "{}", ((admin_link(run, str(run.id)),) for run in hold.runs.all())) or "—"
+
+    @admin.display(description="ledger rows")
+    def transactions_of_hold(self, hold):
+        rows = hold.transactions.all()
+        return format_html_join(", ", "{}", ((admin_link(row, f"#{row.id} {row.amount:+d}"),) for row in rows)) or "—"
 
 
 @admin.register(Purchase)
 class PurchaseAdmin(ReadOnlyAdmin):
     list_display = [
         "stripe_checkout_session_id",
-        "user",
+        "user_link",
         "package_id",
         "credits",
         "amount_cents",
         "currency",
         "status",
         "clawed_back_credits",
+        "transaction_link",
         "created_at",
         "paid_at",
     ]
     list_filter = ["status", "package_id", "created_by_checkout"]
     search_fields = ["user__email", "stripe_checkout_session_id", "stripe_payment_intent_id"]
-    list_select_related = ["user"]
+    list_select_related = ["user", "transaction"]
+
+    @admin.display(description="user", ordering="user__email")
+    def user_link(self, purchase):
+        return admin_link(purchase.user)
+
+    @admin.display(description="ledger row")
+    def transaction_link(self, purchase):
+        return admin_link(purchase.transaction, f"#{purchase.transaction_id}") if purchase.transaction_id else "—"
 
 
 @admin.register(CreditShortfall)
@@ -79,4 +222,53 @@ class CreditShortfallAdmin(ReadOnlyAdmin):
         "written_off_credits",
     ]
     list_filter = ["settled_at"]
-    list_select_related = ["wallet__user"]
+    list_select_related = ["wallet__user", "purchase"]
+
+
+@admin.register(StripeWebhookEvent)
+class StripeWebhookEventAdmin(ReadOnlyAdmin):
+    list_display = ["stripe_event_id", "type", "status", "attempts", "received_at", "processed_at", "short_error"]
+    list_filter = ["status", "type"]
+    search_fields = ["stripe_event_id"]
+    readonly_fields = [
+        "stripe_event_id",
+        "type",
+        "status",
+        "attempts",
+        "error",
+        "received_at",
+        "processed_at",
+        "pretty_payload",
+    ]
+    exclude = ["payload"]
+    actions = ["reprocess"]
+
+    @admin.display(description="error")
+    def short_error(self, event):
+        return (event.error[:80] + "…") if len(event.error) > 80 else event.error
+
+    @admin.display(description="payload")
+    def pretty_payload(self, event):
+        return format_html(
+            '<pre style="white-space: pre-wrap; max-height: 40em; overflow: auto">{}</pre>',
+            json.dumps(event.payload, indent=2, sort_keys=True),
+        )
+
+    def has_reprocess_permission(self, request):
+        return request.user.has_perm("billing.reprocess_webhook_events")
+
+    @admin.action(description="Reprocess the selected failed events", permissions=["reprocess"])
+    def reprocess(self, request, queryset):
+        from billing.stripe_webhooks import process_event
+
+        outcomes: dict[str, int] = {}
+        for event in queryset.filter(status=WebhookEventStatus.FAILED):
+            try:
+                status = process_event(event_pk=event.pk).status
+            except Exception:
+                status = "error"
+            outcomes[status] = outcomes.get(status, 0) + 1
+        skipped = queryset.exclude(status=WebhookEventStatus.FAILED).count()
+        summary = ", ".join(f"{n} {status}" for status, n in sorted(outcomes.items())) or "nothing reprocessed"
+        level = messages.WARNING if outcomes.get("failed") or outcomes.get("error") else messages.SUCCESS
+        self.message_user(request, f"Reprocessed: {summary}; {skipped} not failed, skipped.", level)

@@ -8,7 +8,7 @@ from django.db.utils import DatabaseError
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
-from rest_framework.permissions import AllowAny, IsAdminUser, IsAuthenticated
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -18,6 +18,7 @@ from billing import ledger
 from billing.errors import ApiError
 from billing.models import CreditHold, CreditTransaction, TransactionKind
 from billing.packages import all_packages
+from billing.permissions import CanEditAgentCosts, CanGrantCredits, CanSettleShortfall
 from billing.selectors import transactions_for_user, wallet_for_user, wallet_summary
 from billing.serializers import (
     PackageSerializer,
@@ -127,7 +128,7 @@ class TransactionViewSet(viewsets.ReadOnlyModelViewSet):
 class AdminGrantApi(APIView):
     """Staff grant (positive `credits`) or debit (negative `credits`) with a required reason."""
 
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanGrantCredits]
 
     class GrantInputSerializer(serializers.Serializer):
         user_id = StrictIntegerField(min_value=1)
@@ -173,7 +174,7 @@ class AdminGrantApi(APIView):
 
 
 class AdminSeedCostsApi(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanEditAgentCosts]
 
     class SeedCostsInputSerializer(serializers.Serializer):
         reset = serializers.BooleanField(default=False, help_text="Overwrite prices staff have edited.")
@@ -194,7 +195,7 @@ class AdminSeedCostsApi(APIView):
     def post(self, request):
         serializer = self.SeedCostsInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        return Response(seed_agent_costs(**serializer.validated_data).as_dict())
+        return Response(seed_agent_costs(**serializer.validated_data, actor_id=request.user.id).as_dict())
 
 
 class CheckoutApi(APIView):
@@ -262,7 +263,7 @@ class StripeWebhookApi(APIView):
 class AdminSettleShortfallApi(APIView):
     """Staff settle a wallet's refund/dispute shortfall so it can be charged again."""
 
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanSettleShortfall]
 
     class SettleInputSerializer(serializers.Serializer):
         user_id = StrictIntegerField(min_value=1)

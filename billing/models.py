@@ -22,6 +22,10 @@ class Wallet(models.Model):
 
     class Meta:
         db_table = "credit_wallets"
+        permissions = [
+            ("grant_credits", "Can grant and debit credits"),
+            ("settle_shortfall", "Can settle refund and dispute shortfalls"),
+        ]
         constraints = [
             models.CheckConstraint(condition=Q(shortfall_credits__gte=0), name="wallet_shortfall_non_negative"),
             models.CheckConstraint(condition=Q(balance_credits__gte=0), name="wallet_balance_non_negative"),
@@ -93,6 +97,10 @@ class CreditTransaction(models.Model):
     class Meta:
         db_table = "credit_transactions"
         ordering = ["-created_at", "-id"]
+        permissions = [
+            ("export_transactions", "Can export ledger rows as CSV"),
+            ("view_finance_reports", "Can view finance reports"),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["wallet", "idempotency_key"], name="uniq_txn_wallet_idempotency_key"),
             models.CheckConstraint(condition=~Q(amount=0), name="txn_amount_non_zero"),
@@ -176,6 +184,7 @@ class StripeWebhookEvent(models.Model):
 
     class Meta:
         db_table = "stripe_webhook_events"
+        permissions = [("reprocess_webhook_events", "Can reprocess failed Stripe webhook events")]
         indexes = [models.Index(fields=["status", "received_at"], name="webhook_status_idx")]
 
     def __str__(self) -> str:

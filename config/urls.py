@@ -3,10 +3,12 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from billing.admin_views import reports_view
 from billing.api import HealthApi
 
 urlpatterns = [
     path("health", HealthApi.as_view(), name="health"),
+    path("admin/reports/", admin.site.admin_view(reports_view), name="finance-reports"),
     path("admin/", admin.site.urls),
     path("auth/", include("users.urls")),
     path("api/schema", SpectacularAPIView.as_view(), name="schema"),

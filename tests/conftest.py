@@ -65,8 +65,33 @@ def other_user(db):
     return UserFactory()
 
 
+def _in_group(user, name: str):
+    from django.contrib.auth.models import Group
+
+    from billing.roles import ensure_finance_groups
+
+    ensure_finance_groups()  # transactional tests flush the migration's groups
+    user.groups.add(Group.objects.get(name=name))
+    return user
+
+
 @pytest.fixture
 def staff(db):
+    """A staff member of the Finance group."""
+    from billing.roles import FINANCE
+
+    return _in_group(StaffFactory(), FINANCE)
+
+
+@pytest.fixture
+def finance_viewer(db):
+    from billing.roles import FINANCE_VIEWER
+
+    return _in_group(StaffFactory(), FINANCE_VIEWER)
+
+
+@pytest.fixture
+def staff_without_permissions(db):
     return StaffFactory()
 
 

@@ -204,6 +204,19 @@ def test_admin_endpoints_are_for_staff_only(user_client, anon, user):
     assert not CreditTransaction.objects.exists()
 
 
+@pytest.mark.parametrize("who", ["staff_without_permissions", "finance_viewer"])
+def test_staff_without_the_finance_permission_cannot_grant(request, client_for, user, who):
+    client = client_for(request.getfixturevalue(who))
+    body = {"user_id": user.id, "credits": 5, "reason": "x"}
+    assert client.post("/billing/admin/grant", body, format="json").status_code == 403
+    assert client.post("/billing/admin/seed-costs", {}, format="json").status_code == 403
+    assert (
+        client.post("/billing/admin/settle-shortfall", {"user_id": user.id, "reason": "x"}, format="json").status_code
+        == 403
+    )
+    assert not CreditTransaction.objects.exists()
+
+
 # --- /billing/admin/seed-costs ----------------------------------------------------------
 
 

@@ -1,0 +1,169 @@
+"""Finance pages inside the Django admin: reports, and granting/debiting a user's credits."""
+
+from __future__ import annotations
+
+import csv
+import uuid
+from datetime import timedelta
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.safestring import mark_safe
+
+from billing import ledger, reports
+from billing.charts import bar_chart_svg
+from billing.selectors import wallet_for_user
+from users.models import User
+
+MAX_REPORT_DAYS = 366
+
+
+class PeriodForm(forms.Form):
+    start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+    def clean(self):
+        data = super().clean()
+        default = _default_period()
+        end = data.get("end") or default.end
+        start = data.get("start") or end - (default.end - default.start)
+        if start > end:
+            raise forms.ValidationError("The start must not be after the end.")
+        if (end - start).days >= MAX_REPORT_DAYS:
+            raise forms.ValidationError(f"Choose at most {MAX_REPORT_DAYS} days.")
+        data["period"] = reports.Period(start=start, end=end)
+        return data
+
+
+def _default_period() -> reports.Period:
+    end = timezone.now().date()
+    return reports.Period(start=end - timedelta(days=29), end=end)
+
+
+def _csv_response(rows: list[dict], filename: str) -> HttpResponse:
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    writer = csv.writer(response)
+    if rows:
+        writer.writerow(rows[0].keys())
+        writer.writerows(row.values() for row in rows)
+    return response
+
+
+def reports_view(request):
+    """Finance reports for a date range; `?download=<table>` returns that table as CSV."""
+    if not request.user.has_perm("billing.view_finance_reports"):
+        raise PermissionDenied
+    form = PeriodForm(request.GET or None)
+    period = form.cleaned_data["period"] if form.is_bound and form.is_valid() else _default_period()
+    tables = {
+        "credits_by_day": reports.credits_by_day(period=period),
+        "revenue_by_package": reports.revenue_by_package(period=period),
+        "usage_by_agent": reports.usage_by_agent(period=period),
+        "webhook_events": [reports.webhook_stats(period=period)],
+        "failed_payments": reports.failed_payments(period=period),
+        "credits_held_now": [reports.credits_held_now()],
+        "top_users": reports.top_users(period=period),
+    }
+    download = request.GET.get("download")
+    if download:
+        if download not in tables:
+            raise Http404("No such report table.")
+        return _csv_response(tables[download], f"{download}_{period.start}_{period.end}.csv")
+    by_day = tables["credits_by_day"]
+    chart = bar_chart_svg(
+        chart_id="credits-chart",
+        title=f"Credits purchased vs consumed per day ({period.start} – {period.end})",
+        labels=[row["day"] for row in by_day],
+        series=[
+            ("purchased", [row["purchased"] for row in by_day], "#417690"),
+            ("granted", [row["granted"] for row in by_day], "#79aec8"),
+            ("consumed", [row["consumed"] for row in by_day], "#ba2121"),
+        ],
+    )
+    query = f"start={period.start}&end={period.end}"
+    context = {
+        **admin.site.each_context(request),
+        "title": "Finance reports",
+        "form": form,
+        "period": period,
+        "chart": mark_safe(chart),  # built from escaped parts in billing.charts
+        "tables": tables,
+        "webhooks": tables["webhook_events"][0],
+        "held": tables["credits_held_now"][0],
+        "query": query,
+    }
+    return TemplateResponse(request, "admin/finance_reports.html", context)
+
+
+class CreditsForm(forms.Form):
+    credits = forms.IntegerField(min_value=1, help_text="Whole credits.")
+    reason = forms.CharField(max_length=500, widget=forms.Textarea(attrs={"rows": 3, "cols": 60}))
+    # Generated when the form is shown: submitting the same form twice moves credits once.
+    idempotency_key = forms.CharField(widget=forms.HiddenInput, max_length=64)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["credits"] = forms.IntegerField(
+            min_value=1, max_value=settings.BILLING_MAX_GRANT, help_text="Whole credits."
+        )
+
+
+def user_credits_view(request, user_id: int, direction: str):
+    """Grant or debit a user's credits through the ledger, the staff user recorded as actor."""
+    if not (request.user.is_staff and request.user.has_perm("billing.grant_credits")):
+        raise PermissionDenied
+    if direction not in ("grant", "debit"):
+        raise Http404
+    target = get_object_or_404(User, pk=user_id)
+    wallet = wallet_for_user(user_id=target.id)
+    back = reverse("admin:users_user_change", args=[target.id])
+    if request.method == "POST":
+        form = CreditsForm(request.POST)
+        if form.is_valid():
+            amount = form.cleaned_data["credits"]
+            try:
+                if direction == "grant":
+                    result = ledger.grant(
+                        user_id=target.id,
+                        amount=amount,
+                        reason=form.cleaned_data["reason"],
+                        actor_id=request.user.id,
+                        idempotency_key=f"admin-{form.cleaned_data['idempotency_key']}",
+                    )
+                else:
+                    result = ledger.adjust(
+                        user_id=target.id,
+                        amount=-amount,
+                        reason=form.cleaned_data["reason"],
+                        actor_id=request.user.id,
+                        idempotency_key=f"admin-{form.cleaned_data['idempotency_key']}",
+                    )
+            except ledger.InsufficientCredits as exc:
+                form.add_error("credits", f"Only {exc.available} credits are available to debit.")
+            except ledger.LedgerError as exc:
+                form.add_error(None, exc.detail)
+            else:
+                verb = "Granted" if direction == "grant" else "Debited"
+                messages.success(request, f"{verb} {amount} credits. New balance: {result.balance_after}.")
+                return HttpResponseRedirect(back)
+    else:
+        form = CreditsForm(initial={"idempotency_key": uuid.uuid4().hex})
+    context = {
+        **admin.site.each_context(request),
+        "title": f"{'Grant' if direction == 'grant' else 'Debit'} credits — {target.email}",
+        "form": form,
+        "target": target,
+        "wallet": wallet,
+        "direction": direction,
+        "back": back,
+        "opts": User._meta,
+    }
+    return TemplateResponse(request, "admin/users/user/credits_form.html", context)
