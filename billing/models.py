@@ -163,6 +163,19 @@ class CreditHold(models.Model):
         return f"Hold {self.pk}: {self.amount} ({self.status})"
 
 
+class StripePaymentIntentLock(models.Model):
+    """A row per payment intent that every webhook handler touching it locks first, so a refund
+    and the checkout it refunds are processed one after the other, whatever order they arrive in."""
+
+    payment_intent_id = models.CharField(max_length=255, primary_key=True)
+
+    class Meta:
+        db_table = "stripe_payment_intent_locks"
+
+    def __str__(self) -> str:
+        return self.payment_intent_id
+
+
 class WebhookEventStatus(models.TextChoices):
     RECEIVED = "received", "Received"
     PROCESSED = "processed", "Processed"

@@ -1,8 +1,8 @@
 """Signed Stripe events: verified, stored once, then processed idempotently.
 
 No outbound call to Stripe is needed to move credits: the grant is decided from the signed
-payload and our own package table. Locks are taken in one order — event row, purchase row,
-wallet row — so concurrent deliveries serialise instead of deadlocking.
+payload and our own package table. Locks are taken in one order — event row, payment-intent
+row, purchase row, wallet row — so concurrent deliveries serialise instead of racing.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from billing import ledger, stripe_client
 from billing.errors import ApiError
-from billing.models import Purchase, PurchaseStatus, StripeWebhookEvent, WebhookEventStatus
+from billing.models import Purchase, PurchaseStatus, StripePaymentIntentLock, StripeWebhookEvent, WebhookEventStatus
 from billing.packages import get_package
 from users.models import User
 
@@ -129,6 +129,13 @@ def _object_id(value) -> str | None:
     return value or None
 
 
+def _lock_payment_intent(payment_intent_id: str | None) -> None:
+    """Serialise all handlers of one payment intent (lock order: event, payment intent, purchase, wallet)."""
+    if payment_intent_id:
+        StripePaymentIntentLock.objects.get_or_create(payment_intent_id=payment_intent_id)
+        StripePaymentIntentLock.objects.select_for_update().get(payment_intent_id=payment_intent_id)
+
+
 def _purchase_for_session(session: dict) -> Purchase:
     """The locked purchase for a signed session, created for sessions we did not start
     (Payment Links, dashboard). Rejects sessions whose user, package or amount don't add up."""
@@ -173,6 +180,7 @@ def _purchase_for_session(session: dict) -> Purchase:
 
 def _fulfil(stored: StripeWebhookEvent) -> str:
     session = stored.payload["data"]["object"]
+    _lock_payment_intent(_object_id(session.get("payment_intent")))
     purchase = _purchase_for_session(session)
     if purchase.transaction_id is not None:
         return WebhookEventStatus.PROCESSED  # another event for this session already granted it
@@ -255,6 +263,7 @@ def _apply_clawback_event(purchase: Purchase, stored: StripeWebhookEvent) -> Non
 
 def _on_refund_or_dispute(stored: StripeWebhookEvent) -> str:
     payment_intent_id = _object_id(stored.payload["data"]["object"].get("payment_intent"))
+    _lock_payment_intent(payment_intent_id)
     purchase = Purchase.objects.select_for_update().filter(stripe_payment_intent_id=payment_intent_id).first()
     if not payment_intent_id or purchase is None or purchase.status != PurchaseStatus.PAID:
         # Possibly delivered before its checkout.session.completed: kept as failed, and

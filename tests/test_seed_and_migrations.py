@@ -13,11 +13,15 @@ from agents.models import AgentCost
 def test_the_data_migration_seeds_the_22_agents():
     AgentCost.objects.all().delete()
     executor = MigrationExecutor(connection)
-    executor.migrate([("agents", "0001_initial")])
-    executor.loader.build_graph()
-    executor.migrate([("agents", "0002_seed_agent_costs")])
+    try:
+        executor.migrate([("agents", "0001_initial")])  # also unapplies what depends on later ones
+        executor.loader.build_graph()
+        executor.migrate([("agents", "0002_seed_agent_costs")])
+        agents = {a.agent_id: a.cost_credits for a in AgentCost.objects.all()}
+    finally:
+        executor.loader.build_graph()
+        executor.migrate(executor.loader.graph.leaf_nodes())
 
-    agents = {a.agent_id: a.cost_credits for a in AgentCost.objects.all()}
     assert len(agents) == 22
     assert {"profile-my-data", "clean-my-data", "master-my-data"} <= agents.keys()
     assert all(20 <= cost <= 150 for cost in agents.values())

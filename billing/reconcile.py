@@ -1,0 +1,161 @@
+"""Ledger reconciliation: find every way the stored figures could disagree. Changes nothing.
+
+Each check is one set-based query, so the cost grows with the ledger, not with round trips;
+wallets are checked in id-ordered batches so progress can be reported on large ledgers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from django.db import connection
+from django.db.models import Count, F, Q, Sum
+from django.db.models.functions import Coalesce
+
+from billing.models import (
+    CreditHold,
+    CreditShortfall,
+    CreditTransaction,
+    HoldStatus,
+    Purchase,
+    PurchaseStatus,
+    TransactionKind,
+    Wallet,
+)
+
+BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Drift:
+    check: str
+    subject: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"[{self.check}] {self.subject}: {self.detail}"
+
+
+def _wallet_batches(batch: int) -> Iterator[tuple[int, int]]:
+    """(first id, last id) of consecutive wallet batches."""
+    last = 0
+    while True:
+        ids = list(Wallet.objects.filter(id__gt=last).order_by("id").values_list("id", flat=True)[:batch])
+        if not ids:
+            return
+        yield ids[0], ids[-1]
+        last = ids[-1]
+
+
+def _check_wallets(first: int, last: int) -> Iterator[Drift]:
+    in_batch = Q(id__gte=first, id__lte=last)
+    wallets = (
+        Wallet.objects.filter(in_batch)
+        .annotate(ledger_sum=Coalesce(Sum("transactions__amount"), 0))
+        .filter(~Q(balance_credits=F("ledger_sum")))
+    )
+    for wallet in wallets:
+        yield Drift(
+            "balance", f"wallet {wallet.id}", f"balance {wallet.balance_credits} ≠ Σ amounts {wallet.ledger_sum}"
+        )
+
+    held = dict(
+        CreditHold.objects.filter(wallet_id__gte=first, wallet_id__lte=last, status=HoldStatus.PENDING)
+        .values_list("wallet_id")
+        .annotate(total=Sum("amount"))
+    )
+    owed = dict(
+        CreditShortfall.objects.filter(wallet_id__gte=first, wallet_id__lte=last, settled_at__isnull=True)
+        .values_list("wallet_id")
+        .annotate(total=Sum("amount"))
+    )
+    for wallet_id, held_credits, shortfall in Wallet.objects.filter(in_batch).values_list(
+        "id", "held_credits", "shortfall_credits"
+    ):
+        if held_credits != held.get(wallet_id, 0):
+            yield Drift(
+                "held", f"wallet {wallet_id}", f"held {held_credits} ≠ Σ pending holds {held.get(wallet_id, 0)}"
+            )
+        if shortfall != owed.get(wallet_id, 0):
+            yield Drift(
+                "shortfall",
+                f"wallet {wallet_id}",
+                f"shortfall {shortfall} ≠ Σ open shortfalls {owed.get(wallet_id, 0)}",
+            )
+
+    # Each row's balance_after must continue the previous row of its wallet.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT id, wallet_id, amount, balance_after, previous FROM (
+                SELECT id, wallet_id, amount, balance_after,
+                       COALESCE(LAG(balance_after) OVER (PARTITION BY wallet_id ORDER BY id), 0) AS previous
+                FROM credit_transactions WHERE wallet_id BETWEEN %s AND %s
+            ) chained
+            WHERE balance_after <> previous + amount
+            """,
+            [first, last],
+        )
+        for row_id, wallet_id, amount, balance_after, previous in cursor.fetchall():
+            yield Drift(
+                "chain",
+                f"transaction {row_id} (wallet {wallet_id})",
+                f"balance_after {balance_after} ≠ previous {previous} + amount {amount}",
+            )
+
+
+def _check_purchases() -> Iterator[Drift]:
+    for purchase in Purchase.objects.filter(status=PurchaseStatus.PAID).filter(
+        Q(transaction__isnull=True)
+        | ~Q(transaction__kind=TransactionKind.PURCHASE)
+        | ~Q(transaction__amount=F("credits"))
+    ):
+        yield Drift("purchase", purchase.stripe_checkout_session_id, "paid, but without exactly its purchase row")
+    for session_id, rows in (
+        CreditTransaction.objects.filter(kind=TransactionKind.PURCHASE)
+        .values_list("stripe_checkout_session_id")
+        .annotate(rows=Count("id"))
+        .filter(rows__gt=1)
+    ):
+        yield Drift("purchase", str(session_id), f"{rows} purchase rows for one checkout session")
+    orphans = CreditTransaction.objects.filter(kind=TransactionKind.PURCHASE, purchase__isnull=True)
+    for row in orphans.values_list("id", "stripe_checkout_session_id"):
+        yield Drift("purchase", f"transaction {row[0]}", f"purchase row for {row[1]} belongs to no paid purchase")
+
+
+def _check_clawbacks() -> Iterator[Drift]:
+    """Every refunded/disputed share of a purchase was taken back (as rows or recorded shortfall)."""
+    taken = dict(
+        CreditTransaction.objects.filter(kind=TransactionKind.CLAWBACK, metadata__purchase_id__isnull=False)
+        .values_list("metadata__purchase_id")
+        .annotate(total=Sum("amount"))
+    )
+    short = dict(CreditShortfall.objects.values_list("purchase_id").annotate(total=Sum("amount")))
+    refunded = Purchase.objects.filter(Q(refunded_cents__gt=0) | Q(disputed_cents__gt=0) | Q(clawed_back_credits__gt=0))
+    for purchase in refunded:
+        covered = min(purchase.amount_cents, purchase.refunded_cents + purchase.disputed_cents)
+        target = purchase.credits * covered // purchase.amount_cents
+        accounted = -(taken.get(purchase.id) or 0) + (short.get(purchase.id) or 0)
+        if purchase.clawed_back_credits != target or accounted != target:
+            yield Drift(
+                "clawback",
+                purchase.stripe_checkout_session_id,
+                f"refunded/disputed share is {target} credits; recorded {purchase.clawed_back_credits}, "
+                f"clawed back + shortfall {accounted}",
+            )
+
+
+def reconcile(*, batch: int = BATCH, progress: Callable[[int, int], None] | None = None) -> list[Drift]:
+    """All drift found, as a list (empty when the ledger is sound)."""
+    drift: list[Drift] = []
+    total = Wallet.objects.count()
+    checked = 0
+    for first, last in _wallet_batches(batch):
+        drift.extend(_check_wallets(first, last))
+        checked += Wallet.objects.filter(id__gte=first, id__lte=last).count()
+        if progress:
+            progress(checked, total)
+    drift.extend(_check_purchases())
+    drift.extend(_check_clawbacks())
+    return drift
