@@ -1,0 +1,124 @@
+"""Authorization matrix: every endpoint × (anonymous, owner, other user, staff without permission, finance)."""
+
+import pytest
+from django.test import Client
+
+from billing import ledger
+from billing.models import CreditTransaction
+from tests.conftest import bearer_client
+from tests.factories import UserFactory
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("agent_costs")]
+
+ROLES = ("anonymous", "owner", "other_user", "staff_without_permission", "finance")
+CSV = {"tool_configuration": {}, "data": {"csv": "a\n1\n"}}
+ALL_OK = dict.fromkeys(ROLES, 200)
+SIGNED_IN = {"anonymous": 401, "owner": 200, "other_user": 200, "staff_without_permission": 200, "finance": 200}
+OWN_OBJECT = {"anonymous": 401, "owner": 200, "other_user": 404, "staff_without_permission": 404, "finance": 404}
+FINANCE_ONLY = {"anonymous": 401, "owner": 403, "other_user": 403, "staff_without_permission": 403, "finance": 200}
+
+# (method, path template, body, expected status per role)
+API = [
+    ("get", "/health", None, ALL_OK),
+    ("get", "/api/schema", None, ALL_OK),
+    ("get", "/api/docs", None, ALL_OK),
+    ("get", "/billing/packages", None, ALL_OK),
+    ("get", "/billing/agent-costs", None, ALL_OK),
+    ("get", "/auth/me", None, SIGNED_IN),
+    ("get", "/billing/wallet", None, SIGNED_IN),
+    ("get", "/billing/transactions", None, SIGNED_IN),
+    ("get", "/billing/transactions/{transaction}", None, OWN_OBJECT),
+    ("get", "/api/agents/runs", None, SIGNED_IN),
+    ("get", "/api/agents/runs/{run}", None, OWN_OBJECT),
+    ("post", "/api/profile-my-data", CSV, SIGNED_IN),
+    (
+        "post",
+        "/billing/holds",
+        {"agent_id": "profile-my-data"},
+        {**SIGNED_IN, "owner": 201, "other_user": 201, "staff_without_permission": 201, "finance": 201},
+    ),
+    ("get", "/billing/holds/{hold}", None, OWN_OBJECT),
+    ("post", "/billing/holds/{hold}/capture", None, OWN_OBJECT),
+    ("post", "/billing/holds/{hold}/release", None, OWN_OBJECT),
+    (
+        "post",
+        "/billing/checkout",
+        {"package_id": "no-such-package"},
+        {**SIGNED_IN, "owner": 404, "other_user": 404, "staff_without_permission": 404, "finance": 404},
+    ),
+    ("post", "/billing/admin/grant", {"user_id": "{owner_id}", "credits": 5, "reason": "matrix"}, FINANCE_ONLY),
+    ("post", "/billing/admin/seed-costs", {}, FINANCE_ONLY),
+    ("post", "/billing/admin/settle-shortfall", {"user_id": "{owner_id}", "reason": "matrix"}, FINANCE_ONLY),
+    ("post", "/billing/webhook", {}, dict.fromkeys(ROLES, 400)),  # only a Stripe signature authenticates
+]
+
+ADMIN = [
+    ("get", "/admin/reports/", {"anonymous": 302, "owner": 302, "staff_without_permission": 403, "finance": 200}),
+    (
+        "get",
+        "/admin/billing/credittransaction/export/",
+        {"anonymous": 302, "owner": 302, "staff_without_permission": 403, "finance": 200},
+    ),
+    (
+        "post",
+        "/admin/users/user/{owner_id}/credits/grant/",
+        {"anonymous": 302, "owner": 302, "staff_without_permission": 403, "finance": 302},
+    ),
+]
+
+
+@pytest.fixture
+def world(staff, staff_without_permissions):
+    owner, other = UserFactory(), UserFactory()
+    people = {
+        "owner": owner,
+        "other_user": other,
+        "staff_without_permission": staff_without_permissions,
+        "finance": staff,
+    }
+    for person in people.values():
+        ledger.grant(user_id=person.id, amount=1000, reason="matrix")
+    run_id = bearer_client(owner).post("/api/profile-my-data", CSV, format="json").json()["run_id"]
+    hold = ledger.hold(user_id=owner.id, amount=10, agent_id="profile-my-data").hold
+    return {
+        "people": people,
+        "ids": {
+            "owner_id": owner.id,
+            "transaction": CreditTransaction.objects.filter(wallet__user=owner).first().id,
+            "run": run_id,
+            "hold": hold.id,
+        },
+    }
+
+
+def _fill(value, ids):
+    if isinstance(value, str):
+        formatted = value.format(**ids)
+        return int(formatted) if value.startswith("{") and formatted.isdigit() else formatted
+    if isinstance(value, dict):
+        return {k: _fill(v, ids) for k, v in value.items()}
+    return value
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize(("method", "path", "body", "expected"), API, ids=[f"{m} {p}" for m, p, *_ in API])
+def test_api_authorization(world, role, method, path, body, expected):
+    client = Client() if role == "anonymous" else bearer_client(world["people"][role])
+    url = path.format(**world["ids"])
+    kwargs = {"data": _fill(body, world["ids"]), "format": "json"} if body is not None else {}
+    if role == "anonymous":
+        kwargs = {"data": _fill(body, world["ids"]), "content_type": "application/json"} if body is not None else {}
+    response = getattr(client, method)(url, **kwargs)
+    assert response.status_code == expected[role], response.content[:300]
+
+
+@pytest.mark.parametrize("role", ["anonymous", "owner", "staff_without_permission", "finance"])
+@pytest.mark.parametrize(("method", "path", "expected"), ADMIN, ids=[f"{m} {p}" for m, p, _ in ADMIN])
+def test_admin_authorization(world, role, method, path, expected):
+    client = Client()
+    if role != "anonymous":
+        client.force_login(world["people"][role])
+    url = path.format(**world["ids"])
+    data = {"credits": 5, "reason": "matrix", "idempotency_key": "matrix"} if method == "post" else None
+    response = getattr(client, method)(url, data) if data else getattr(client, method)(url)
+    assert response.status_code == expected[role]
