@@ -6,7 +6,7 @@ from django.conf import settings
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -16,6 +16,7 @@ from agents.models import AgentRun, RunStatus
 from agents.runner import TOOLS, submit_run
 from billing.api import IDEMPOTENCY_HEADER, idempotency_key
 from billing.errors import ApiError
+from billing.parsers import LimitedJSONParser
 
 
 class AgentRequestSerializer(serializers.Serializer):
@@ -62,7 +63,7 @@ def wants_async(request) -> bool:
 
 class AgentRunApi(APIView):
     permission_classes = [IsAuthenticated]
-    parser_classes = [JSONParser, MultiPartParser, FormParser]
+    parser_classes = [LimitedJSONParser, MultiPartParser, FormParser]
     agent_id: str = ""
 
     def _dataset(self, attrs):

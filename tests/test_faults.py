@@ -1,0 +1,115 @@
+"""Faults: the database going away, lock waits that outlast their timeout, bad and oversized bodies."""
+
+import threading
+
+import pytest
+from django.db import connection, connections, transaction
+
+from billing import ledger
+from billing.models import CreditTransaction, Wallet
+from tests.conftest import bearer_client
+
+pytestmark = pytest.mark.usefixtures("agent_costs")
+
+
+@pytest.fixture
+def database_down():
+    """Point the default connection at a closed port for the duration of the test body."""
+    settings_dict = connection.settings_dict
+    original = settings_dict["PORT"]
+
+    def down():
+        connection.close()
+        settings_dict["PORT"] = 9  # nothing listens there
+
+    def up():
+        connection.close()
+        settings_dict["PORT"] = original
+
+    yield down, up
+    up()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_the_database_unreachable_writes_answer_503_and_nothing_is_half_done(user, staff, database_down):
+    down, up = database_down
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    user_client, staff_client = bearer_client(user), bearer_client(staff)
+
+    down()
+    health = user_client.get("/health")
+    grant = staff_client.post("/billing/admin/grant", {"user_id": user.id, "credits": 5, "reason": "x"}, format="json")
+    run = user_client.post("/api/profile-my-data", {"data": {"csv": "a\n1\n"}}, format="json")
+    hold = user_client.post("/billing/holds", {"agent_id": "profile-my-data"}, format="json")
+    up()
+
+    assert health.status_code == 503 and health.json()["database"] == "error"
+    for response in (grant, run, hold):
+        assert response.status_code == 503
+        assert response.json()["error_code"] == "SERVICE_UNAVAILABLE"
+    wallet = Wallet.objects.get(user=user)
+    assert (wallet.balance_credits, wallet.held_credits) == (100, 0)
+    assert CreditTransaction.objects.count() == 1
+    assert user_client.get("/health").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lock_wait_timeout_is_retried_then_answered_with_a_retryable_code(user):
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_wallet_lock():
+        try:
+            with transaction.atomic():
+                Wallet.objects.select_for_update().get(user=user)
+                locked.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    blocker = threading.Thread(target=hold_the_wallet_lock)
+    blocker.start()
+    assert locked.wait(10)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET SESSION innodb_lock_wait_timeout = 1")
+        response = bearer_client(user).post("/billing/holds", {"agent_id": "profile-my-data"}, format="json")
+    finally:
+        release.set()
+        blocker.join()
+        with connection.cursor() as cursor:
+            cursor.execute("SET SESSION innodb_lock_wait_timeout = DEFAULT")
+
+    assert response.status_code == 503
+    assert response.json()["error_code"] == "LEDGER_BUSY"
+    assert Wallet.objects.get(user=user).held_credits == 0
+    # Once the lock is gone the same request succeeds.
+    assert bearer_client(user).post("/billing/holds", {"agent_id": "profile-my-data"}, format="json").status_code == 201
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "body, content_type",
+    [
+        ("{", "application/json"),
+        ("[1, 2", "application/json"),
+        ("\xff\xfe", "application/json"),
+        ("a=1&b=", "text/plain"),
+    ],
+    ids=["truncated", "unclosed-list", "not-utf8", "wrong-media-type"],
+)
+def test_a_malformed_body_is_a_4xx_not_a_500(user_client, body, content_type):
+    response = user_client.generic("POST", "/api/profile-my-data", body, content_type=content_type)
+    assert response.status_code in (400, 415)
+    assert response.json()["error_code"] in ("MALFORMED_REQUEST", "UNSUPPORTED_MEDIA_TYPE")
+
+
+@pytest.mark.django_db
+def test_an_oversized_body_is_413_before_anything_is_held(user_client, user, settings):
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 50_000
+    big = '{"data": {"csv": "a\\n' + "1\\n" * 40_000 + '"}}'
+    response = user_client.generic("POST", "/api/profile-my-data", big, content_type="application/json")
+    assert response.status_code == 413
+    assert response.json()["error_code"] == "PAYLOAD_TOO_LARGE"
+    assert Wallet.objects.get(user=user).held_credits == 0
