@@ -6,7 +6,7 @@ from django.conf import settings
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -63,7 +63,8 @@ def wants_async(request) -> bool:
 
 class AgentRunApi(APIView):
     permission_classes = [IsAuthenticated]
-    parser_classes = [LimitedJSONParser, MultiPartParser, FormParser]
+    parser_classes = [LimitedJSONParser, MultiPartParser]
+    throttle_scope = "agents"
     agent_id: str = ""
 
     def _dataset(self, attrs):

@@ -5,8 +5,10 @@ import logging
 from django.conf import settings
 from django.db import connection
 from django.db.utils import DatabaseError
+from django.http import Http404, HttpResponse, JsonResponse
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema, inline_serializer
+from prometheus_client import CONTENT_TYPE_LATEST
 from rest_framework import serializers, status, viewsets
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
@@ -14,7 +16,7 @@ from rest_framework.views import APIView
 
 from agents.models import AgentCost
 from agents.services import seed_agent_costs
-from billing import ledger
+from billing import ledger, metrics
 from billing.errors import ApiError
 from billing.models import CreditHold, CreditTransaction, TransactionKind
 from billing.packages import all_packages
@@ -129,6 +131,7 @@ class AdminGrantApi(APIView):
     """Staff grant (positive `credits`) or debit (negative `credits`) with a required reason."""
 
     permission_classes = [CanGrantCredits]
+    throttle_scope = "grant"
 
     class GrantInputSerializer(serializers.Serializer):
         user_id = StrictIntegerField(min_value=1)
@@ -175,6 +178,7 @@ class AdminGrantApi(APIView):
 
 class AdminSeedCostsApi(APIView):
     permission_classes = [CanEditAgentCosts]
+    throttle_scope = "grant"
 
     class SeedCostsInputSerializer(serializers.Serializer):
         reset = serializers.BooleanField(default=False, help_text="Overwrite prices staff have edited.")
@@ -264,6 +268,7 @@ class AdminSettleShortfallApi(APIView):
     """Staff settle a wallet's refund/dispute shortfall so it can be charged again."""
 
     permission_classes = [CanSettleShortfall]
+    throttle_scope = "grant"
 
     class SettleInputSerializer(serializers.Serializer):
         user_id = StrictIntegerField(min_value=1)
@@ -308,6 +313,7 @@ class HoldCreateApi(APIView):
     """Metering for agents run by other services: reserve the agent's current cost."""
 
     permission_classes = [IsAuthenticated]
+    throttle_scope = "agents"
 
     class HoldInputSerializer(serializers.Serializer):
         agent_id = StrictCharField(max_length=64)
@@ -350,6 +356,7 @@ class HoldCaptureApi(_OwnHoldMixin, APIView):
     """Charge a pending hold (once); 409 if it was already captured, released or has expired."""
 
     permission_classes = [IsAuthenticated]
+    throttle_scope = "agents"
 
     @extend_schema(
         request=None,
@@ -384,8 +391,25 @@ class HoldReleaseApi(_OwnHoldMixin, APIView):
     """Give a pending hold's credits back; 409 if it is no longer pending."""
 
     permission_classes = [IsAuthenticated]
+    throttle_scope = "agents"
 
     @extend_schema(request=None, responses={200: HoldSerializer})
     def post(self, request, hold_id: int):
         hold = self.own_hold(request, hold_id)
         return Response(HoldSerializer(ledger.release(hold_id=hold.id)).data)
+
+
+def _metrics_allowed(request) -> bool:
+    token = settings.METRICS_TOKEN
+    if token and request.headers.get("Authorization") == f"Bearer {token}":
+        return True
+    return request.META.get("REMOTE_ADDR") in settings.METRICS_ALLOWED_IPS
+
+
+def metrics_view(request):
+    """Prometheus exposition; only from METRICS_ALLOWED_IPS or with `Authorization: Bearer <METRICS_TOKEN>`."""
+    if not settings.METRICS_ENABLED:
+        raise Http404
+    if not _metrics_allowed(request):
+        return JsonResponse({"error_code": "PERMISSION_DENIED", "detail": "Metrics are not public."}, status=403)
+    return HttpResponse(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)

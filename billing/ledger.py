@@ -16,6 +16,7 @@ Lock order is always wallet, then hold, and no verb locks two wallets.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -31,6 +32,7 @@ from django.conf import settings
 from django.db import OperationalError, transaction
 from django.utils import timezone
 
+from billing import metrics
 from billing.models import CreditHold, CreditShortfall, CreditTransaction, HoldStatus, TransactionKind, Wallet
 
 logger = logging.getLogger("billing")
@@ -38,6 +40,7 @@ logger = logging.getLogger("billing")
 # MySQL/MariaDB error numbers worth retrying: lock wait timeout, deadlock.
 _RETRYABLE_MYSQL_ERRORS = {1205, 1213}
 _MAX_ATTEMPTS = 5
+_TIMED_VERBS = {"charge", "capture"}
 
 
 class LedgerError(Exception):
@@ -145,11 +148,13 @@ def is_retryable_error(exc: OperationalError) -> bool:
 def _money_verb(fn: Callable[..., T]) -> Callable[..., T]:
     """Run `fn` in its own transaction, retrying lock timeouts/deadlocks when we own it."""
 
+    timer = (lambda: metrics.timed(fn.__name__)) if fn.__name__ in _TIMED_VERBS else contextlib.nullcontext
+
     @functools.wraps(fn)
     def wrapper(**kwargs: Any) -> T:
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
-                with transaction.atomic():
+                with timer(), transaction.atomic():
                     return fn(**kwargs)
             except OperationalError as exc:
                 if not is_retryable_error(exc):
@@ -228,14 +233,20 @@ def _log_after_commit(message: str, *args: Any) -> None:
     transaction.on_commit(lambda: logger.info(message, *args))
 
 
+def _count_after_commit(kind: str, amount: int, agent_id: str | None = None) -> None:
+    transaction.on_commit(lambda: metrics.CREDITS.labels(kind=kind, agent_id=agent_id or "").inc(abs(amount)))
+
+
 def _refuse(user_id: int, exc: InsufficientCredits) -> NoReturn:
     logger.warning("[Billing] Error: Insufficient credits for user %s", user_id)
+    metrics.REFUSALS.labels(reason="insufficient_credits").inc()
     raise exc
 
 
 def _refuse_if_in_shortfall(wallet: Wallet) -> None:
     if wallet.shortfall_credits > 0:
         logger.warning("[Billing] Error: Wallet of user %s is in shortfall", wallet.user_id)
+        metrics.REFUSALS.labels(reason="shortfall").inc()
         raise WalletInShortfall(shortfall=wallet.shortfall_credits)
 
 
@@ -268,6 +279,7 @@ def grant(
         metadata=metadata or {},
     )
     _log_after_commit("[Billing] Granted %s credits to user %s", amount, user_id)
+    _count_after_commit(TransactionKind.GRANT, amount)
     return LedgerResult(row)
 
 
@@ -305,6 +317,7 @@ def adjust(
         )
     except InsufficientCredits as exc:
         _refuse(user_id, exc)
+    _count_after_commit(TransactionKind.ADJUSTMENT, amount)
     verb = "Granted" if amount > 0 else "Debited"
     _log_after_commit(f"[Billing] {verb} %s credits {'to' if amount > 0 else 'from'} user %s", abs(amount), user_id)
     return LedgerResult(row)
@@ -341,6 +354,7 @@ def charge(
     except InsufficientCredits as exc:
         _refuse(user_id, exc)
     _log_after_commit("[Billing] Charged %s credits from user %s for agent %s", amount, user_id, agent_id)
+    _count_after_commit(TransactionKind.CHARGE, amount, agent_id)
     return LedgerResult(row)
 
 
@@ -457,6 +471,7 @@ def purchase(
         metadata={"package_id": package_id},
     )
     _log_after_commit("[Billing] Granted %s credits to user %s", amount, user_id)
+    _count_after_commit(TransactionKind.PURCHASE, amount)
     return LedgerResult(row)
 
 
@@ -509,6 +524,8 @@ def clawback(
             shortfall_credits=wallet.shortfall_credits + shortfall, updated_at=timezone.now()
         )
         logger.warning("[Billing] Error: Shortfall of %s credits recorded for user %s", shortfall, user_id)
+    if taken:
+        _count_after_commit(TransactionKind.CLAWBACK, taken)
     return ClawbackResult(row, clawed_back=taken, shortfall=shortfall)
 
 

@@ -20,7 +20,7 @@ from django.db import OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from billing import ledger, stripe_client
+from billing import ledger, metrics, stripe_client
 from billing.errors import ApiError
 from billing.models import Purchase, PurchaseStatus, StripePaymentIntentLock, StripeWebhookEvent, WebhookEventStatus
 from billing.packages import get_package
@@ -48,6 +48,7 @@ class WebhookOutcome:
     stripe_event_id: str
     status: str
     duplicate: bool = False
+    event_type: str = ""
 
 
 def verify_event(*, payload: bytes, signature: str | None) -> dict:
@@ -81,7 +82,7 @@ def process_event(*, event_pk: int) -> WebhookOutcome:
     Lock waits and deadlocks are retried here first."""
     for attempt in range(1, _MAX_ATTEMPTS + 1):
         try:
-            return _process_once(event_pk)
+            outcome = _process_once(event_pk)
         except OperationalError as exc:
             if not ledger.is_retryable_error(exc) or attempt == _MAX_ATTEMPTS:
                 _record_failure(event_pk, exc)
@@ -90,10 +91,16 @@ def process_event(*, event_pk: int) -> WebhookOutcome:
         except Exception as exc:
             _record_failure(event_pk, exc)
             raise
+        else:
+            status = "duplicate" if outcome.duplicate else outcome.status
+            metrics.WEBHOOK_EVENTS.labels(type=outcome.event_type, status=status).inc()
+            return outcome
     raise AssertionError("unreachable")
 
 
 def _record_failure(event_pk: int, exc: Exception) -> None:
+    event_type = StripeWebhookEvent.objects.filter(pk=event_pk).values_list("type", flat=True).first() or ""
+    metrics.WEBHOOK_EVENTS.labels(type=event_type, status="error").inc()
     StripeWebhookEvent.objects.filter(pk=event_pk).exclude(status__in=DONE).update(
         status=WebhookEventStatus.FAILED, error=f"{exc.__class__.__name__}: {exc}"[:5000], attempts=F("attempts") + 1
     )
@@ -103,7 +110,7 @@ def _record_failure(event_pk: int, exc: Exception) -> None:
 def _process_once(event_pk: int) -> WebhookOutcome:
     stored = StripeWebhookEvent.objects.select_for_update().get(pk=event_pk)
     if stored.status in DONE:
-        return WebhookOutcome(stored.stripe_event_id, stored.status, duplicate=True)
+        return WebhookOutcome(stored.stripe_event_id, stored.status, duplicate=True, event_type=stored.type)
     stored.attempts += 1
     handler = HANDLERS.get(stored.type)
     try:
@@ -116,7 +123,7 @@ def _process_once(event_pk: int) -> WebhookOutcome:
         stored.status = WebhookEventStatus.FAILED
         stored.error = str(exc)
     stored.save(update_fields=["status", "error", "attempts", "processed_at"])
-    return WebhookOutcome(stored.stripe_event_id, stored.status)
+    return WebhookOutcome(stored.stripe_event_id, stored.status, event_type=stored.type)
 
 
 # --- checkout.session.* -----------------------------------------------------------------
@@ -226,6 +233,7 @@ def _on_async_payment_failed(stored: StripeWebhookEvent) -> str:
         purchase.failure_reason = "Asynchronous payment failed."
         purchase.save(update_fields=["status", "failure_reason", "updated_at"])
         logger.warning("[Billing] Error: Payment failed for checkout session %s", purchase.stripe_checkout_session_id)
+        transaction.on_commit(metrics.FAILED_PAYMENTS.inc)
     return WebhookEventStatus.PROCESSED
 
 

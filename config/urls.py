@@ -4,10 +4,11 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from billing.admin_views import reports_view
-from billing.api import HealthApi
+from billing.api import HealthApi, metrics_view
 
 urlpatterns = [
     path("health", HealthApi.as_view(), name="health"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/reports/", admin.site.admin_view(reports_view), name="finance-reports"),
     path("admin/", admin.site.urls),
     path("auth/", include("users.urls")),

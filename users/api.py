@@ -18,6 +18,7 @@ class UserOutputSerializer(serializers.ModelSerializer):
 class RegisterApi(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list = []
+    throttle_scope = "auth"
 
     class RegisterInputSerializer(serializers.Serializer):
         email = serializers.EmailField(max_length=254)

@@ -3,9 +3,18 @@ from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from users.api import MeApi, RegisterApi
 
+
+class ThrottledTokenView(TokenObtainPairView):
+    throttle_scope = "auth"
+
+
+class ThrottledRefreshView(TokenRefreshView):
+    throttle_scope = "auth"
+
+
 urlpatterns = [
     path("register", RegisterApi.as_view(), name="register"),
-    path("token", TokenObtainPairView.as_view(), name="token"),
-    path("token/refresh", TokenRefreshView.as_view(), name="token-refresh"),
+    path("token", ThrottledTokenView.as_view(), name="token"),
+    path("token/refresh", ThrottledRefreshView.as_view(), name="token-refresh"),
     path("me", MeApi.as_view(), name="me"),
 ]

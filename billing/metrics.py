@@ -1,0 +1,45 @@
+"""Prometheus metrics for the ledger, webhooks and agent runs.
+
+With PROMETHEUS_MULTIPROC_DIR set (gunicorn with several workers) the values of all worker
+processes are aggregated at scrape time; otherwise the process's own registry is served.
+"""
+
+import os
+import time
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+
+CREDITS = Counter(
+    "ledger_credits_total",
+    "Credits moved by the ledger, by transaction kind and agent (charges) — always counted positive.",
+    ["kind", "agent_id"],
+)
+REFUSALS = Counter("ledger_insufficient_credit_refusals_total", "Requests refused for lack of credits.", ["reason"])
+WEBHOOK_EVENTS = Counter(
+    "stripe_webhook_events_total", "Stripe webhook deliveries by event type and outcome.", ["type", "status"]
+)
+FAILED_PAYMENTS = Counter("stripe_failed_payments_total", "Checkout sessions whose payment failed.")
+CHARGE_SECONDS = Histogram(
+    "ledger_charge_seconds",
+    "Time to move credits for a charge or capture (one locked transaction).",
+    ["verb"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+@contextmanager
+def timed(verb: str):
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        CHARGE_SECONDS.labels(verb=verb).observe(time.perf_counter() - started)
+
+
+def exposition() -> bytes:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest()
