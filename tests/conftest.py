@@ -2,6 +2,7 @@ import os
 
 import pytest
 import stripe
+from django.core.management import call_command
 from django.db import connection
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
@@ -42,6 +43,8 @@ def _mariadb_checked(django_db_setup, django_db_blocker):
     with django_db_blocker.unblock():
         vendor = connection.vendor
         version = connection.mysql_version if vendor == "mysql" else None
+        # A reused test database may hold rows committed by an interrupted earlier run.
+        call_command("flush", interactive=False, verbosity=0)
     return vendor, version
 
 
