@@ -38,6 +38,18 @@ logger = logging.getLogger("billing")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
+def require_user(user_id: int) -> None:
+    if not User.objects.filter(pk=user_id).exists():
+        raise ApiError(error_code="USER_NOT_FOUND", detail="No user with this id.", status_code=404)
+
+
+def active_agent(agent_id: str) -> AgentCost:
+    agent = AgentCost.objects.filter(agent_id=agent_id, is_active=True).first()
+    if agent is None:
+        raise ApiError(error_code="AGENT_UNAVAILABLE", detail="No such active agent.", status_code=404)
+    return agent
+
+
 def idempotency_key(request) -> str | None:
     """The request's `Idempotency-Key` header (1–255 printable characters), if any."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
@@ -163,8 +175,7 @@ class AdminGrantApi(APIView):
         serializer = self.GrantInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        if not User.objects.filter(pk=data["user_id"]).exists():
-            raise ApiError(error_code="USER_NOT_FOUND", detail="No user with this id.", status_code=404)
+        require_user(data["user_id"])
         verb = ledger.grant if data["credits"] > 0 else ledger.adjust
         result = verb(
             user_id=data["user_id"],
@@ -291,8 +302,7 @@ class AdminSettleShortfallApi(APIView):
         serializer = self.SettleInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        if not User.objects.filter(pk=data["user_id"]).exists():
-            raise ApiError(error_code="USER_NOT_FOUND", detail="No user with this id.", status_code=404)
+        require_user(data["user_id"])
         result = ledger.settle_shortfall(user_id=data["user_id"], actor_id=request.user.id, reason=data["reason"])
         wallet = wallet_for_user(user_id=data["user_id"])
         return Response(
@@ -322,9 +332,7 @@ class HoldCreateApi(APIView):
     def post(self, request):
         serializer = self.HoldInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        agent = AgentCost.objects.filter(agent_id=serializer.validated_data["agent_id"], is_active=True).first()
-        if agent is None:
-            raise ApiError(error_code="AGENT_UNAVAILABLE", detail="No such active agent.", status_code=404)
+        agent = active_agent(serializer.validated_data["agent_id"])
         result = ledger.hold(
             user_id=request.user.id,
             amount=agent.cost_credits,
@@ -333,6 +341,53 @@ class HoldCreateApi(APIView):
         )
         return Response(
             HoldSerializer(result.hold).data, status=status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED
+        )
+
+
+class ChargeCreateApi(APIView):
+    """Metering in one step for agents whose work is already done: charge the agent's current cost.
+
+    Idempotent with an `Idempotency-Key` header (a replay answers 200 with the first receipt)."""
+
+    permission_classes = [IsAuthenticated]
+    throttle_scope = "agents"
+
+    class ChargeInputSerializer(serializers.Serializer):
+        agent_id = StrictCharField(max_length=64)
+
+    @extend_schema(
+        request=ChargeInputSerializer,
+        responses={
+            201: inline_serializer(
+                "ChargeReceipt",
+                {
+                    "transaction_id": serializers.IntegerField(),
+                    "agent_id": serializers.CharField(),
+                    "credits_charged": serializers.IntegerField(),
+                    "balance_after": serializers.IntegerField(),
+                },
+            )
+        },
+    )
+    def post(self, request):
+        serializer = self.ChargeInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        agent = active_agent(serializer.validated_data["agent_id"])
+        result = ledger.charge(
+            user_id=request.user.id,
+            amount=agent.cost_credits,
+            agent_id=agent.agent_id,
+            idempotency_key=idempotency_key(request),
+        )
+        row = result.transaction
+        return Response(
+            {
+                "transaction_id": row.id,
+                "agent_id": row.agent_id,
+                "credits_charged": -row.amount,
+                "balance_after": row.balance_after,
+            },
+            status=status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED,
         )
 
 

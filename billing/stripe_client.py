@@ -114,15 +114,20 @@ def product_id_for(package: CreditPackage) -> str:
     return f"credits_{package.package_id}"
 
 
-def retrieve_product(product_id: str) -> stripe.Product | None:
+def _retrieve_or_none(retrieve, object_id: str):
+    """The Stripe object, or None if Stripe says it does not exist."""
     try:
-        return client().v1.products.retrieve(product_id)
+        return retrieve(object_id)
     except stripe.InvalidRequestError as exc:
         if exc.code == "resource_missing":
             return None
         raise
     except stripe.APIConnectionError as exc:
         raise StripeUnavailable() from exc
+
+
+def retrieve_product(product_id: str) -> stripe.Product | None:
+    return _retrieve_or_none(client().v1.products.retrieve, product_id)
 
 
 def upsert_product(package: CreditPackage, *, existing: stripe.Product | None) -> stripe.Product:
@@ -139,14 +144,7 @@ def upsert_product(package: CreditPackage, *, existing: stripe.Product | None) -
 
 
 def retrieve_price(price_id: str) -> stripe.Price | None:
-    try:
-        return client().v1.prices.retrieve(price_id)
-    except stripe.InvalidRequestError as exc:
-        if exc.code == "resource_missing":
-            return None
-        raise
-    except stripe.APIConnectionError as exc:
-        raise StripeUnavailable() from exc
+    return _retrieve_or_none(client().v1.prices.retrieve, price_id)
 
 
 def create_price(package: CreditPackage) -> stripe.Price:

@@ -15,6 +15,7 @@ urlpatterns = [
     path("admin/settle-shortfall", api.AdminSettleShortfallApi.as_view(), name="admin-settle-shortfall"),
     path("checkout", api.CheckoutApi.as_view(), name="checkout"),
     path("webhook", api.StripeWebhookApi.as_view(), name="stripe-webhook"),
+    path("charges", api.ChargeCreateApi.as_view(), name="charges"),
     path("holds", api.HoldCreateApi.as_view(), name="holds"),
     path("holds/<int:hold_id>", api.HoldDetailApi.as_view(), name="hold-detail"),
     path("holds/<int:hold_id>/capture", api.HoldCaptureApi.as_view(), name="hold-capture"),

@@ -31,6 +31,13 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(line)
 
 
+def pytest_configure(config):
+    from django.conf import settings
+
+    # Users are created in almost every test; a deliberately slow hasher would dominate the run.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def pytest_collection_modifyitems(config, items):
     # Everything here is about a ledger on MariaDB; on any other backend the suite must
     # fail loudly (never skip), so a CI run without its database cannot look green.

@@ -8,7 +8,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from agents import runner
-from agents.models import AgentRun, RunStatus
+from agents.models import AgentCost, AgentRun, RunStatus
 from billing import ledger
 from billing.models import CreditHold, CreditTransaction, HoldStatus, TransactionKind, Wallet
 from tests.concurrency import in_threads
@@ -187,6 +187,42 @@ def test_holds_are_private_idempotent_and_refused_when_short(user_client, user, 
     unknown = user_client.post("/billing/holds", {"agent_id": "no-such-agent"}, format="json")
     assert unknown.status_code == 404 and unknown.json()["error_code"] == "AGENT_UNAVAILABLE"
     assert user_client.post("/billing/holds", {}, format="json").status_code == 400
+
+
+def test_one_step_charge_takes_the_current_cost_once_per_key_and_never_overdraws(user_client, user):
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    first = user_client.post(
+        "/billing/charges", {"agent_id": "document-my-data"}, format="json", HTTP_IDEMPOTENCY_KEY="c1"
+    )
+    again = user_client.post(
+        "/billing/charges", {"agent_id": "document-my-data"}, format="json", HTTP_IDEMPOTENCY_KEY="c1"
+    )
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json() == again.json()
+    assert first.json()["agent_id"] == "document-my-data"
+    assert (first.json()["credits_charged"], first.json()["balance_after"]) == (40, 60)
+    row = CreditTransaction.objects.get(pk=first.json()["transaction_id"])
+    assert (row.kind, row.amount, row.agent_id) == (TransactionKind.CHARGE, -40, "document-my-data")
+
+    AgentCost.objects.filter(agent_id="document-my-data").update(cost_credits=45)
+    second = user_client.post("/billing/charges", {"agent_id": "document-my-data"}, format="json")
+    assert (second.status_code, second.json()["credits_charged"], second.json()["balance_after"]) == (201, 45, 15)
+    short = user_client.post("/billing/charges", {"agent_id": "document-my-data"}, format="json")
+    assert short.status_code == 402
+    assert (short.json()["error_code"], short.json()["required"], short.json()["available"]) == (
+        "BILLING_INSUFFICIENT_CREDITS",
+        45,
+        15,
+    )
+    reused = user_client.post(
+        "/billing/charges", {"agent_id": "profile-my-data"}, format="json", HTTP_IDEMPOTENCY_KEY="c1"
+    )
+    assert reused.status_code == 409 and reused.json()["error_code"] == "IDEMPOTENCY_KEY_REUSED"
+    unknown = user_client.post("/billing/charges", {"agent_id": "no-such-agent"}, format="json")
+    assert unknown.status_code == 404 and unknown.json()["error_code"] == "AGENT_UNAVAILABLE"
+    assert user_client.post("/billing/charges", {"agent_id": 7}, format="json").status_code == 400
+    assert wallet(user).balance_credits == 15
+    assert CreditTransaction.objects.filter(kind=TransactionKind.CHARGE).count() == 2
 
 
 def test_every_catalogue_agent_can_be_metered(user_client, user):

@@ -37,6 +37,12 @@ API = [
         {"agent_id": "profile-my-data"},
         {**SIGNED_IN, "owner": 201, "other_user": 201, "staff_without_permission": 201, "finance": 201},
     ),
+    (
+        "post",
+        "/billing/charges",
+        {"agent_id": "profile-my-data"},
+        {**SIGNED_IN, "owner": 201, "other_user": 201, "staff_without_permission": 201, "finance": 201},
+    ),
     ("get", "/billing/holds/{hold}", None, OWN_OBJECT),
     ("post", "/billing/holds/{hold}/capture", None, OWN_OBJECT),
     ("post", "/billing/holds/{hold}/release", None, OWN_OBJECT),
