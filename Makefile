@@ -12,7 +12,7 @@ TEST_DATABASE_URL ?= mysql://root@127.0.0.1:3306/test
 PYTEST_DB_FLAGS ?= $(if $(filter true,$(CI)),--create-db,--reuse-db)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps test-system-deps apt-packages run test lint mariadb redis bench-profile bench-export clean
+.PHONY: install system-deps test-system-deps apt-packages run test lint mariadb redis bench-profile bench-export bench-ledger clean
 
 install: system-deps $(STAMP)
 
@@ -74,6 +74,9 @@ bench-profile: install
 
 bench-export: install mariadb
 	$(BIN)/python -m bench.export_csv
+
+bench-ledger: install mariadb
+	$(BIN)/python -m bench.ledger_throughput
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

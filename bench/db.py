@@ -12,7 +12,7 @@ def use_bench_database() -> None:
 
     os.environ["DATABASE_URL"] = f"mysql://root@127.0.0.1:3306/{BENCH_DATABASE}"
     os.environ.setdefault("SECRET_KEY", "bench-only-secret")
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
     server = MySQLdb.connect(**SERVER)
     server.cursor().execute(
         f"CREATE DATABASE IF NOT EXISTS `{BENCH_DATABASE}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"

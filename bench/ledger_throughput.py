@@ -1,0 +1,341 @@
+"""Benchmark: charges per second — the raw-SQL floor, our ledger, and a naive ORM peer.
+
+    make bench-ledger          (or: python -m bench.ledger_throughput [--charges N])
+
+On the local MariaDB (database `ledger_bench`), in one run, at concurrency 1, 8 and 32, on
+distinct wallets and on one hot wallet:
+- floor: raw SQL over mysqlclient, per charge one transaction with the minimum statements
+  (conditional UPDATE of the wallet, INSERT of the ledger row, COMMIT);
+- ours:  `billing.ledger.charge`, and `hold` → `capture`;
+- naive: ORM read-modify-write without locks, as several OSS billing projects do; the credits
+  it loses under concurrency are counted.
+Statements per charge and per wallet read are counted by MariaDB itself (`Questions`).
+Results: bench/results/ledger_throughput.json and .md.
+"""
+
+import argparse
+import json
+import threading
+import time
+from pathlib import Path
+
+from bench.db import SERVER, use_bench_database
+
+RESULTS = Path(__file__).parent / "results"
+CONCURRENCY = (1, 8, 32)
+START_BALANCE = 10**12
+COST = 7
+
+
+def prepare_wallets(count: int) -> list[int]:
+    """`count` users with well-funded wallets, reset to the same balance; returns user ids."""
+    from billing.models import Wallet
+    from users.models import User
+
+    ids = []
+    for n in range(count):
+        user, _ = User.objects.get_or_create(email=f"bench-{n}@example.com")
+        Wallet.objects.get_or_create(user=user)
+        ids.append(user.id)
+    return ids
+
+
+def fund(user_ids: list[int]) -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE credit_wallets SET balance_credits = balance_credits + %s WHERE user_id IN ({})".format(
+                ",".join(["%s"] * len(user_ids))
+            ),
+            [START_BALANCE, *user_ids],
+        )
+
+
+def wallet_ids(user_ids: list[int]) -> dict[int, int]:
+    from billing.models import Wallet
+
+    return dict(Wallet.objects.filter(user_id__in=user_ids).values_list("user_id", "id"))
+
+
+def balances(user_ids: list[int]) -> dict[int, int]:
+    from billing.models import Wallet
+
+    return dict(Wallet.objects.filter(user_id__in=user_ids).values_list("user_id", "balance_credits"))
+
+
+def run_threads(threads: int, per_thread: int, work) -> float:
+    """Run `work(thread_index, i)` per_thread times on each of `threads` threads; returns seconds."""
+    from django.db import connections
+
+    barrier = threading.Barrier(threads + 1)
+
+    def worker(index: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(per_thread):
+                work(index, i)
+        finally:
+            connections.close_all()
+
+    pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for thread in pool:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in pool:
+        thread.join()
+    return time.perf_counter() - started
+
+
+# --- the three implementations -------------------------------------------------------------
+
+
+class Floor:
+    """Raw SQL: conditional UPDATE + INSERT … SELECT + COMMIT, one connection per thread."""
+
+    name = "floor (raw SQL)"
+
+    def __init__(self, wallets: dict[int, int]):
+        import MySQLdb
+
+        from bench.db import BENCH_DATABASE
+
+        self.wallets = wallets
+        self.local = threading.local()
+        self.connect = lambda: MySQLdb.connect(db=BENCH_DATABASE, **SERVER)
+
+    def charge(self, user_id: int) -> None:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = self.connect()
+            conn.autocommit(False)
+        wallet_id = self.wallets[user_id]
+        cursor = conn.cursor()
+        cursor.execute(
+            "UPDATE credit_wallets SET balance_credits = balance_credits - %s "
+            "WHERE id = %s AND balance_credits - held_credits >= %s",
+            (COST, wallet_id, COST),
+        )
+        if cursor.rowcount == 1:
+            cursor.execute(
+                "INSERT INTO credit_transactions (wallet_id, kind, amount, balance_after, agent_id, reason, "
+                "request_fingerprint, metadata, created_at) SELECT id, 'charge', %s, balance_credits, "
+                "'bench', '', '', '{}', NOW(6) FROM credit_wallets WHERE id = %s",
+                (-COST, wallet_id),
+            )
+        conn.commit()
+
+
+class Ours:
+    name = "ours (ledger.charge)"
+
+    def charge(self, user_id: int) -> None:
+        from billing import ledger
+
+        ledger.charge(user_id=user_id, amount=COST, agent_id="bench")
+
+
+class OursHoldCapture:
+    name = "ours (hold → capture)"
+
+    def charge(self, user_id: int) -> None:
+        from billing import ledger
+
+        held = ledger.hold(user_id=user_id, amount=COST, agent_id="bench").hold
+        ledger.capture(hold_id=held.id)
+
+
+class Naive:
+    """Read, subtract in Python, save — no lock (the pattern that loses updates)."""
+
+    name = "naive ORM peer"
+
+    def charge(self, user_id: int) -> None:
+        from billing.models import CreditTransaction, Wallet
+
+        wallet = Wallet.objects.get(user_id=user_id)
+        if wallet.balance_credits - wallet.held_credits < COST:
+            return
+        wallet.balance_credits -= COST
+        wallet.save(update_fields=["balance_credits"])
+        CreditTransaction.objects.create(
+            wallet=wallet, kind="charge", amount=-COST, balance_after=wallet.balance_credits, agent_id="bench"
+        )
+
+
+class Hordak:
+    """django-hordak: a locked balance check (Σ legs) then `transfer_to` wallet → revenue.
+
+    Each user's wallet is a liability account funded once; a charge debits it and credits an
+    income account — the double-entry equivalent of our charge, made safe with a row lock."""
+
+    name = "django-hordak"
+
+    def __init__(self, user_ids: list[int]):
+        from django.db import transaction
+        from djmoney.money import Money
+        from hordak.models import Account
+
+        self.Money = Money
+        with transaction.atomic():
+            self.revenue = self._account("bench-revenue", Account.TYPES.income)
+            cash = self._account("bench-cash", Account.TYPES.asset)
+            self.wallets = {}
+            for user_id in user_ids:
+                wallet = self._account(f"bench-wallet-{user_id}", Account.TYPES.liability)
+                if not wallet.legs.exists():
+                    wallet.transfer_to(cash, Money(START_BALANCE, "EUR"))
+                self.wallets[user_id] = wallet.pk
+
+    @staticmethod
+    def _account(code: str, account_type):
+        from hordak.models import Account
+
+        account, _ = Account.objects.get_or_create(
+            code=code, defaults={"name": code, "type": account_type, "currencies": ["EUR"]}
+        )
+        return account
+
+    def balances(self, user_ids: list[int]) -> dict[int, int]:
+        from hordak.models import Account
+
+        accounts = Account.objects.in_bulk([self.wallets[u] for u in user_ids])
+        return {u: int(accounts[self.wallets[u]].get_simple_balance().monies()[0].amount) for u in user_ids}
+
+    def charge(self, user_id: int) -> None:
+        from django.db import transaction
+        from hordak.models import Account
+
+        with transaction.atomic():
+            wallet = Account.objects.select_for_update().get(pk=self.wallets[user_id])
+            if wallet.get_simple_balance().monies()[0].amount < COST:
+                return
+            self.revenue.transfer_to(wallet, self.Money(COST, "EUR"))
+
+
+def statements(fn) -> int:
+    """Statements the client sent for `fn()`, counted by the server (includes COMMIT etc.)."""
+    from django.db import connection
+
+    def questions() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW SESSION STATUS LIKE 'Questions'")
+            return int(cursor.fetchone()[1])
+
+    before = questions()
+    fn()
+    return questions() - before - 1  # minus the second SHOW itself
+
+
+def measure(implementation, user_ids: list[int], threads: int, charges: int, hot: bool) -> dict:
+    per_thread = max(charges // threads, 1)
+    read = implementation.balances if hasattr(implementation, "balances") else balances
+    before = read(user_ids)
+
+    def work(index: int, i: int) -> None:
+        implementation.charge(user_ids[0] if hot else user_ids[index % len(user_ids)])
+
+    seconds = run_threads(threads, per_thread, work)
+    done = per_thread * threads
+    after = read(user_ids)
+    taken = sum(before[u] - after[u] for u in user_ids)
+    lost = done * COST - taken  # credits charged but not taken from any balance
+    return {
+        "implementation": implementation.name,
+        "concurrency": threads,
+        "wallets": "hot (1)" if hot else f"distinct ({min(threads, len(user_ids))})",
+        "charges": done,
+        "seconds": round(seconds, 3),
+        "charges_per_second": round(done / seconds),
+        "lost_credits": lost,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--charges", type=int, default=1600, help="charges per configuration")
+    args = parser.parse_args()
+    use_bench_database()
+    user_ids = prepare_wallets(max(CONCURRENCY))
+    fund(user_ids)
+    floor = Floor(wallet_ids(user_ids))
+    implementations = [floor, Ours(), OursHoldCapture(), Naive()]
+
+    rows = []
+    for hot in (False, True):
+        for threads in CONCURRENCY:
+            for implementation in implementations:
+                row = measure(implementation, user_ids, threads, args.charges, hot)
+                rows.append(row)
+                print(
+                    f"{row['implementation']:<24} c={threads:<3} {row['wallets']:<14} "
+                    f"{row['charges_per_second']:>6} charges/s  lost {row['lost_credits']}",
+                    flush=True,
+                )
+
+    from billing import ledger
+    from billing.selectors import wallet_summary
+
+    counts = {
+        "ours: statements per charge": statements(
+            lambda: ledger.charge(user_id=user_ids[0], amount=COST, agent_id="b")
+        ),
+        "ours: statements per hold+capture": statements(
+            lambda: ledger.capture(hold_id=ledger.hold(user_id=user_ids[0], amount=COST, agent_id="b").hold.id)
+        ),
+        "ours: statements per wallet read (GET /billing/wallet)": statements(
+            lambda: wallet_summary(user_id=user_ids[0])
+        ),
+        "naive: statements per charge": statements(lambda: Naive().charge(user_ids[0])),
+    }
+    for name, value in counts.items():
+        print(f"{name}: {value}")
+
+    def ratio(a: str, b: str, threads: int, hot: bool) -> float:
+        pick = {
+            r["implementation"]: r["charges_per_second"]
+            for r in rows
+            if r["concurrency"] == threads and r["wallets"].startswith("hot") == hot
+        }
+        return round(pick[a] / pick[b], 2)
+
+    summary = {
+        f"ours/floor c={c} {'hot' if h else 'distinct'}": ratio(Ours.name, Floor.name, c, h)
+        for h in (False, True)
+        for c in CONCURRENCY
+    }
+    summary.update(
+        {
+            f"ours/naive c={c} {'hot' if h else 'distinct'}": ratio(Ours.name, Naive.name, c, h)
+            for h in (False, True)
+            for c in CONCURRENCY
+        }
+    )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "ledger_throughput.json").write_text(
+        json.dumps({"rows": rows, "statements": counts, "ratios": summary}, indent=2) + "\n"
+    )
+    lines = [
+        "| implementation | concurrency | wallets | charges/s | lost credits |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['implementation']} | {r['concurrency']} | {r['wallets']} | {r['charges_per_second']} | "
+            f"{r['lost_credits']} |"
+            for r in rows
+        ),
+        "",
+        "| statements (counted by MariaDB) | n |",
+        "|---|---|",
+        *(f"| {name} | {value} |" for name, value in counts.items()),
+        "",
+        "| ratio | value |",
+        "|---|---|",
+        *(f"| {name} | {value} |" for name, value in summary.items()),
+    ]
+    (RESULTS / "ledger_throughput.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

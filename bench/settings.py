@@ -1,0 +1,17 @@
+"""Benchmark settings: the project's own, plus django-hordak (bench-only) and an empty endpoint.
+
+django-hordak and its dependencies come from `bench/requirements.txt`; the project never imports them.
+"""
+
+from importlib.util import find_spec
+
+from config.settings import *  # noqa: F403
+from config.settings import INSTALLED_APPS
+
+HORDAK_INSTALLED = find_spec("hordak") is not None
+if HORDAK_INSTALLED:
+    INSTALLED_APPS = [*INSTALLED_APPS, "mptt", "djmoney", "hordak"]
+    DEFAULT_CURRENCY = "EUR"
+    CURRENCIES = ["EUR"]
+
+ROOT_URLCONF = "bench.urls"
