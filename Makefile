@@ -12,7 +12,7 @@ TEST_DATABASE_URL ?= mysql://root@127.0.0.1:3306/test
 PYTEST_DB_FLAGS ?= $(if $(filter true,$(CI)),--create-db,--reuse-db)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps test-system-deps apt-packages run test lint mariadb redis bench-profile bench-export bench-ledger clean
+.PHONY: install system-deps test-system-deps bench-deps apt-packages run test lint mariadb redis bench bench-profile bench-export bench-ledger bench-scale bench-http clean
 
 install: system-deps $(STAMP)
 
@@ -69,14 +69,30 @@ test: install test-system-deps mariadb redis
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest $(PYTEST_DB_FLAGS) $(PYTEST_ARGS)
 
 # Benchmarks print their figures and write them to bench/results/.
+# Bench-only tools: wrk (Debian) and the peers in bench/requirements.txt (django-hordak, pyinstrument).
+bench-deps: install
+	@$(MAKE) --no-print-directory apt-packages PACKAGES="wrk"
+	@cmp -s bench/requirements.txt $(VENV)/.bench-requirements || \
+		($(BIN)/pip install -q -r bench/requirements.txt && cp bench/requirements.txt $(VENV)/.bench-requirements)
+
+# The ledger benchmarks in one bounded run (≤ 10 min); updates the README's Performance section.
+bench: bench-deps mariadb
+	$(BIN)/python -m bench
+
 bench-profile: install
 	$(BIN)/python -m bench.profile_100k
 
 bench-export: install mariadb
 	$(BIN)/python -m bench.export_csv
 
-bench-ledger: install mariadb
+bench-ledger: bench-deps mariadb
 	$(BIN)/python -m bench.ledger_throughput
+
+bench-scale: bench-deps mariadb
+	$(BIN)/python -m bench.ledger_scale
+
+bench-http: bench-deps mariadb
+	$(BIN)/python -m bench.http_load
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

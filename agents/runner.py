@@ -26,7 +26,8 @@ from django.dispatch import receiver
 from django.utils import timezone
 
 from agents.datasets import Dataset
-from agents.models import AgentCost, AgentRun, RunStatus, pack, unpack
+from agents.models import AgentRun, RunStatus, pack, unpack
+from agents.selectors import AgentPrice, current_price
 from agents.tools import clean, master, profile
 from billing import ledger
 from billing.models import CreditHold, HoldStatus
@@ -65,8 +66,8 @@ def _fingerprint(agent_id: str, tool_configuration: dict, dataset: Dataset) -> s
     return digest.hexdigest()
 
 
-def active_agent(agent_id: str) -> AgentCost:
-    agent = AgentCost.objects.filter(agent_id=agent_id, is_active=True).first()
+def active_agent(agent_id: str) -> AgentPrice:
+    agent = current_price(agent_id)
     if agent is None:
         raise AgentUnavailable(f"The agent {agent_id!r} is not available.")
     return agent

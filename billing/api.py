@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents.models import AgentCost
+from agents.selectors import AgentPrice, current_price
 from agents.services import seed_agent_costs
 from billing import ledger, metrics
 from billing.errors import ApiError
@@ -43,8 +44,8 @@ def require_user(user_id: int) -> None:
         raise ApiError(error_code="USER_NOT_FOUND", detail="No user with this id.", status_code=404)
 
 
-def active_agent(agent_id: str) -> AgentCost:
-    agent = AgentCost.objects.filter(agent_id=agent_id, is_active=True).first()
+def active_agent(agent_id: str) -> AgentPrice:
+    agent = current_price(agent_id)
     if agent is None:
         raise ApiError(error_code="AGENT_UNAVAILABLE", detail="No such active agent.", status_code=404)
     return agent

@@ -23,13 +23,14 @@ import json
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
 from django.conf import settings
-from django.db import OperationalError, transaction
+from django.db import DatabaseError, IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from billing import metrics
@@ -40,7 +41,7 @@ logger = logging.getLogger("billing")
 # MySQL/MariaDB error numbers worth retrying: lock wait timeout, deadlock.
 _RETRYABLE_MYSQL_ERRORS = {1205, 1213}
 _MAX_ATTEMPTS = 5
-_TIMED_VERBS = {"charge", "capture"}
+_TIMED_VERBS = {"capture"}  # and `charge`, timed as a whole
 
 
 class LedgerError(Exception):
@@ -145,27 +146,38 @@ def is_retryable_error(exc: OperationalError) -> bool:
     return bool(exc.args) and exc.args[0] in _RETRYABLE_MYSQL_ERRORS
 
 
-def _money_verb(fn: Callable[..., T]) -> Callable[..., T]:
-    """Run `fn` in its own transaction, retrying lock timeouts/deadlocks when we own it."""
+def _with_retries(verb: str, attempt: Callable[[], T]) -> T:
+    """Run one whole transaction, `attempt()`, again after a lock-wait timeout or deadlock when
+    we own the transaction; `LedgerBusy` (retryable, never a 500) if they persist."""
+    timer = (lambda: metrics.timed(verb)) if verb in _TIMED_VERBS else contextlib.nullcontext
+    for number in range(1, _MAX_ATTEMPTS + 1):
+        try:
+            with timer():
+                return attempt()
+        except OperationalError as exc:
+            if not is_retryable_error(exc):
+                raise
+            if connection.in_atomic_block:
+                # An outer transaction owns the locks; only its owner can retry.
+                raise LedgerBusy("The wallet is busy; retry the request.") from exc
+            if number == _MAX_ATTEMPTS:
+                raise LedgerBusy("The wallet is busy; retry the request.") from exc
+            time.sleep(random.uniform(0, 0.02 * number))
+    raise AssertionError("unreachable")
 
-    timer = (lambda: metrics.timed(fn.__name__)) if fn.__name__ in _TIMED_VERBS else contextlib.nullcontext
+
+def _money_verb(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run `fn` in its own transaction (a savepoint inside a caller's), with `_with_retries`."""
+
+    verb = fn.__name__.lstrip("_")
 
     @functools.wraps(fn)
     def wrapper(**kwargs: Any) -> T:
-        for attempt in range(1, _MAX_ATTEMPTS + 1):
-            try:
-                with timer(), transaction.atomic():
-                    return fn(**kwargs)
-            except OperationalError as exc:
-                if not is_retryable_error(exc):
-                    raise
-                if transaction.get_connection().in_atomic_block:
-                    # An outer transaction owns the locks; only its owner can retry.
-                    raise LedgerBusy("The wallet is busy; retry the request.") from exc
-                if attempt == _MAX_ATTEMPTS:
-                    raise LedgerBusy("The wallet is busy; retry the request.") from exc
-                time.sleep(random.uniform(0, 0.02 * attempt))
-        raise AssertionError("unreachable")
+        def attempt() -> T:
+            with transaction.atomic():
+                return fn(**kwargs)
+
+        return _with_retries(verb, attempt)
 
     return wrapper
 
@@ -323,7 +335,6 @@ def adjust(
     return LedgerResult(row)
 
 
-@_money_verb
 def charge(
     *,
     user_id: int,
@@ -333,29 +344,131 @@ def charge(
     agent_run_id: Any = None,
     metadata: dict | None = None,
 ) -> LedgerResult:
-    """Take `amount` available credits for one use of `agent_id`; never overdraws."""
+    """Take `amount` available credits for one use of `agent_id`; never overdraws.
+
+    On MariaDB the common case takes `_debit_in_place`'s two statements; anything unusual
+    (no wallet yet, too few credits, a shortfall, a reused idempotency key, another database)
+    takes the locked path, which explains the refusal or replays the first result."""
     _require_positive(amount)
-    fingerprint = _fingerprint("charge", amount=amount, agent_id=agent_id)
+    fields = {
+        "kind": TransactionKind.CHARGE,
+        "amount": -amount,
+        "agent_id": agent_id,
+        "agent_run_id": agent_run_id,
+        "idempotency_key": idempotency_key,
+        "request_fingerprint": _fingerprint("charge", amount=amount, agent_id=agent_id),
+        "metadata": metadata or {},
+    }
+    with metrics.timed("charge"):
+        row = None
+        if _in_place_debits_supported():
+            with contextlib.suppress(_KeyAlreadyUsed):  # rolled back; the locked path replays it
+                row = _with_retries("charge", lambda: _in_transaction(_debit_in_place, user_id=user_id, **fields))
+        if row is None:
+            return _charge_locked(user_id=user_id, fields=fields)
+        _after_charge(user_id, amount, agent_id)
+        return LedgerResult(row)
+
+
+@_money_verb
+def _charge_locked(*, user_id: int, fields: dict[str, Any]) -> LedgerResult:
     wallet = _lock_wallet(user_id)
-    if existing := _replay(CreditTransaction, wallet=wallet, idempotency_key=idempotency_key, fingerprint=fingerprint):
+    if existing := _replay(
+        CreditTransaction,
+        wallet=wallet,
+        idempotency_key=fields["idempotency_key"],
+        fingerprint=fields["request_fingerprint"],
+    ):
         return LedgerResult(existing, replayed=True)
     _refuse_if_in_shortfall(wallet)
     try:
-        row = _post(
-            wallet=wallet,
-            kind=TransactionKind.CHARGE,
-            amount=-amount,
-            agent_id=agent_id,
-            agent_run_id=agent_run_id,
-            idempotency_key=idempotency_key,
-            request_fingerprint=fingerprint,
-            metadata=metadata or {},
-        )
+        row = _post(wallet=wallet, **fields)
     except InsufficientCredits as exc:
         _refuse(user_id, exc)
+    _after_charge(user_id, -fields["amount"], fields["agent_id"])
+    return LedgerResult(row)
+
+
+def _after_charge(user_id: int, amount: int, agent_id: str) -> None:
     _log_after_commit("[Billing] Charged %s credits from user %s for agent %s", amount, user_id, agent_id)
     _count_after_commit(TransactionKind.CHARGE, amount, agent_id)
-    return LedgerResult(row)
+
+
+class _KeyAlreadyUsed(Exception):
+    """The fast path met an earlier row with the same idempotency key."""
+
+
+def _in_place_debits_supported() -> bool:
+    # INSERT … RETURNING is MariaDB's (10.5+); MySQL and SQLite take the locked path.
+    return connection.vendor == "mysql" and connection.mysql_is_mariadb and connection.mysql_version >= (10, 5)
+
+
+def _in_transaction(fn: Callable[..., T], **kwargs: Any) -> T:
+    """Run `fn(cursor, **kwargs)` in one transaction: a savepoint inside a caller's transaction,
+    else START TRANSACTION … COMMIT — one round trip fewer than Django's `atomic`, which
+    switches autocommit off and on again around every transaction."""
+    if connection.in_atomic_block or not connection.get_autocommit():
+        with transaction.atomic(), connection.cursor() as cursor:
+            return fn(cursor, **kwargs)
+    with connection.cursor() as cursor:
+        cursor.execute("START TRANSACTION")
+        try:
+            result = fn(cursor, **kwargs)
+        except BaseException:
+            with contextlib.suppress(DatabaseError):
+                cursor.execute("ROLLBACK")
+            raise
+        cursor.execute("COMMIT")
+        return result
+
+
+_TXN_COLUMNS = ("kind", "amount", "agent_id", "agent_run_id", "idempotency_key", "request_fingerprint", "metadata")
+_DEBIT_WALLET_SQL = (
+    "UPDATE credit_wallets SET balance_credits = balance_credits - %s, updated_at = %s "
+    "WHERE user_id = %s AND shortfall_credits = 0 AND balance_credits - held_credits >= %s"
+)
+_INSERT_TXN_SQL = (
+    "INSERT INTO credit_transactions (wallet_id, balance_after, created_at, reason, {columns}) "
+    "SELECT id, balance_credits, %s, '', {values} FROM credit_wallets WHERE user_id = %s "
+    "RETURNING id, wallet_id, balance_after"
+).format(columns=", ".join(_TXN_COLUMNS), values=", ".join(["%s"] * len(_TXN_COLUMNS)))
+
+
+def _debit_in_place(cursor, *, user_id: int, **fields: Any) -> CreditTransaction | None:
+    """A debit in two statements: one conditional UPDATE that takes the credits only if they
+    are available (locking the wallet row), then one INSERT … SELECT … RETURNING that writes
+    the ledger row with the new balance.
+
+    Returns None, having changed nothing, when the UPDATE matched no row (no wallet yet, not
+    enough credits, a shortfall). Raises `_KeyAlreadyUsed` when the idempotency key exists, so
+    the transaction rolls back."""
+    amount = -fields["amount"]
+    now = timezone.now()
+    at = connection.ops.adapt_datetimefield_value(now)
+    cursor.execute(_DEBIT_WALLET_SQL, [amount, at, user_id, amount])
+    if cursor.rowcount != 1:
+        return None
+    run_id = fields["agent_run_id"]
+    values = [
+        str(fields["kind"]),
+        fields["amount"],
+        fields["agent_id"],
+        None if run_id is None else uuid.UUID(str(run_id)).hex,  # how UUIDField stores it on MySQL
+        fields["idempotency_key"],
+        fields["request_fingerprint"],
+        json.dumps(fields["metadata"]),
+    ]
+    try:
+        cursor.execute(_INSERT_TXN_SQL, [at, *values, user_id])
+    except IntegrityError as exc:
+        if exc.args and exc.args[0] == 1062 and fields["idempotency_key"]:
+            raise _KeyAlreadyUsed from exc
+        raise
+    row_id, wallet_id, balance_after = cursor.fetchone()
+    row = CreditTransaction(id=row_id, wallet_id=wallet_id, balance_after=balance_after, created_at=now, **fields)
+    row._state.adding = False
+    row._state.db = connection.alias
+    return row
 
 
 @_money_verb

@@ -221,6 +221,10 @@ def test_one_step_charge_takes_the_current_cost_once_per_key_and_never_overdraws
     unknown = user_client.post("/billing/charges", {"agent_id": "no-such-agent"}, format="json")
     assert unknown.status_code == 404 and unknown.json()["error_code"] == "AGENT_UNAVAILABLE"
     assert user_client.post("/billing/charges", {"agent_id": 7}, format="json").status_code == 400
+    AgentCost.objects.filter(agent_id="document-my-data").update(is_active=False)
+    switched_off = user_client.post("/billing/charges", {"agent_id": "document-my-data"}, format="json")
+    assert switched_off.status_code == 404 and switched_off.json()["error_code"] == "AGENT_UNAVAILABLE"
+    assert user_client.post("/billing/holds", {"agent_id": "document-my-data"}, format="json").status_code == 404
     assert wallet(user).balance_credits == 15
     assert CreditTransaction.objects.filter(kind=TransactionKind.CHARGE).count() == 2
 

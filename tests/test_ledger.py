@@ -230,3 +230,60 @@ def test_the_database_rejects_a_duplicate_idempotency_key_for_a_wallet(user):
         CreditTransaction.objects.create(
             wallet=wallet, kind=TransactionKind.GRANT, amount=1, balance_after=11, idempotency_key="dup"
         )
+
+
+def _questions() -> int:
+    """Statements this connection has sent, counted by MariaDB itself."""
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW SESSION STATUS LIKE 'Questions'")
+        return int(cursor.fetchone()[1])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_charge_is_four_statements_and_its_row_is_complete(user):
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    before = _questions()
+    result = ledger.charge(user_id=user.id, amount=30, agent_id="profile-my-data", metadata={"units": 3})
+    sent = _questions() - before - 1  # the second SHOW counts itself
+    # START TRANSACTION, UPDATE, INSERT … RETURNING, COMMIT
+    assert sent == 4
+    stored = CreditTransaction.objects.get(pk=result.transaction.pk)
+    returned = result.transaction
+    for field in ("wallet_id", "kind", "amount", "balance_after", "agent_id", "metadata", "request_fingerprint"):
+        assert getattr(returned, field) == getattr(stored, field), field
+    assert (stored.kind, stored.amount, stored.balance_after, stored.metadata) == ("charge", -30, 70, {"units": 3})
+    assert abs((returned.created_at - stored.created_at).total_seconds()) < 1e-3
+    assert assert_consistent(user).balance_credits == 70
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["in-place", "locked"])
+def test_both_charge_paths_replay_refuse_and_conflict_alike(user, monkeypatch, fast):
+    if not fast:
+        monkeypatch.setattr(ledger, "_in_place_debits_supported", lambda: False)
+    ledger.grant(user_id=user.id, amount=100, reason="seed", idempotency_key="shared-key")
+    first = ledger.charge(user_id=user.id, amount=40, agent_id="a", idempotency_key="k1")
+    again = ledger.charge(user_id=user.id, amount=40, agent_id="a", idempotency_key="k1")
+    assert (first.replayed, again.replayed, again.transaction.pk) == (False, True, first.transaction.pk)
+    with pytest.raises(ledger.IdempotencyConflict):
+        ledger.charge(user_id=user.id, amount=41, agent_id="a", idempotency_key="k1")
+    with pytest.raises(ledger.IdempotencyConflict):  # a key first used by another verb
+        ledger.charge(user_id=user.id, amount=1, agent_id="a", idempotency_key="shared-key")
+    with pytest.raises(ledger.InsufficientCredits) as refused:
+        ledger.charge(user_id=user.id, amount=61, agent_id="a")
+    assert (refused.value.required, refused.value.available) == (61, 60)
+    ledger.hold(user_id=user.id, amount=50, agent_id="a")
+    with pytest.raises(ledger.InsufficientCredits):  # held credits are not available
+        ledger.charge(user_id=user.id, amount=11, agent_id="a")
+    assert ledger.charge(user_id=user.id, amount=10, agent_id="a").balance_after == 50
+    assert assert_consistent(user).balance_credits == 50
+    assert CreditTransaction.objects.filter(kind=TransactionKind.CHARGE).count() == 2
+
+
+def test_a_charge_inside_an_outer_transaction_rolls_back_with_it(user):
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    ledger.charge(user_id=user.id, amount=10, agent_id="a", idempotency_key="outer")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        assert ledger.charge(user_id=user.id, amount=10, agent_id="a", idempotency_key="outer").replayed
+        ledger.charge(user_id=user.id, amount=20, agent_id="a")
+        raise RuntimeError("the caller fails")
+    assert assert_consistent(user).balance_credits == 90

@@ -1,0 +1,114 @@
+"""All the ledger benchmarks in one run, bounded in time:  make bench  (or: python -m bench).
+
+Runs, one after the other on the local MariaDB: ledger throughput (floor / ours / naive /
+django-hordak at concurrency 1, 8, 32), ledger scale (10k vs 1M rows) and HTTP load through
+gunicorn; then checks the targets, writes bench/results/summary.md and puts it in the README's
+"Performance" section.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+BUDGET_SECONDS = 10 * 60
+
+STEPS = [
+    ("ledger throughput", ["bench.ledger_throughput"]),
+    ("ledger scale", ["bench.ledger_scale"]),
+    ("HTTP load", ["bench.http_load"]),
+]
+
+
+def run_steps(budget: float) -> None:
+    started = time.monotonic()
+    for name, module in STEPS:
+        left = budget - (time.monotonic() - started)
+        if left <= 0:
+            raise SystemExit(f"out of time before {name}")
+        print(f"\n=== {name} ({left:.0f} s left of the budget) ===", flush=True)
+        subprocess.run([sys.executable, "-m", *module], cwd=ROOT, check=True, timeout=left)
+    print(f"\nall benchmarks took {time.monotonic() - started:.0f} s", flush=True)
+
+
+def load(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def targets() -> list[tuple[str, str, bool]]:
+    throughput, scale, http = load("ledger_throughput"), load("ledger_scale"), load("http_load")
+    rate = {(r["implementation"], r["concurrency"], r["wallets"].split()[0]): r for r in throughput["rows"]}
+    configs = sorted({(c, w) for _, c, w in rate})
+
+    def worst(a: str, b: str) -> float:
+        return min(rate[(a, c, w)]["charges_per_second"] / rate[(b, c, w)]["charges_per_second"] for c, w in configs)
+
+    ours, floor, naive, hordak = (
+        "ours (ledger.charge)",
+        "floor (raw SQL)",
+        "naive ORM peer",
+        "django-hordak",
+    )
+    lost = sum(rate[(naive, c, w)]["lost_credits"] for c, w in configs)
+    ours_lost = sum(rate[(ours, c, w)]["lost_credits"] for c, w in configs)
+    statements = throughput["statements"]["ours: statements per charge"]
+    flat = scale["charge_1m_vs_10k"]
+    http_ratio = http["charge_vs_empty"]
+    return [
+        (
+            "ours ≥ 90 % of the raw-SQL floor (worst configuration)",
+            f"{worst(ours, floor):.0%}",
+            worst(ours, floor) >= 0.9,
+        ),
+        ("ours ≥ 3× the naive ORM peer (worst configuration)", f"{worst(ours, naive):.1f}×", worst(ours, naive) >= 3),
+        (
+            "the naive peer loses credits under concurrency; ours none",
+            f"naive {lost:,}, ours {ours_lost}",
+            lost > 0 and ours_lost == 0,
+        ),
+        ("ours ≥ django-hordak (worst configuration)", f"{worst(ours, hordak):.1f}×", worst(ours, hordak) >= 1),
+        ("≤ 6 SQL statements per charge", str(statements), statements <= 6),
+        ("HTTP charge ≥ 70 % of the empty endpoint", f"{http_ratio:.0%}", http_ratio >= 0.7),
+        ("flat from 10k to 1M ledger rows (≤ 1.25×)", f"{flat:.2f}×", flat <= 1.25),
+    ]
+
+
+def summary() -> str:
+    checks = targets()
+    parts = [
+        "| target | measured | met |",
+        "|---|---|---|",
+        *(f"| {name} | {value} | {'yes' if ok else '**no**'} |" for name, value, ok in checks),
+    ]
+    for title, name in (
+        ("Ledger throughput (charges/s)", "ledger_throughput"),
+        ("Ledger size", "ledger_scale"),
+        ("HTTP", "http_load"),
+    ):
+        parts += ["", f"#### {title}", "", (RESULTS / f"{name}.md").read_text().strip()]
+    return "\n".join(parts) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--summary-only", action="store_true", help="only rebuild the summary from bench/results")
+    args = parser.parse_args()
+    if not args.summary_only:
+        run_steps(BUDGET_SECONDS)
+    text = summary()
+    (RESULTS / "summary.md").write_text(text)
+    readme = README.read_text()
+    if START in readme and END in readme:
+        head, rest = readme.split(START, 1)
+        README.write_text(head + START + "\n" + text + END + rest.split(END, 1)[1])
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
