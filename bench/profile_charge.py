@@ -1,0 +1,90 @@
+"""Where a charge's time goes: pyinstrument profiles of `ledger.charge` and of POST /billing/charges.
+
+    make bench-profile-charge          (or: python -m bench.profile_charge [--calls N])
+
+In-process on the local MariaDB (database `ledger_bench`); prints wall and CPU time per call for the
+raw-SQL floor, `ledger.charge`, an empty authenticated request and a charge request (and the charge
+request with the ledger call stubbed out), then the two profiles.
+"""
+
+import argparse
+import json
+import os
+import time
+
+
+def timed(name: str, fn, calls: int) -> None:
+    for _ in range(min(calls, 50)):
+        fn()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(calls):
+        fn()
+    wall, cpu = (time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls
+    print(f"{name:<42} wall {wall * 1e3:6.2f} ms   CPU in this process {cpu * 1e3:6.2f} ms", flush=True)
+
+
+def profile(title: str, fn, calls: int) -> None:
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.0005)
+    profiler.start()
+    for _ in range(calls):
+        fn()
+    profiler.stop()
+    print(f"\n=== {title} ({calls} calls) ===")
+    print(profiler.output_text(unicode=False, color=False))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=500)
+    args = parser.parse_args()
+    os.environ.update(
+        {
+            "ALLOWED_HOSTS": "testserver",
+            "SECURE_SSL_REDIRECT": "false",
+            "CONN_MAX_AGE": "60",
+            "THROTTLE_AGENTS": "1000000/s",
+        }
+    )
+    from bench.db import use_bench_database
+
+    use_bench_database()
+    import logging
+
+    from django.test import Client
+
+    from bench.http_load import AGENT, prepare
+    from bench.ledger_throughput import Floor, fund, prepare_wallets, wallet_ids
+    from billing import ledger
+
+    logging.getLogger("billing").setLevel(logging.WARNING)
+    user_id = prepare_wallets(1)[0]
+    fund([user_id])
+    floor = Floor(wallet_ids([user_id]))
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {prepare()}")
+    body = json.dumps({"agent_id": AGENT})
+
+    def charge() -> None:
+        ledger.charge(user_id=user_id, amount=7, agent_id="bench")
+
+    def charge_request() -> None:
+        assert client.post("/billing/charges", body, content_type="application/json").status_code == 201
+
+    timed("floor (raw SQL)", lambda: floor.charge(user_id), args.calls)
+    timed("ledger.charge", charge, args.calls)
+    timed("GET /bench/empty", lambda: client.get("/bench/empty"), args.calls)
+    timed("POST /billing/charges", charge_request, args.calls)
+    real = ledger.charge
+    receipt = ledger.LedgerResult(ledger.CreditTransaction(id=1, agent_id=AGENT, amount=-1, balance_after=1))
+    ledger.charge = lambda **kwargs: receipt
+    try:
+        timed("POST /billing/charges, ledger stubbed out", charge_request, args.calls)
+    finally:
+        ledger.charge = real
+    profile("ledger.charge", charge, args.calls)
+    profile("POST /billing/charges", charge_request, args.calls)
+
+
+if __name__ == "__main__":
+    main()
