@@ -13,8 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+from bench.report import RESULTS, table
+
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 README = ROOT / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 BUDGET_SECONDS = 10 * 60
@@ -81,11 +82,9 @@ def targets() -> list[tuple[str, str, bool]]:
 
 def summary() -> str:
     checks = targets()
-    parts = [
-        "| target | measured | met |",
-        "|---|---|---|",
-        *(f"| {name} | {value} | {'yes' if ok else '**no**'} |" for name, value, ok in checks),
-    ]
+    parts = table(
+        ["target", "measured", "met"], ([name, value, "yes" if ok else "**no**"] for name, value, ok in checks)
+    )
     for title, name in (
         ("Ledger throughput (charges/s)", "ledger_throughput"),
         ("Ledger size", "ledger_scale"),

@@ -22,8 +22,8 @@ import urllib.request
 from pathlib import Path
 
 from bench.db import BENCH_DATABASE, use_bench_database
+from bench.report import table, write
 
-RESULTS = Path(__file__).parent / "results"
 LUA = Path(__file__).parent / "wrk" / "request.lua"
 PORT = 8765
 BASE = f"http://127.0.0.1:{PORT}"
@@ -145,26 +145,21 @@ def main() -> None:
 
     charge_ratio = round(rows[1]["requests_per_second"] / rows[0]["requests_per_second"], 2)
     workers = server_environment()["WEB_CONCURRENCY"]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "http_load.json").write_text(
-        json.dumps({"gunicorn_workers": int(workers), "rows": rows, "charge_vs_empty": charge_ratio}, indent=2) + "\n"
-    )
     lines = [
         f"gunicorn, {workers} sync workers, wrk with {args.connections} keep-alive connections, "
         f"{args.seconds} s per scenario after a 2 s warm-up:",
         "",
-        "| scenario | req/s | p50 ms | p95 ms | p99 ms | errors |",
-        "|---|---|---|---|---|---|",
-        *(
-            f"| {r['scenario']} | {r['requests_per_second']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
-            f"{r['errors']} |"
-            for r in rows
+        *table(
+            ["scenario", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"],
+            (
+                [r["scenario"], r["requests_per_second"], r["p50_ms"], r["p95_ms"], r["p99_ms"], r["errors"]]
+                for r in rows
+            ),
         ),
         "",
         f"Charge throughput is **{charge_ratio:.0%}** of the empty endpoint's.",
     ]
-    (RESULTS / "http_load.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write("http_load", {"gunicorn_workers": int(workers), "rows": rows, "charge_vs_empty": charge_ratio}, lines)
 
 
 if __name__ == "__main__":

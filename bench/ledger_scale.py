@@ -10,14 +10,12 @@ Results: bench/results/ledger_scale.json and .md.
 """
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 from bench.db import use_bench_database
+from bench.report import table, write
 
-RESULTS = Path(__file__).parent / "results"
 SIZES = (10_000, 1_000_000)
 CHUNK = 100_000
 FUNDS = 10**12
@@ -113,21 +111,24 @@ def main() -> None:
             flush=True,
         )
     ratio = round(rows[1]["charge"]["mean_us"] / rows[0]["charge"]["mean_us"], 2)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ledger_scale.json").write_text(json.dumps({"rows": rows, "charge_1m_vs_10k": ratio}, indent=2) + "\n")
     lines = [
-        "| ledger rows | charge mean µs | charge p50 µs | charge p99 µs | wallet read mean µs |",
-        "|---|---|---|---|---|",
-        *(
-            f"| {r['ledger_rows']:,} | {r['charge']['mean_us']} | {r['charge']['p50_us']} | {r['charge']['p99_us']} | "
-            f"{r['wallet_read']['mean_us']} |"
-            for r in rows
+        *table(
+            ["ledger rows", "charge mean µs", "charge p50 µs", "charge p99 µs", "wallet read mean µs"],
+            (
+                [
+                    f"{r['ledger_rows']:,}",
+                    r["charge"]["mean_us"],
+                    r["charge"]["p50_us"],
+                    r["charge"]["p99_us"],
+                    r["wallet_read"]["mean_us"],
+                ]
+                for r in rows
+            ),
         ),
         "",
         f"A charge on a 1M-row ledger costs **{ratio:.2f}×** what it costs on a 10k-row ledger.",
     ]
-    (RESULTS / "ledger_scale.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write("ledger_scale", {"rows": rows, "charge_1m_vs_10k": ratio}, lines)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,12 @@ Results: bench/results/ledger_throughput.json and .md.
 """
 
 import argparse
-import json
 import threading
 import time
-from pathlib import Path
 
 from bench.db import SERVER, use_bench_database
+from bench.report import table, write
 
-RESULTS = Path(__file__).parent / "results"
 CONCURRENCY = (1, 8, 32)
 START_BALANCE = 10**12
 COST = 7
@@ -318,29 +316,20 @@ def main() -> None:
             for c in CONCURRENCY
         }
     )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ledger_throughput.json").write_text(
-        json.dumps({"rows": rows, "statements": counts, "ratios": summary}, indent=2) + "\n"
-    )
     lines = [
-        "| implementation | concurrency | wallets | charges/s | lost credits |",
-        "|---|---|---|---|---|",
-        *(
-            f"| {r['implementation']} | {r['concurrency']} | {r['wallets']} | {r['charges_per_second']} | "
-            f"{r['lost_credits']} |"
-            for r in rows
+        *table(
+            ["implementation", "concurrency", "wallets", "charges/s", "lost credits"],
+            (
+                [r["implementation"], r["concurrency"], r["wallets"], r["charges_per_second"], r["lost_credits"]]
+                for r in rows
+            ),
         ),
         "",
-        "| statements (counted by MariaDB) | n |",
-        "|---|---|",
-        *(f"| {name} | {value} |" for name, value in counts.items()),
+        *table(["statements (counted by MariaDB)", "n"], counts.items()),
         "",
-        "| ratio | value |",
-        "|---|---|",
-        *(f"| {name} | {value} |" for name, value in summary.items()),
+        *table(["ratio", "value"], summary.items()),
     ]
-    (RESULTS / "ledger_throughput.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write("ledger_throughput", {"rows": rows, "statements": counts, "ratios": summary}, lines)
 
 
 if __name__ == "__main__":

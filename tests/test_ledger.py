@@ -1,7 +1,7 @@
 """The ledger verbs, one at a time, on MariaDB."""
 
 import pytest
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Sum
 
 from billing import ledger
@@ -287,3 +287,16 @@ def test_a_charge_inside_an_outer_transaction_rolls_back_with_it(user):
         ledger.charge(user_id=user.id, amount=20, agent_id="a")
         raise RuntimeError("the caller fails")
     assert assert_consistent(user).balance_credits == 90
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failure_after_the_debit_rolls_the_whole_charge_back(user, monkeypatch):
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    # The wallet UPDATE succeeds, then writing the ledger row fails.
+    monkeypatch.setattr(ledger, "_INSERT_TXN_SQL", "INSERT INTO no_such_table VALUES (%s)")
+    with pytest.raises(DatabaseError):
+        ledger.charge(user_id=user.id, amount=30, agent_id="a")
+    assert not connection.in_atomic_block and connection.get_autocommit()
+    monkeypatch.undo()
+    assert assert_consistent(user).balance_credits == 100
+    assert ledger.charge(user_id=user.id, amount=30, agent_id="a").balance_after == 70
