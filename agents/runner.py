@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from agents.datasets import Dataset
 from agents.models import AgentRun, RunStatus, pack, unpack
-from agents.selectors import AgentPrice, current_price
+from agents.selectors import AgentUnavailable, active_agent
 from agents.tools import clean, master, profile
 from billing import ledger
 from billing.models import CreditHold, HoldStatus
@@ -41,11 +41,6 @@ TOOLS: dict[str, ModuleType] = {
     "clean-my-data": clean,
     "master-my-data": master,
 }
-
-
-class AgentUnavailable(ledger.LedgerError):
-    error_code = "AGENT_UNAVAILABLE"
-    status_code = 404
 
 
 class RunTimedOut(Exception):
@@ -64,13 +59,6 @@ def _fingerprint(agent_id: str, tool_configuration: dict, dataset: Dataset) -> s
     for row in dataset.rows:
         digest.update(json.dumps([row[c] for c in dataset.columns], default=str).encode())
     return digest.hexdigest()
-
-
-def active_agent(agent_id: str) -> AgentPrice:
-    agent = current_price(agent_id)
-    if agent is None:
-        raise AgentUnavailable(f"The agent {agent_id!r} is not available.")
-    return agent
 
 
 def submit_run(

@@ -5,6 +5,12 @@ from dataclasses import dataclass
 from django.db import connection
 
 from agents.models import AgentCost
+from billing.ledger import LedgerError
+
+
+class AgentUnavailable(LedgerError):
+    error_code = "AGENT_UNAVAILABLE"
+    status_code = 404
 
 
 @dataclass(frozen=True)
@@ -25,3 +31,11 @@ def current_price(agent_id: str) -> AgentPrice | None:
         cursor.execute(_PRICE_SQL, [agent_id, True])
         row = cursor.fetchone()
     return AgentPrice(agent_id=row[0], cost_credits=row[1]) if row else None
+
+
+def active_agent(agent_id: str) -> AgentPrice:
+    """`current_price`, or `AgentUnavailable` (404 `AGENT_UNAVAILABLE`)."""
+    agent = current_price(agent_id)
+    if agent is None:
+        raise AgentUnavailable(f"The agent {agent_id!r} is not available.")
+    return agent

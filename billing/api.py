@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents.models import AgentCost
-from agents.selectors import AgentPrice, current_price
+from agents.selectors import active_agent
 from agents.services import seed_agent_costs
 from billing import ledger, metrics
 from billing.errors import ApiError
@@ -42,13 +42,6 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 def require_user(user_id: int) -> None:
     if not User.objects.filter(pk=user_id).exists():
         raise ApiError(error_code="USER_NOT_FOUND", detail="No user with this id.", status_code=404)
-
-
-def active_agent(agent_id: str) -> AgentPrice:
-    agent = current_price(agent_id)
-    if agent is None:
-        raise ApiError(error_code="AGENT_UNAVAILABLE", detail="No such active agent.", status_code=404)
-    return agent
 
 
 def idempotency_key(request) -> str | None:

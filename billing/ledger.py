@@ -146,14 +146,12 @@ def is_retryable_error(exc: OperationalError) -> bool:
     return bool(exc.args) and exc.args[0] in _RETRYABLE_MYSQL_ERRORS
 
 
-def _with_retries(verb: str, attempt: Callable[[], T]) -> T:
+def _with_retries(attempt: Callable[[], T]) -> T:
     """Run one whole transaction, `attempt()`, again after a lock-wait timeout or deadlock when
     we own the transaction; `LedgerBusy` (retryable, never a 500) if they persist."""
-    timer = (lambda: metrics.timed(verb)) if verb in _TIMED_VERBS else contextlib.nullcontext
     for number in range(1, _MAX_ATTEMPTS + 1):
         try:
-            with timer():
-                return attempt()
+            return attempt()
         except OperationalError as exc:
             if not is_retryable_error(exc):
                 raise
@@ -169,7 +167,7 @@ def _with_retries(verb: str, attempt: Callable[[], T]) -> T:
 def _money_verb(fn: Callable[..., T]) -> Callable[..., T]:
     """Run `fn` in its own transaction (a savepoint inside a caller's), with `_with_retries`."""
 
-    verb = fn.__name__.lstrip("_")
+    timer = (lambda: metrics.timed(fn.__name__)) if fn.__name__ in _TIMED_VERBS else contextlib.nullcontext
 
     @functools.wraps(fn)
     def wrapper(**kwargs: Any) -> T:
@@ -177,7 +175,8 @@ def _money_verb(fn: Callable[..., T]) -> Callable[..., T]:
             with transaction.atomic():
                 return fn(**kwargs)
 
-        return _with_retries(verb, attempt)
+        with timer():
+            return _with_retries(attempt)
 
     return wrapper
 
@@ -363,7 +362,7 @@ def charge(
         row = None
         if _in_place_debits_supported():
             with contextlib.suppress(_KeyAlreadyUsed):  # rolled back; the locked path replays it
-                row = _with_retries("charge", lambda: _in_transaction(_debit_in_place, user_id=user_id, **fields))
+                row = _with_retries(lambda: _in_transaction(_debit_in_place, user_id=user_id, **fields))
         if row is None:
             return _charge_locked(user_id=user_id, fields=fields)
         _after_charge(user_id, amount, agent_id)

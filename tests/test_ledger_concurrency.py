@@ -1,7 +1,9 @@
 """Many threads, one wallet, real MariaDB row locks.
 
-Checked by hand against a naive ledger (the wallet read without `select_for_update`):
-both tests fail there — charges overspend and grants lose updates.
+Checked by hand against naive ledgers: with the wallet read without `select_for_update` (and
+the in-place debit switched off), 200 of 200 charges "succeed" on a wallet funded for 50 and
+grants lose updates (1,569 of 20,100 credits kept); with the in-place debit's balance condition
+removed, the database's CHECK constraint refuses the overdraft and the charge test fails.
 """
 
 from collections import Counter
