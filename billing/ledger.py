@@ -345,7 +345,7 @@ def charge(
 ) -> LedgerResult:
     """Take `amount` available credits for one use of `agent_id`; never overdraws.
 
-    On MariaDB the common case takes `_debit_in_place`'s two statements; anything unusual
+    On MariaDB the common case is `_debit_in_place`'s one round trip; anything unusual
     (no wallet yet, too few credits, a shortfall, a reused idempotency key, another database)
     takes the locked path, which explains the refusal or replays the first result."""
     _require_positive(amount)
@@ -362,7 +362,7 @@ def charge(
         row = None
         if _in_place_debits_supported():
             with contextlib.suppress(_KeyAlreadyUsed):  # rolled back; the locked path replays it
-                row = _with_retries(lambda: _in_transaction(_debit_in_place, user_id=user_id, **fields))
+                row = _with_retries(lambda: _debit_in_place(user_id=user_id, **fields))
         if row is None:
             return _charge_locked(user_id=user_id, fields=fields)
         _after_charge(user_id, amount, agent_id)
@@ -402,25 +402,6 @@ def _in_place_debits_supported() -> bool:
     return connection.vendor == "mysql" and connection.mysql_is_mariadb and connection.mysql_version >= (10, 5)
 
 
-def _in_transaction(fn: Callable[..., T], **kwargs: Any) -> T:
-    """Run `fn(cursor, **kwargs)` in one transaction: a savepoint inside a caller's transaction,
-    else START TRANSACTION … COMMIT — one round trip fewer than Django's `atomic`, which
-    switches autocommit off and on again around every transaction."""
-    if connection.in_atomic_block or not connection.get_autocommit():
-        with transaction.atomic(), connection.cursor() as cursor:
-            return fn(cursor, **kwargs)
-    with connection.cursor() as cursor:
-        cursor.execute("START TRANSACTION")
-        try:
-            result = fn(cursor, **kwargs)
-        except BaseException:
-            with contextlib.suppress(DatabaseError):
-                cursor.execute("ROLLBACK")
-            raise
-        cursor.execute("COMMIT")
-        return result
-
-
 _TXN_COLUMNS = ("kind", "amount", "agent_id", "agent_run_id", "idempotency_key", "request_fingerprint", "metadata")
 _DEBIT_WALLET_SQL = (
     "UPDATE credit_wallets SET balance_credits = balance_credits - %s, updated_at = %s "
@@ -433,20 +414,30 @@ _INSERT_TXN_SQL = (
 ).format(columns=", ".join(_TXN_COLUMNS), values=", ".join(["%s"] * len(_TXN_COLUMNS)))
 
 
-def _debit_in_place(cursor, *, user_id: int, **fields: Any) -> CreditTransaction | None:
-    """A debit in two statements: one conditional UPDATE that takes the credits only if they
-    are available (locking the wallet row), then one INSERT … SELECT … RETURNING that writes
-    the ledger row with the new balance.
+def _debit_block(*, own_transaction: bool) -> str:
+    """The whole debit as one MariaDB compound statement, so one round trip: the conditional
+    UPDATE, and only if it took the credits, the INSERT … RETURNING of the ledger row."""
+    begin, commit = ("START TRANSACTION; ", " COMMIT;") if own_transaction else ("", "")
+    return (
+        f"BEGIN NOT ATOMIC {begin}{_DEBIT_WALLET_SQL}; IF ROW_COUNT() = 1 THEN {_INSERT_TXN_SQL}; END IF;{commit} END"
+    )
+
+
+def _debit_in_place(*, user_id: int, **fields: Any) -> CreditTransaction | None:
+    """A debit in one round trip: a conditional UPDATE that takes the credits only if they are
+    available (locking the wallet row), then an INSERT … SELECT … RETURNING that writes the
+    ledger row with the new balance — sent together as one compound statement.
+
+    Outside a transaction the statement carries its own START TRANSACTION … COMMIT (Django's
+    `atomic` would add four round trips: autocommit off, COMMIT, autocommit on); inside a
+    caller's transaction it runs in a savepoint.
 
     Returns None, having changed nothing, when the UPDATE matched no row (no wallet yet, not
-    enough credits, a shortfall). Raises `_KeyAlreadyUsed` when the idempotency key exists, so
-    the transaction rolls back."""
+    enough credits, a shortfall). Raises `_KeyAlreadyUsed` when the idempotency key exists,
+    after rolling back."""
     amount = -fields["amount"]
     now = timezone.now()
     at = connection.ops.adapt_datetimefield_value(now)
-    cursor.execute(_DEBIT_WALLET_SQL, [amount, at, user_id, amount])
-    if cursor.rowcount != 1:
-        return None
     run_id = fields["agent_run_id"]
     values = [
         str(fields["kind"]),
@@ -457,17 +448,41 @@ def _debit_in_place(cursor, *, user_id: int, **fields: Any) -> CreditTransaction
         fields["request_fingerprint"],
         json.dumps(fields["metadata"]),
     ]
+    params = [amount, at, user_id, amount, at, *values, user_id]
     try:
-        cursor.execute(_INSERT_TXN_SQL, [at, *values, user_id])
+        if connection.in_atomic_block or not connection.get_autocommit():
+            with transaction.atomic(), connection.cursor() as cursor:
+                found = _run_block(cursor, _debit_block(own_transaction=False), params)
+        else:
+            with connection.cursor() as cursor:
+                try:
+                    found = _run_block(cursor, _debit_block(own_transaction=True), params)
+                except BaseException:
+                    # A failed statement leaves the block's transaction open.
+                    with contextlib.suppress(DatabaseError):
+                        cursor.execute("ROLLBACK")
+                    raise
     except IntegrityError as exc:
         if exc.args and exc.args[0] == 1062 and fields["idempotency_key"]:
             raise _KeyAlreadyUsed from exc
         raise
-    row_id, wallet_id, balance_after = cursor.fetchone()
+    if found is None:
+        return None
+    row_id, wallet_id, balance_after = found
     row = CreditTransaction(id=row_id, wallet_id=wallet_id, balance_after=balance_after, created_at=now, **fields)
     row._state.adding = False
     row._state.db = connection.alias
     return row
+
+
+def _run_block(cursor, sql: str, params: list[Any]) -> tuple | None:
+    """Execute a compound statement; its RETURNING row, if any, after reading every result
+    (an error after the row — a failed COMMIT — surfaces while reading the rest)."""
+    cursor.execute(sql, params)
+    found = cursor.fetchone() if cursor.description else None
+    while cursor.nextset():
+        pass
+    return found
 
 
 @_money_verb

@@ -240,13 +240,13 @@ def _questions() -> int:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_charge_is_four_statements_and_its_row_is_complete(user):
+def test_a_charge_is_one_statement_and_its_row_is_complete(user):
     ledger.grant(user_id=user.id, amount=100, reason="seed")
     before = _questions()
     result = ledger.charge(user_id=user.id, amount=30, agent_id="profile-my-data", metadata={"units": 3})
     sent = _questions() - before - 1  # the second SHOW counts itself
-    # START TRANSACTION, UPDATE, INSERT … RETURNING, COMMIT
-    assert sent == 4
+    # One compound statement: START TRANSACTION, UPDATE, INSERT … RETURNING, COMMIT
+    assert sent == 1
     stored = CreditTransaction.objects.get(pk=result.transaction.pk)
     returned = result.transaction
     for field in ("wallet_id", "kind", "amount", "balance_after", "agent_id", "metadata", "request_fingerprint"):
@@ -293,10 +293,24 @@ def test_a_charge_inside_an_outer_transaction_rolls_back_with_it(user):
 def test_a_failure_after_the_debit_rolls_the_whole_charge_back(user, monkeypatch):
     ledger.grant(user_id=user.id, amount=100, reason="seed")
     # The wallet UPDATE succeeds, then writing the ledger row fails.
-    monkeypatch.setattr(ledger, "_INSERT_TXN_SQL", "INSERT INTO no_such_table VALUES (%s)")
-    with pytest.raises(DatabaseError):
+    failing_insert = ledger._INSERT_TXN_SQL.replace("INTO credit_transactions", "INTO no_such_table")
+    monkeypatch.setattr(ledger, "_INSERT_TXN_SQL", failing_insert)
+    with pytest.raises(DatabaseError, match="no_such_table"):
         ledger.charge(user_id=user.id, amount=30, agent_id="a")
     assert not connection.in_atomic_block and connection.get_autocommit()
     monkeypatch.undo()
     assert assert_consistent(user).balance_credits == 100
     assert ledger.charge(user_id=user.id, amount=30, agent_id="a").balance_after == 70
+
+
+def test_a_failure_after_the_debit_inside_an_outer_transaction_undoes_only_the_charge(user, monkeypatch):
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    failing_insert = ledger._INSERT_TXN_SQL.replace("INTO credit_transactions", "INTO no_such_table")
+    monkeypatch.setattr(ledger, "_INSERT_TXN_SQL", failing_insert)
+    with transaction.atomic():
+        with pytest.raises(DatabaseError, match="no_such_table"):
+            ledger.charge(user_id=user.id, amount=30, agent_id="a")
+        monkeypatch.undo()
+        # The caller's transaction goes on: the failed debit was undone to its savepoint.
+        assert ledger.charge(user_id=user.id, amount=20, agent_id="a").balance_after == 80
+    assert assert_consistent(user).balance_credits == 80
