@@ -1,8 +1,8 @@
 """All the ledger benchmarks in one run, bounded in time:  make bench  (or: python -m bench).
 
 Runs, one after the other on the local MariaDB: ledger throughput (floor / ours / naive /
-django-hordak at concurrency 1, 8, 32), ledger scale (10k vs 1M rows) and HTTP load through
-gunicorn; then checks the targets, writes bench/results/summary.md and puts it in the README's
+django-hordak at concurrency 1, 8, 32), ledger scale (10k vs 1M rows), HTTP load through
+gunicorn and the in-process breakdown of one request; then checks the targets, writes bench/results/summary.md and puts it in the README's
 "Performance" section.
 """
 
@@ -24,6 +24,7 @@ STEPS = [
     ("ledger throughput", ["bench.ledger_throughput"]),
     ("ledger scale", ["bench.ledger_scale"]),
     ("HTTP load", ["bench.http_load"]),
+    ("request breakdown", ["bench.profile_charge", "--no-profiles"]),
 ]
 
 
@@ -89,6 +90,7 @@ def summary() -> str:
         ("Ledger throughput (charges/s)", "ledger_throughput"),
         ("Ledger size", "ledger_scale"),
         ("HTTP", "http_load"),
+        ("One request, in-process (where the time goes)", "request_breakdown"),
     ):
         parts += ["", f"#### {title}", "", (RESULTS / f"{name}.md").read_text().strip()]
     return "\n".join(parts) + "\n"

@@ -2,7 +2,8 @@
 
     make bench-ledger          (or: python -m bench.ledger_throughput [--charges N])
 
-On the local MariaDB (database `ledger_bench`), in one run, at concurrency 1, 8 and 32, on
+On the local MariaDB (database `ledger_bench`), in one run, at concurrency 1, 8 and 32 (forked
+processes by default, as the service runs; `--workers threads` for threads of one process), on
 distinct wallets and on one hot wallet:
 - floor: raw SQL over mysqlclient, per charge one transaction with the minimum statements
   (conditional UPDATE of the wallet, INSERT of the ledger row, COMMIT);
@@ -14,6 +15,7 @@ Results: bench/results/ledger_throughput.json and .md.
 """
 
 import argparse
+import multiprocessing
 import threading
 import time
 
@@ -86,6 +88,42 @@ def run_threads(threads: int, per_thread: int, work) -> float:
     for thread in pool:
         thread.join()
     return time.perf_counter() - started
+
+
+def run_processes(processes: int, per_process: int, work) -> float:
+    """Run `work(process_index, i)` per_process times in each of `processes` forked processes —
+    how the service runs (gunicorn sync workers, Celery prefork), so no GIL is shared; returns seconds."""
+    from django.db import connections
+
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(processes + 1)
+    connections.close_all()  # each child opens its own connection
+
+    def worker(index: int) -> None:
+        barrier.wait()
+        for i in range(per_process):
+            work(index, i)
+        connections.close_all()
+
+    pool = [context.Process(target=worker, args=(n,)) for n in range(processes)]
+    for process in pool:
+        process.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for process in pool:
+        process.join()
+    seconds = time.perf_counter() - started
+    failed = [process.exitcode for process in pool if process.exitcode != 0]
+    if failed:
+        raise SystemExit(f"{len(failed)} benchmark process(es) failed: exit codes {failed}")
+    return seconds
+
+
+RUNNERS = {"processes": run_processes, "threads": run_threads}
+RUNNER_NOTES = {
+    "processes": "forked processes, each with its own connection, as gunicorn's sync workers run",
+    "threads": "threads of one process, sharing its GIL",
+}
 
 
 # --- the three implementations -------------------------------------------------------------
@@ -232,7 +270,7 @@ def statements(fn) -> int:
     return questions() - before - 1  # minus the second SHOW itself
 
 
-def measure(implementation, user_ids: list[int], threads: int, charges: int, hot: bool) -> dict:
+def measure(implementation, user_ids: list[int], threads: int, charges: int, hot: bool, runner=run_processes) -> dict:
     per_thread = max(charges // threads, 1)
     read = implementation.balances if hasattr(implementation, "balances") else balances
     before = read(user_ids)
@@ -240,7 +278,7 @@ def measure(implementation, user_ids: list[int], threads: int, charges: int, hot
     def work(index: int, i: int) -> None:
         implementation.charge(user_ids[0] if hot else user_ids[index % len(user_ids)])
 
-    seconds = run_threads(threads, per_thread, work)
+    seconds = runner(threads, per_thread, work)
     done = per_thread * threads
     after = read(user_ids)
     taken = sum(before[u] - after[u] for u in user_ids)
@@ -259,6 +297,12 @@ def measure(implementation, user_ids: list[int], threads: int, charges: int, hot
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--charges", type=int, default=1280, help="charges per configuration")
+    parser.add_argument(
+        "--workers",
+        choices=sorted(RUNNERS),
+        default="processes",
+        help="run concurrent charges in forked processes (as deployed; default) or in threads of one process",
+    )
     args = parser.parse_args()
     use_bench_database()
     user_ids = prepare_wallets(max(CONCURRENCY))
@@ -270,7 +314,7 @@ def main() -> None:
     for hot in (False, True):
         for threads in CONCURRENCY:
             for implementation in implementations:
-                row = measure(implementation, user_ids, threads, args.charges, hot)
+                row = measure(implementation, user_ids, threads, args.charges, hot, RUNNERS[args.workers])
                 rows.append(row)
                 print(
                     f"{row['implementation']:<24} c={threads:<3} {row['wallets']:<14} "
@@ -317,6 +361,8 @@ def main() -> None:
         }
     )
     lines = [
+        f"Concurrency: {RUNNER_NOTES[args.workers]}; {args.charges} charges per configuration.",
+        "",
         *table(
             ["implementation", "concurrency", "wallets", "charges/s", "lost credits"],
             (
@@ -329,7 +375,8 @@ def main() -> None:
         "",
         *table(["ratio", "value"], summary.items()),
     ]
-    write("ledger_throughput", {"rows": rows, "statements": counts, "ratios": summary}, lines)
+    payload = {"workers": args.workers, "rows": rows, "statements": counts, "ratios": summary}
+    write("ledger_throughput", payload, lines)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Where a charge's time goes: pyinstrument profiles of `ledger.charge` and of POST /billing/charges.
 
-    make bench-profile-charge          (or: python -m bench.profile_charge [--calls N])
+    make bench-profile-charge          (or: python -m bench.profile_charge [--calls N] [--no-profiles])
 
-In-process on the local MariaDB (database `ledger_bench`); prints wall and CPU time per call for the
-raw-SQL floor, `ledger.charge`, an empty authenticated request and a charge request (and the charge
-request with the ledger call stubbed out), then the two profiles.
+In-process on the local MariaDB (database `ledger_bench`), one call at a time: wall and CPU time per
+call for the raw-SQL floor, `ledger.charge`, an empty authenticated request and a charge request (and
+the charge request with the ledger call stubbed out), written to bench/results/request_breakdown.*;
+then the two profiles.
 """
 
 import argparse
@@ -13,7 +14,7 @@ import os
 import time
 
 
-def timed(name: str, fn, calls: int) -> None:
+def timed(name: str, fn, calls: int) -> dict:
     for _ in range(min(calls, 50)):
         fn()
     wall, cpu = time.perf_counter(), time.process_time()
@@ -21,6 +22,7 @@ def timed(name: str, fn, calls: int) -> None:
         fn()
     wall, cpu = (time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls
     print(f"{name:<42} wall {wall * 1e3:6.2f} ms   CPU in this process {cpu * 1e3:6.2f} ms", flush=True)
+    return {"call": name, "wall_ms": round(wall * 1e3, 3), "cpu_ms": round(cpu * 1e3, 3)}
 
 
 def profile(title: str, fn, calls: int) -> None:
@@ -38,6 +40,7 @@ def profile(title: str, fn, calls: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--no-profiles", action="store_true", help="only the timings, no pyinstrument profiles")
     args = parser.parse_args()
     os.environ.update(
         {
@@ -50,15 +53,13 @@ def main() -> None:
     from bench.db import use_bench_database
 
     use_bench_database()
-    import logging
-
     from django.test import Client
 
     from bench.http_load import AGENT, prepare
     from bench.ledger_throughput import Floor, fund, prepare_wallets, wallet_ids
+    from bench.report import table, write
     from billing import ledger
 
-    logging.getLogger("billing").setLevel(logging.WARNING)
     user_id = prepare_wallets(1)[0]
     fund([user_id])
     floor = Floor(wallet_ids([user_id]))
@@ -71,19 +72,38 @@ def main() -> None:
     def charge_request() -> None:
         assert client.post("/billing/charges", body, content_type="application/json").status_code == 201
 
-    timed("floor (raw SQL)", lambda: floor.charge(user_id), args.calls)
-    timed("ledger.charge", charge, args.calls)
-    timed("GET /bench/empty", lambda: client.get("/bench/empty"), args.calls)
-    timed("POST /billing/charges", charge_request, args.calls)
+    rows = [
+        timed("floor (raw SQL)", lambda: floor.charge(user_id), args.calls),
+        timed("ledger.charge", charge, args.calls),
+        timed("GET /bench/empty", lambda: client.get("/bench/empty"), args.calls),
+        timed("POST /billing/charges", charge_request, args.calls),
+    ]
     real = ledger.charge
     receipt = ledger.LedgerResult(ledger.CreditTransaction(id=1, agent_id=AGENT, amount=-1, balance_after=1))
     ledger.charge = lambda **kwargs: receipt
     try:
-        timed("POST /billing/charges, ledger stubbed out", charge_request, args.calls)
+        rows.append(timed("POST /billing/charges, ledger stubbed out", charge_request, args.calls))
     finally:
         ledger.charge = real
-    profile("ledger.charge", charge, args.calls)
-    profile("POST /billing/charges", charge_request, args.calls)
+    wall = {row["call"]: row["wall_ms"] for row in rows}
+    ratios = {
+        "ledger.charge / floor (wall)": round(wall["ledger.charge"] / wall["floor (raw SQL)"], 2),
+        "empty / charge request (wall)": round(wall["GET /bench/empty"] / wall["POST /billing/charges"], 2),
+        "empty / charge request with the ledger stubbed out (wall)": round(
+            wall["GET /bench/empty"] / wall["POST /billing/charges, ledger stubbed out"], 2
+        ),
+    }
+    lines = [
+        f"One call at a time, in-process, {args.calls} calls each (HTTP through Django's test client):",
+        "",
+        *table(["call", "wall ms", "CPU ms (this process)"], ([r["call"], r["wall_ms"], r["cpu_ms"]] for r in rows)),
+        "",
+        *table(["ratio", "value"], ratios.items()),
+    ]
+    write("request_breakdown", {"calls": args.calls, "rows": rows, "ratios": ratios}, lines)
+    if not args.no_profiles:
+        profile("ledger.charge", charge, args.calls)
+        profile("POST /billing/charges", charge_request, args.calls)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """The only code that changes wallet balances.
 
 Every verb here:
-- runs in one database transaction and locks the wallet row (`SELECT … FOR UPDATE`)
-  before reading the balance, so concurrent calls on one wallet serialise and no
-  update is lost;
+- runs in one database transaction and locks the wallet row (`SELECT … FOR UPDATE`, or
+  for a charge on MariaDB the conditional UPDATE that also checks the balance) before
+  reading the balance, so concurrent calls on one wallet serialise and no update is lost;
 - writes exactly one immutable `CreditTransaction` carrying `balance_after` for every
   change of the balance (holds move `held_credits` only and write a `CreditHold`);
 - is idempotent on its `idempotency_key`: the same key replays the first result, the
@@ -398,8 +398,9 @@ class _KeyAlreadyUsed(Exception):
 
 
 def _in_place_debits_supported() -> bool:
-    # INSERT … RETURNING is MariaDB's (10.5+); MySQL and SQLite take the locked path.
-    return connection.vendor == "mysql" and connection.mysql_is_mariadb and connection.mysql_version >= (10, 5)
+    # INSERT … RETURNING and BEGIN NOT ATOMIC are MariaDB's (10.5+); MySQL and SQLite take the locked path.
+    db = transaction.get_connection()
+    return db.vendor == "mysql" and db.mysql_is_mariadb and db.mysql_version >= (10, 5)
 
 
 _TXN_COLUMNS = ("kind", "amount", "agent_id", "agent_run_id", "idempotency_key", "request_fingerprint", "metadata")
@@ -429,15 +430,16 @@ def _debit_in_place(*, user_id: int, **fields: Any) -> CreditTransaction | None:
     ledger row with the new balance — sent together as one compound statement.
 
     Outside a transaction the statement carries its own START TRANSACTION … COMMIT (Django's
-    `atomic` would add four round trips: autocommit off, COMMIT, autocommit on); inside a
+    `atomic` would add three round trips: autocommit off, COMMIT, autocommit on); inside a
     caller's transaction it runs in a savepoint.
 
     Returns None, having changed nothing, when the UPDATE matched no row (no wallet yet, not
     enough credits, a shortfall). Raises `_KeyAlreadyUsed` when the idempotency key exists,
     after rolling back."""
+    db = transaction.get_connection()  # looked up once: `connection.x` looks it up on every use
     amount = -fields["amount"]
     now = timezone.now()
-    at = connection.ops.adapt_datetimefield_value(now)
+    at = db.ops.adapt_datetimefield_value(now)
     run_id = fields["agent_run_id"]
     values = [
         str(fields["kind"]),
@@ -450,11 +452,11 @@ def _debit_in_place(*, user_id: int, **fields: Any) -> CreditTransaction | None:
     ]
     params = [amount, at, user_id, amount, at, *values, user_id]
     try:
-        if connection.in_atomic_block or not connection.get_autocommit():
-            with transaction.atomic(), connection.cursor() as cursor:
+        if db.in_atomic_block or not db.get_autocommit():
+            with transaction.atomic(), db.cursor() as cursor:
                 found = _run_block(cursor, _debit_block(own_transaction=False), params)
         else:
-            with connection.cursor() as cursor:
+            with db.cursor() as cursor:
                 try:
                     found = _run_block(cursor, _debit_block(own_transaction=True), params)
                 except BaseException:
@@ -471,7 +473,7 @@ def _debit_in_place(*, user_id: int, **fields: Any) -> CreditTransaction | None:
     row_id, wallet_id, balance_after = found
     row = CreditTransaction(id=row_id, wallet_id=wallet_id, balance_after=balance_after, created_at=now, **fields)
     row._state.adding = False
-    row._state.db = connection.alias
+    row._state.db = db.alias
     return row
 
 
