@@ -111,7 +111,7 @@ def wrk(method: str, path: str, body: str, token: str, seconds: int, connections
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10, help="measured seconds per scenario")
-    parser.add_argument("--connections", type=int, default=8, help="concurrent keep-alive connections")
+    parser.add_argument("--connections", type=int, default=8, help="concurrent connections")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (Debian package `wrk`; `make bench` installs it)")
@@ -146,8 +146,8 @@ def main() -> None:
     charge_ratio = round(rows[1]["requests_per_second"] / rows[0]["requests_per_second"], 2)
     workers = server_environment()["WEB_CONCURRENCY"]
     lines = [
-        f"gunicorn, {workers} sync workers, wrk with {args.connections} keep-alive connections, "
-        f"{args.seconds} s per scenario after a 2 s warm-up:",
+        f"gunicorn, {workers} sync workers (each closes its connection after the response), "
+        f"wrk with {args.connections} connections, {args.seconds} s per scenario after a 2 s warm-up:",
         "",
         *table(
             ["scenario", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"],

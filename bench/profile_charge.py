@@ -11,18 +11,62 @@ then the two profiles.
 import argparse
 import json
 import os
+import subprocess
 import time
+from pathlib import Path
+
+
+def mariadb_cpu_seconds() -> float | None:
+    """CPU time used so far by the local MariaDB server (from /proc), or None if it is not visible."""
+    try:
+        pid = subprocess.run(["pgrep", "-o", "mariadbd"], capture_output=True, text=True).stdout.split()[0]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (IndexError, OSError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def timed(name: str, fn, calls: int) -> dict:
     for _ in range(min(calls, 50)):
         fn()
+    server = mariadb_cpu_seconds()
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(calls):
         fn()
     wall, cpu = (time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls
-    print(f"{name:<42} wall {wall * 1e3:6.2f} ms   CPU in this process {cpu * 1e3:6.2f} ms", flush=True)
-    return {"call": name, "wall_ms": round(wall * 1e3, 3), "cpu_ms": round(cpu * 1e3, 3)}
+    if server is not None:
+        server = (mariadb_cpu_seconds() - server) / calls
+    print(
+        f"{name:<48} wall {wall * 1e3:6.3f} ms   CPU here {cpu * 1e3:6.3f} ms   "
+        f"MariaDB CPU {'?' if server is None else f'{server * 1e3:6.3f}'} ms",
+        flush=True,
+    )
+    return {
+        "call": name,
+        "wall_ms": round(wall * 1e3, 3),
+        "cpu_ms": round(cpu * 1e3, 3),
+        "mariadb_cpu_ms": None if server is None else round(server * 1e3, 3),
+    }
+
+
+def bare_compound_statement(user_id: int):
+    """Our charge's compound statement sent from a bare mysqlclient connection (no Django)."""
+    import MySQLdb
+
+    from bench.db import BENCH_DATABASE, SERVER
+    from billing import ledger
+
+    cursor = MySQLdb.connect(db=BENCH_DATABASE, **SERVER).cursor()
+    sql = ledger._debit_block(own_transaction=True)
+
+    def charge() -> None:
+        at = time.strftime("%Y-%m-%d %H:%M:%S")
+        cursor.execute(sql, [7, at, user_id, 7, at, "charge", -7, "bench", None, None, "", "{}", user_id])
+        assert cursor.fetchone()
+        while cursor.nextset():
+            pass
+
+    return charge
 
 
 def profile(title: str, fn, calls: int) -> None:
@@ -55,6 +99,8 @@ def main() -> None:
     use_bench_database()
     from django.test import Client
 
+    from agents.models import AgentCost
+    from agents.selectors import current_price
     from bench.http_load import AGENT, prepare
     from bench.ledger_throughput import Floor, fund, prepare_wallets, wallet_ids
     from bench.report import table, write
@@ -74,7 +120,10 @@ def main() -> None:
 
     rows = [
         timed("floor (raw SQL)", lambda: floor.charge(user_id), args.calls),
+        timed("our compound statement, bare mysqlclient", bare_compound_statement(user_id), args.calls),
         timed("ledger.charge", charge, args.calls),
+        timed("price lookup, plain cursor (current_price)", lambda: current_price(AGENT), args.calls),
+        timed("price lookup, ORM queryset", lambda: AgentCost.objects.filter(agent_id=AGENT).first(), args.calls),
         timed("GET /bench/empty", lambda: client.get("/bench/empty"), args.calls),
         timed("POST /billing/charges", charge_request, args.calls),
     ]
@@ -96,7 +145,10 @@ def main() -> None:
     lines = [
         f"One call at a time, in-process, {args.calls} calls each (HTTP through Django's test client):",
         "",
-        *table(["call", "wall ms", "CPU ms (this process)"], ([r["call"], r["wall_ms"], r["cpu_ms"]] for r in rows)),
+        *table(
+            ["call", "wall ms", "CPU ms (this process)", "CPU ms (MariaDB)"],
+            ([r["call"], r["wall_ms"], r["cpu_ms"], r["mariadb_cpu_ms"]] for r in rows),
+        ),
         "",
         *table(["ratio", "value"], ratios.items()),
     ]
