@@ -549,7 +549,7 @@ def capture(*, hold_id: int, amount: int | None = None, agent_run_id: Any = None
     locked.status = HoldStatus.CAPTURED
     locked.settled_at = timezone.now()
     locked.save(update_fields=["status", "settled_at"])
-    _log_after_commit("[Billing] Charged %s credits from user %s for agent %s", amount, wallet.user_id, locked.agent_id)
+    _after_charge(wallet.user_id, amount, locked.agent_id)
     return LedgerResult(row)
 
 
@@ -698,4 +698,6 @@ def settle_shortfall(*, user_id: int, actor_id: int, reason: str) -> ClawbackRes
             ]
         )
     Wallet.objects.filter(pk=wallet.pk).update(shortfall_credits=0, updated_at=now)
+    if collect:
+        _count_after_commit(TransactionKind.CLAWBACK, collect)
     return ClawbackResult(row, clawed_back=collect, shortfall=owed - collect)

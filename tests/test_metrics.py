@@ -43,6 +43,17 @@ def test_money_movements_refusals_and_latency_are_counted(user, django_capture_o
     assert value("ledger_charge_seconds_count", verb="charge") == timings + 2
 
 
+def test_a_captured_hold_counts_the_credits_it_charged(user, django_capture_on_commit_callbacks):
+    charged = value("ledger_credits_total", kind="charge", agent_id="clean-my-data")
+    captures = value("ledger_charge_seconds_count", verb="capture")
+    with django_capture_on_commit_callbacks(execute=True):
+        ledger.grant(user_id=user.id, amount=100, reason="seed")
+        held = ledger.hold(user_id=user.id, amount=40, agent_id="clean-my-data").hold
+        ledger.capture(hold_id=held.id, amount=30)  # the other 10 are released, not charged
+    assert value("ledger_credits_total", kind="charge", agent_id="clean-my-data") == charged + 30
+    assert value("ledger_charge_seconds_count", verb="capture") == captures + 1
+
+
 def test_webhook_events_and_failed_payments_are_counted(client, user, django_capture_on_commit_callbacks):
     processed = value("stripe_webhook_events_total", type="checkout.session.completed", status="processed")
     duplicates = value("stripe_webhook_events_total", type="checkout.session.completed", status="duplicate")

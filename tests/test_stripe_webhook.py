@@ -332,7 +332,11 @@ def test_a_refund_after_spending_claws_back_what_is_available_and_records_the_sh
         ledger.charge(user_id=user.id, amount=10, agent_id="a")
 
 
-def test_a_wallet_in_shortfall_gets_402_with_its_own_code_until_settled(client, user, staff_client, paid):
+def test_a_wallet_in_shortfall_gets_402_with_its_own_code_until_settled(
+    client, user, staff_client, paid, django_capture_on_commit_callbacks
+):
+    from prometheus_client import REGISTRY
+
     from tests.conftest import bearer_client
 
     ledger.charge(user_id=user.id, amount=700, agent_id="master-my-data")
@@ -347,11 +351,17 @@ def test_a_wallet_in_shortfall_gets_402_with_its_own_code_until_settled(client, 
     assert refused.json()["error_code"] == "BILLING_WALLET_IN_SHORTFALL"
     assert refused.json()["shortfall"] == 700
 
-    settled = staff_client.post(
-        "/billing/admin/settle-shortfall", {"user_id": user.id, "reason": "collected"}, format="json"
-    )
+    def clawed_back() -> float:
+        return REGISTRY.get_sample_value("ledger_credits_total", {"kind": "clawback", "agent_id": ""}) or 0.0
+
+    before = clawed_back()
+    with django_capture_on_commit_callbacks(execute=True):
+        settled = staff_client.post(
+            "/billing/admin/settle-shortfall", {"user_id": user.id, "reason": "collected"}, format="json"
+        )
     assert settled.status_code == 200
     assert settled.json() == {"collected": 500, "written_off": 200, "new_balance": 0}
+    assert clawed_back() == before + 500  # the collected credits are counted like any clawback
     wallet = Wallet.objects.get(user=user)
     assert wallet.shortfall_credits == 0
     assert CreditShortfall.objects.get().written_off_credits == 200
