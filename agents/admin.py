@@ -1,6 +1,10 @@
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.http import HttpResponseNotAllowed
+from django.shortcuts import redirect
+from django.urls import path
 
 from agents.models import AgentCost, AgentCostChange, AgentRun
 from agents.services import agent_cost_update, seed_agent_costs
@@ -86,8 +90,31 @@ class AgentCostAdmin(admin.ModelAdmin):
                 reason=form.cleaned_data.get("change_reason") or "Edited",
             )
 
+    def get_urls(self):
+        return [
+            path("reseed/", self.admin_site.admin_view(self.reseed_view), name="agents_agentcost_reseed"),
+            *super().get_urls(),
+        ]
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "can_reseed": self.has_change_permission(request)}
+        return super().changelist_view(request, extra_context=extra_context)
+
     @admin.action(description="Re-seed the 22 default agents (keeps edited prices)", permissions=["change"])
     def reseed_defaults(self, request, queryset):
+        self._reseed(request)
+
+    def reseed_view(self, request):
+        """The changelist's "Re-seed default agents" button: the action without selecting a row
+        (which an empty list would not even allow)."""
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        self._reseed(request)
+        return redirect("admin:agents_agentcost_changelist")
+
+    def _reseed(self, request) -> None:
         report = seed_agent_costs(actor_id=request.user.id)
         self.message_user(
             request,

@@ -170,6 +170,23 @@ def test_reseed_action_keeps_edited_prices(staff):
     assert AgentCost.objects.get(agent_id="profile-my-data").cost_credits == 99
 
 
+def test_the_reseed_button_needs_no_selection_and_the_change_permission(staff, finance_viewer):
+    AgentCost.objects.filter(agent_id="profile-my-data").update(cost_credits=99)
+    AgentCost.objects.filter(agent_id="govern-my-data").delete()
+    changelist = logged_in(staff).get("/admin/agents/agentcost/")
+    assert b'id="reseed-defaults"' in changelist.content
+    assert b'id="reseed-defaults"' not in logged_in(finance_viewer).get("/admin/agents/agentcost/").content
+    assert logged_in(finance_viewer).post("/admin/agents/agentcost/reseed/").status_code == 403
+    assert logged_in(staff).get("/admin/agents/agentcost/reseed/").status_code == 405
+    assert AgentCost.objects.count() == 21
+
+    response = logged_in(staff).post("/admin/agents/agentcost/reseed/", follow=True)
+    assert response.redirect_chain[-1][0] == "/admin/agents/agentcost/"
+    assert b"1 created" in response.content
+    assert AgentCost.objects.count() == 22
+    assert AgentCost.objects.get(agent_id="profile-my-data").cost_credits == 99
+
+
 def test_a_finance_viewer_cannot_edit_costs(finance_viewer):
     agent = AgentCost.objects.get(agent_id="clean-my-data")
     response = logged_in(finance_viewer).post(
