@@ -3,8 +3,6 @@
 import uuid
 from dataclasses import dataclass
 
-from django.db import transaction
-
 from billing import stripe_client
 from billing.errors import ApiError
 from billing.models import Purchase
@@ -25,7 +23,7 @@ def ensure_stripe_customer(*, user: User) -> str:
     customer = stripe_client.create_customer(user_id=user.id, email=user.email)
     User.objects.filter(pk=user.pk, stripe_customer_id__isnull=True).update(stripe_customer_id=customer.id)
     user.refresh_from_db(fields=["stripe_customer_id"])
-    transaction.on_commit(lambda: stripe_client.mirror_objects(customer=customer.to_dict()))
+    stripe_client.mirror_after_commit(customer=customer.to_dict(for_json=True))
     return user.stripe_customer_id
 
 

@@ -169,6 +169,24 @@ def archive_price(price_id: str) -> None:
 # --- dj-stripe mirror -------------------------------------------------------------------
 
 
+def mirror_after_commit(*, customer: dict | None = None, session: dict | None = None) -> None:
+    """Refresh the mirror once the current transaction commits — on a Celery worker when a broker
+    is configured, so a slow Stripe API never delays a webhook's answer; inline when there is no
+    broker, or when the broker refuses the task (logged)."""
+    from django.db import transaction
+
+    from billing.tasks import mirror_stripe_objects_task
+
+    def enqueue() -> None:
+        try:
+            mirror_stripe_objects_task.delay(customer=customer, session=session)
+        except Exception:
+            logger.warning("Could not queue the dj-stripe mirror refresh; refreshing it now", exc_info=True)
+            mirror_objects(customer=customer, session=session)
+
+    transaction.on_commit(enqueue)
+
+
 def mirror_objects(*, customer: dict | None = None, session: dict | None = None) -> None:
     """Refresh dj-stripe's Customer / Checkout Session / PaymentIntent rows for the admin.
 

@@ -208,7 +208,7 @@ def _fulfil(stored: StripeWebhookEvent) -> str:
     _apply_waiting_clawbacks(purchase)
     session_id = purchase.stripe_checkout_session_id
     transaction.on_commit(lambda: logger.info("[Billing] Webhook processed: %s", session_id))
-    transaction.on_commit(lambda: stripe_client.mirror_objects(session=session))
+    stripe_client.mirror_after_commit(session=session)
     return WebhookEventStatus.PROCESSED
 
 

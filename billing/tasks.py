@@ -1,8 +1,14 @@
 from celery import shared_task
 
+from billing import stripe_client
 from billing.holds import expire_due_holds
 
 
 @shared_task(name="billing.expire_holds")
 def expire_holds_task() -> int:
     return expire_due_holds()
+
+
+@shared_task(name="billing.mirror_stripe_objects")
+def mirror_stripe_objects_task(*, customer: dict | None = None, session: dict | None = None) -> None:
+    stripe_client.mirror_objects(customer=customer, session=session)

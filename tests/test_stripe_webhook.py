@@ -456,6 +456,39 @@ def test_the_mirror_is_refreshed_after_the_grant_and_cannot_undo_it(
     assert MirrorPaymentIntent.objects.get(id="pi_mirror").stripe_data["amount"] == 1000
 
 
+def test_with_a_broker_the_mirror_refresh_is_queued_not_run_in_the_webhook(
+    client, user, monkeypatch, django_capture_on_commit_callbacks
+):
+    from billing import stripe_client, tasks
+
+    queued = []
+    monkeypatch.setattr(tasks.mirror_stripe_objects_task, "delay", lambda **objects: queued.append(objects))
+    monkeypatch.setattr(stripe_client, "mirror_objects", lambda **objects: pytest.fail("refreshed inline"))
+    event = checkout_event(event_id="evt_queued", session_id="cs_queued", user_id=user.id)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert deliver(client, event).status_code == 200
+    assert balance(user) == 1000
+    assert [(objects["customer"], objects["session"]["id"]) for objects in queued] == [(None, "cs_queued")]
+
+
+def test_when_the_broker_refuses_the_mirror_is_refreshed_inline(
+    client, user, monkeypatch, django_capture_on_commit_callbacks, caplog
+):
+    from billing import stripe_client, tasks
+
+    def broker_down(**objects):
+        raise ConnectionError("broker unreachable")
+
+    refreshed = []
+    monkeypatch.setattr(tasks.mirror_stripe_objects_task, "delay", broker_down)
+    monkeypatch.setattr(stripe_client, "mirror_objects", lambda **objects: refreshed.append(objects["session"]["id"]))
+    event = checkout_event(event_id="evt_inline", session_id="cs_inline", user_id=user.id)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert deliver(client, event).status_code == 200
+    assert balance(user) == 1000 and refreshed == ["cs_inline"]
+    assert "Could not queue the dj-stripe mirror refresh" in caplog.text
+
+
 def test_a_failing_mirror_does_not_affect_the_grant(client, user, django_capture_on_commit_callbacks):
     # No fake Stripe: the mirror's API calls are refused on the closed port.
     event = checkout_event(event_id="evt_nomirror", session_id="cs_nomirror", user_id=user.id)
