@@ -260,6 +260,18 @@ def test_a_charge_is_one_statement_and_its_row_is_complete(user):
 def test_both_charge_paths_replay_refuse_and_conflict_alike(user, monkeypatch, fast):
     if not fast:
         monkeypatch.setattr(ledger, "_in_place_debits_supported", lambda: False)
+    _replay_refuse_and_conflict(user)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_in_place_charge_in_its_own_transaction_replays_refuses_and_conflicts_alike(user):
+    # Outside any transaction the compound statement carries its own START TRANSACTION … COMMIT,
+    # and a reused key's IntegrityError leaves it open until the ledger rolls it back.
+    _replay_refuse_and_conflict(user)
+    assert not connection.in_atomic_block and connection.get_autocommit()
+
+
+def _replay_refuse_and_conflict(user) -> None:
     ledger.grant(user_id=user.id, amount=100, reason="seed", idempotency_key="shared-key")
     first = ledger.charge(user_id=user.id, amount=40, agent_id="a", idempotency_key="k1")
     again = ledger.charge(user_id=user.id, amount=40, agent_id="a", idempotency_key="k1")
