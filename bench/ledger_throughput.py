@@ -68,64 +68,45 @@ def balances(user_ids: list[int]) -> dict[int, int]:
     return dict(Wallet.objects.filter(user_id__in=user_ids).values_list("user_id", "balance_credits"))
 
 
-def run_threads(threads: int, per_thread: int, work) -> float:
-    """Run `work(thread_index, i)` per_thread times on each of `threads` threads; returns seconds."""
+WORKER_KINDS = {
+    "processes": "forked processes, each with its own connection, as gunicorn's sync workers run",
+    "threads": "threads of one process, sharing its GIL",
+}
+
+
+def run_concurrently(workers: str, count: int, per_worker: int, work) -> float:
+    """Run `work(worker_index, i)` per_worker times in each of `count` workers — forked
+    processes (how the service runs: gunicorn sync workers, Celery prefork, no shared GIL) or
+    threads of this process; returns the seconds from the common start to the last finish."""
     from django.db import connections
 
-    barrier = threading.Barrier(threads + 1)
+    if workers == "processes":
+        context = multiprocessing.get_context("fork")
+        connections.close_all()  # each child opens its own connection
+        barrier, spawn = context.Barrier(count + 1), context.Process
+    else:
+        barrier, spawn = threading.Barrier(count + 1), threading.Thread
 
     def worker(index: int) -> None:
         try:
             barrier.wait()
-            for i in range(per_thread):
+            for i in range(per_worker):
                 work(index, i)
         finally:
             connections.close_all()
 
-    pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
-    for thread in pool:
-        thread.start()
+    pool = [spawn(target=worker, args=(n,)) for n in range(count)]
+    for each in pool:
+        each.start()
     barrier.wait()
     started = time.perf_counter()
-    for thread in pool:
-        thread.join()
-    return time.perf_counter() - started
-
-
-def run_processes(processes: int, per_process: int, work) -> float:
-    """Run `work(process_index, i)` per_process times in each of `processes` forked processes —
-    how the service runs (gunicorn sync workers, Celery prefork), so no GIL is shared; returns seconds."""
-    from django.db import connections
-
-    context = multiprocessing.get_context("fork")
-    barrier = context.Barrier(processes + 1)
-    connections.close_all()  # each child opens its own connection
-
-    def worker(index: int) -> None:
-        barrier.wait()
-        for i in range(per_process):
-            work(index, i)
-        connections.close_all()
-
-    pool = [context.Process(target=worker, args=(n,)) for n in range(processes)]
-    for process in pool:
-        process.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for process in pool:
-        process.join()
+    for each in pool:
+        each.join()
     seconds = time.perf_counter() - started
-    failed = [process.exitcode for process in pool if process.exitcode != 0]
+    failed = [each.exitcode for each in pool if getattr(each, "exitcode", 0) != 0]
     if failed:
         raise SystemExit(f"{len(failed)} benchmark process(es) failed: exit codes {failed}")
     return seconds
-
-
-RUNNERS = {"processes": run_processes, "threads": run_threads}
-RUNNER_NOTES = {
-    "processes": "forked processes, each with its own connection, as gunicorn's sync workers run",
-    "threads": "threads of one process, sharing its GIL",
-}
 
 
 # --- the three implementations -------------------------------------------------------------
@@ -275,7 +256,9 @@ def statements(fn) -> int:
     return questions() - before - 1  # minus the second SHOW itself
 
 
-def measure(implementation, user_ids: list[int], threads: int, charges: int, hot: bool, runner=run_processes) -> dict:
+def measure(
+    implementation, user_ids: list[int], threads: int, charges: int, hot: bool, workers: str = "processes"
+) -> dict:
     per_thread = max(charges // threads, 1)
     read = implementation.balances if hasattr(implementation, "balances") else balances
     before = read(user_ids)
@@ -283,7 +266,7 @@ def measure(implementation, user_ids: list[int], threads: int, charges: int, hot
     def work(index: int, i: int) -> None:
         implementation.charge(user_ids[0] if hot else user_ids[index % len(user_ids)])
 
-    seconds = runner(threads, per_thread, work)
+    seconds = run_concurrently(workers, threads, per_thread, work)
     done = per_thread * threads
     after = read(user_ids)
     taken = sum(before[u] - after[u] for u in user_ids)
@@ -304,7 +287,7 @@ def main() -> None:
     parser.add_argument("--charges", type=int, default=1280, help="charges per configuration")
     parser.add_argument(
         "--workers",
-        choices=sorted(RUNNERS),
+        choices=sorted(WORKER_KINDS),
         default="processes",
         help="run concurrent charges in forked processes (as deployed; default) or in threads of one process",
     )
@@ -320,7 +303,7 @@ def main() -> None:
         for threads in CONCURRENCY:
             for implementation in implementations:
                 charges = args.charges * getattr(implementation, "charges_scale", 1)
-                row = measure(implementation, user_ids, threads, charges, hot, RUNNERS[args.workers])
+                row = measure(implementation, user_ids, threads, charges, hot, args.workers)
                 rows.append(row)
                 print(
                     f"{row['implementation']:<24} c={threads:<3} {row['wallets']:<14} "
@@ -367,7 +350,7 @@ def main() -> None:
         }
     )
     lines = [
-        f"Concurrency: {RUNNER_NOTES[args.workers]}; {args.charges} charges per configuration, "
+        f"Concurrency: {WORKER_KINDS[args.workers]}; {args.charges} charges per configuration, "
         f"{args.charges * FAST_SCALE} for the floor, ours and the naive peer.",
         "",
         *table(

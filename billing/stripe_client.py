@@ -12,6 +12,7 @@ from typing import Any
 
 import stripe
 from django.conf import settings
+from django.db import transaction
 
 from billing.errors import ApiError
 from billing.packages import CreditPackage
@@ -173,9 +174,7 @@ def mirror_after_commit(*, customer: dict | None = None, session: dict | None = 
     """Refresh the mirror once the current transaction commits — on a Celery worker when a broker
     is configured, so a slow Stripe API never delays a webhook's answer; inline when there is no
     broker, or when the broker refuses the task (logged)."""
-    from django.db import transaction
-
-    from billing.tasks import mirror_stripe_objects_task
+    from billing.tasks import mirror_stripe_objects_task  # billing.tasks imports this module
 
     def enqueue() -> None:
         try:
