@@ -186,6 +186,12 @@ def _fingerprint(verb: str, **params: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=4096)
+def _charge_fingerprint(amount: int, agent_id: str) -> str:
+    # Charges repeat few (amount, agent) pairs: no need to serialise and hash each one again.
+    return _fingerprint("charge", amount=amount, agent_id=agent_id)
+
+
 def _require_positive(amount: Any, *, limit: int | None = None) -> int:
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
         raise InvalidAmount("The amount must be a positive whole number of credits.")
@@ -245,7 +251,7 @@ def _log_after_commit(message: str, *args: Any) -> None:
 
 
 def _count_after_commit(kind: str, amount: int, agent_id: str | None = None) -> None:
-    transaction.on_commit(lambda: metrics.CREDITS.labels(kind=kind, agent_id=agent_id or "").inc(abs(amount)))
+    transaction.on_commit(lambda: metrics.credits(kind, agent_id or "").inc(abs(amount)))
 
 
 def _refuse(user_id: int, exc: InsufficientCredits) -> NoReturn:
@@ -355,7 +361,7 @@ def charge(
         "agent_id": agent_id,
         "agent_run_id": agent_run_id,
         "idempotency_key": idempotency_key,
-        "request_fingerprint": _fingerprint("charge", amount=amount, agent_id=agent_id),
+        "request_fingerprint": _charge_fingerprint(amount, agent_id),
         "metadata": metadata or {},
     }
     with metrics.timed("charge"):
@@ -471,10 +477,22 @@ def _debit_in_place(*, user_id: int, **fields: Any) -> CreditTransaction | None:
     if found is None:
         return None
     row_id, wallet_id, balance_after = found
-    row = CreditTransaction(id=row_id, wallet_id=wallet_id, balance_after=balance_after, created_at=now, **fields)
-    row._state.adding = False
-    row._state.db = db.alias
-    return row
+    return _loaded_row(db.alias, id=row_id, wallet_id=wallet_id, balance_after=balance_after, created_at=now, **fields)
+
+
+@functools.cache
+def _row_fields() -> dict[str, Any]:
+    return {field.attname: field for field in CreditTransaction._meta.concrete_fields}
+
+
+def _loaded_row(alias: str, **values: Any) -> CreditTransaction:
+    """A `CreditTransaction` as if read from `alias`, the fields not given at their defaults.
+    Built positionally by `from_db`: about half the CPU of keyword construction."""
+    fields = _row_fields()
+    if unknown := values.keys() - fields.keys():
+        raise TypeError(f"Not ledger row fields: {sorted(unknown)}")
+    row = [values[name] if name in values else field.get_default() for name, field in fields.items()]
+    return CreditTransaction.from_db(alias, None, row)
 
 
 def _run_block(cursor, sql: str, params: list[Any]) -> tuple | None:

@@ -4,6 +4,7 @@ With PROMETHEUS_MULTIPROC_DIR set (gunicorn with several workers) the values of 
 processes are aggregated at scrape time; otherwise the process's own registry is served.
 """
 
+import functools
 import os
 import time
 from contextlib import contextmanager
@@ -28,13 +29,25 @@ CHARGE_SECONDS = Histogram(
 )
 
 
+# A labelled child is created once and kept by its metric, so the hot paths keep a reference per
+# label set instead of looking it up by keyword on every charge.
+@functools.lru_cache(maxsize=1024)
+def credits(kind: str, agent_id: str):
+    return CREDITS.labels(kind=kind, agent_id=agent_id)
+
+
+@functools.lru_cache(maxsize=64)
+def _charge_seconds(verb: str):
+    return CHARGE_SECONDS.labels(verb=verb)
+
+
 @contextmanager
 def timed(verb: str):
     started = time.perf_counter()
     try:
         yield
     finally:
-        CHARGE_SECONDS.labels(verb=verb).observe(time.perf_counter() - started)
+        _charge_seconds(verb).observe(time.perf_counter() - started)
 
 
 def exposition() -> bytes:

@@ -1,5 +1,7 @@
 """The ledger verbs, one at a time, on MariaDB."""
 
+import uuid
+
 import pytest
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Sum
@@ -243,14 +245,26 @@ def _questions() -> int:
 def test_a_charge_is_one_statement_and_its_row_is_complete(user):
     ledger.grant(user_id=user.id, amount=100, reason="seed")
     before = _questions()
-    result = ledger.charge(user_id=user.id, amount=30, agent_id="profile-my-data", metadata={"units": 3})
+    run_id = uuid.uuid4()
+    result = ledger.charge(
+        user_id=user.id,
+        amount=30,
+        agent_id="profile-my-data",
+        idempotency_key="run-1",
+        agent_run_id=run_id,
+        metadata={"units": 3},
+    )
     sent = _questions() - before - 1  # the second SHOW counts itself
     # One compound statement: START TRANSACTION, UPDATE, INSERT … RETURNING, COMMIT
     assert sent == 1
     stored = CreditTransaction.objects.get(pk=result.transaction.pk)
     returned = result.transaction
-    for field in ("wallet_id", "kind", "amount", "balance_after", "agent_id", "metadata", "request_fingerprint"):
-        assert getattr(returned, field) == getattr(stored, field), field
+    # The row built from the statement's RETURNING equals the stored one, field for field.
+    for field in CreditTransaction._meta.concrete_fields:
+        if field.name != "created_at":
+            assert getattr(returned, field.attname) == getattr(stored, field.attname), field.name
+    assert (returned._state.adding, returned._state.db) == (False, "default")
+    assert (stored.agent_run_id, stored.idempotency_key, stored.reason, stored.hold_id) == (run_id, "run-1", "", None)
     assert (stored.kind, stored.amount, stored.balance_after, stored.metadata) == ("charge", -30, 70, {"units": 3})
     assert abs((returned.created_at - stored.created_at).total_seconds()) < 1e-3
     assert assert_consistent(user).balance_credits == 70
