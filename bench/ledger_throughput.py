@@ -19,7 +19,7 @@ import multiprocessing
 import threading
 import time
 
-from bench.db import SERVER, use_bench_database
+from bench.db import SERVER, settle, use_bench_database
 from bench.report import table, write
 
 CONCURRENCY = (1, 8, 32)
@@ -293,8 +293,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     use_bench_database()
+    from django.db import connection
+
     user_ids = prepare_wallets(max(CONCURRENCY))
     fund(user_ids)
+    with connection.cursor() as cursor:
+        settle(cursor)
     floor = Floor(wallet_ids(user_ids))
     implementations = [floor, Ours(), OursHoldCapture(), Naive(), Hordak(user_ids)]
 
