@@ -4,6 +4,9 @@ import os
 
 BENCH_DATABASE = os.environ.get("BENCH_DATABASE", "ledger_bench")
 SERVER = {"host": "127.0.0.1", "port": 3306, "user": "root", "passwd": ""}
+# `settle` waits for InnoDB to be this idle: a few hundred undo records left, under 50 pages a second written.
+QUIET_HISTORY = 1000
+QUIET_PAGES_PER_SECOND = 50
 
 
 def use_bench_database() -> None:
@@ -57,8 +60,3 @@ def settle(cursor, *, at_most: float = 30.0) -> None:
         f"(undo history {history:,}, {pages:,} pages flushed in the last second, {status.dirty:,} dirty)",
         flush=True,
     )
-
-
-# Below these InnoDB is idle enough: a few hundred undo records left, fewer than 50 pages a second written.
-QUIET_HISTORY = 1000
-QUIET_PAGES_PER_SECOND = 50
