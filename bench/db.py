@@ -30,33 +30,39 @@ def use_bench_database() -> None:
     call_command("migrate", verbosity=0)
 
 
-def settle(cursor, *, at_most: float = 30.0) -> None:
+def settle(*, at_most: float = 30.0) -> None:
     """Wait, at most `at_most` seconds, until InnoDB has finished what an earlier bulk step left
     it to do in the background — purging deleted rows, flushing dirty pages — so that this work
     is not timed with the next measurement. Prints how long it waited."""
     import time
 
-    def status() -> tuple[int, int]:
+    from django.db import connection
+
+    def status(cursor) -> tuple[int, int, int]:
+        """Undo history length, pages flushed so far, dirty pages now."""
         cursor.execute(
             "SHOW GLOBAL STATUS WHERE Variable_name IN "
             "('Innodb_history_list_length', 'Innodb_buffer_pool_pages_flushed', 'Innodb_buffer_pool_pages_dirty')"
         )
         values = {name: int(value) for name, value in cursor.fetchall()}
-        status.dirty = values["Innodb_buffer_pool_pages_dirty"]
-        return values["Innodb_history_list_length"], values["Innodb_buffer_pool_pages_flushed"]
+        return (
+            values["Innodb_history_list_length"],
+            values["Innodb_buffer_pool_pages_flushed"],
+            values["Innodb_buffer_pool_pages_dirty"],
+        )
 
     started = time.monotonic()
-    history, flushed = status()
-    while time.monotonic() - started < at_most:
-        time.sleep(1)
-        history, now_flushed = status()
-        pages, flushed = now_flushed - flushed, now_flushed
-        if history < QUIET_HISTORY and pages < QUIET_PAGES_PER_SECOND:
-            break
-    waited = time.monotonic() - started
-    quiet = history < QUIET_HISTORY and pages < QUIET_PAGES_PER_SECOND
+    with connection.cursor() as cursor:
+        _, flushed, _ = status(cursor)
+        while True:
+            time.sleep(1)
+            history, now_flushed, dirty = status(cursor)
+            pages, flushed = now_flushed - flushed, now_flushed
+            quiet = history < QUIET_HISTORY and pages < QUIET_PAGES_PER_SECOND
+            if quiet or time.monotonic() - started >= at_most:
+                break
     print(
-        f"  MariaDB {'settled' if quiet else 'still busy'} after {waited:.0f} s "
-        f"(undo history {history:,}, {pages:,} pages flushed in the last second, {status.dirty:,} dirty)",
+        f"  MariaDB {'settled' if quiet else 'still busy'} after {time.monotonic() - started:.0f} s "
+        f"(undo history {history:,}, {pages:,} pages flushed in the last second, {dirty:,} dirty)",
         flush=True,
     )

@@ -119,11 +119,8 @@ def main() -> None:
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (Debian package `wrk`; `make bench` installs it)")
     use_bench_database()
-    from django.db import connection
-
     token = prepare()
-    with connection.cursor() as cursor:
-        settle(cursor)  # the ledger-size step leaves InnoDB flushing a million rows
+    settle()  # the ledger-size step leaves InnoDB flushing a million rows
     server = start_gunicorn()
     rows = []
     try:

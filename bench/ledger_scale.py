@@ -21,7 +21,6 @@ from bench.report import table, write
 SIZES = (10_000, 1_000_000)
 ROUNDS = 5
 CHUNK = 100_000
-FUNDS = 10**12
 
 
 def empty_ledger() -> None:
@@ -122,7 +121,7 @@ def main() -> None:
             # 20 seconds, and InnoDB would otherwise evict them one by one inside the timing.
             cursor.execute("FLUSH TABLES credit_transactions FOR EXPORT")
             cursor.execute("UNLOCK TABLES")
-            settle(cursor)
+        settle()
         ledger.grant(user_id=user.id, amount=10**6, reason="bench funds")
         timings = time_rounds(
             {

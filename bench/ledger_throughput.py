@@ -293,12 +293,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     use_bench_database()
-    from django.db import connection
-
     user_ids = prepare_wallets(max(CONCURRENCY))
     fund(user_ids)
-    with connection.cursor() as cursor:
-        settle(cursor)
+    settle()
     floor = Floor(wallet_ids(user_ids))
     implementations = [floor, Ours(), OursHoldCapture(), Naive(), Hordak(user_ids)]
 
