@@ -6,6 +6,8 @@ Every value can be overridden with the environment variables named below.
 import multiprocessing
 import os
 
+from agents import sandbox  # standard library only
+
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 # Credits are moved in short DB transactions; synchronous workers, one per core by default
 # (agent runs that take long belong on Celery with Prefer: respond-async).
@@ -21,6 +23,11 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-")
 errorlog = "-"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+def post_worker_init(worker):
+    """Start this worker's agent-tool process now, so the first run does not wait for it."""
+    sandbox.warm()
 
 
 def child_exit(server, worker):

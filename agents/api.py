@@ -13,10 +13,14 @@ from rest_framework.views import APIView
 
 from agents.datasets import DatasetError, parse_csv, parse_data
 from agents.models import AgentRun, RunStatus
-from agents.runner import TOOLS, submit_run
+from agents.runner import submit_run
+from agents.tools import clean, master, profile
 from billing.api import IDEMPOTENCY_HEADER, idempotency_key
 from billing.errors import ApiError
 from billing.parsers import LimitedJSONParser
+
+# Each tool's option validation, by agent (the tools themselves run in `agents.sandbox`).
+TOOL_OPTIONS = {"profile-my-data": profile, "clean-my-data": clean, "master-my-data": master}
 
 
 class AgentRequestSerializer(serializers.Serializer):
@@ -87,7 +91,7 @@ class AgentRunApi(APIView):
             raise serializers.ValidationError({exc.field: [str(exc)]}) from exc
 
     def _configuration(self, raw: dict, dataset) -> dict:
-        tool = TOOLS[self.agent_id]
+        tool = TOOL_OPTIONS[self.agent_id]
         unknown = set(raw) - set(tool.ConfigSerializer().fields)
         if unknown:
             raise serializers.ValidationError(
@@ -101,7 +105,26 @@ class AgentRunApi(APIView):
                 tool.validate_against(dataset, config.validated_data)
             except serializers.ValidationError as exc:
                 raise serializers.ValidationError({"tool_configuration": exc.detail}) from exc
+        if hasattr(tool, "candidate_pairs"):
+            self._refuse_too_many_pairs(tool.candidate_pairs(dataset, config.validated_data))
         return dict(config.validated_data)
+
+    @staticmethod
+    def _refuse_too_many_pairs(pairs: int) -> None:
+        """Work that is predictably too big is refused before any credits are held."""
+        limit = settings.AGENT_MASTER_MAX_PAIRS
+        if pairs > limit:
+            raise ApiError(
+                error_code="PAYLOAD_TOO_LARGE",
+                detail=(
+                    f"Matching this input would compare about {pairs:,} record pairs; the limit "
+                    f"(AGENT_MASTER_MAX_PAIRS) is {limit:,}. Narrow tool_configuration.match_columns, lower "
+                    "tool_configuration.max_block_size, or split the input into smaller batches."
+                ),
+                status_code=413,
+                pairs=pairs,
+                max_pairs=limit,
+            )
 
     @extend_schema(
         request=AgentRequestSerializer,
@@ -154,7 +177,8 @@ class AgentRunApi(APIView):
             headers.update({"Location": f"/api/agents/runs/{run.id}", "Preference-Applied": "respond-async"})
             return Response(body, status=status.HTTP_202_ACCEPTED, headers=headers)
         if run.status in (RunStatus.FAILED, RunStatus.EXPIRED):
-            body.update(error_code="AGENT_RUN_FAILED", detail=f"The run {run.status}; no credits were charged.")
+            reason = run.error.split(": ", 1)[-1] if run.error else f"The run {run.status}."
+            body.update(error_code="AGENT_RUN_FAILED", detail=f"{reason} No credits were charged.")
             return Response(body, status=status.HTTP_422_UNPROCESSABLE_ENTITY, headers=headers)
         return Response(body, headers=headers)
 

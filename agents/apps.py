@@ -6,4 +6,9 @@ class AgentsConfig(AppConfig):
     name = "agents"
 
     def ready(self) -> None:
-        from agents import runner  # noqa: F401  (connects the hold_expired receiver)
+        # Registers the runner's task and hold_expired receiver; adds the runs' checks to reconcile_ledger.
+        from agents import tasks  # noqa: F401
+        from agents.reconcile import check_runs
+        from billing.reconcile import register_check
+
+        register_check(check_runs)

@@ -307,10 +307,13 @@ class AdminSettleShortfallApi(APIView):
 class HoldSerializer(serializers.ModelSerializer):
     hold_id = serializers.IntegerField(source="id")
     credits = serializers.IntegerField(source="amount")
+    run_id = serializers.UUIDField(
+        source="agent_run_id", allow_null=True, help_text="The agent run this hold pays for (only it settles the hold)."
+    )
 
     class Meta:
         model = CreditHold
-        fields = ["hold_id", "agent_id", "credits", "status", "expires_at", "created_at", "settled_at"]
+        fields = ["hold_id", "agent_id", "credits", "status", "expires_at", "created_at", "settled_at", "run_id"]
 
 
 class HoldCreateApi(APIView):
@@ -392,6 +395,17 @@ class _OwnHoldMixin:
             raise ApiError(error_code="HOLD_NOT_FOUND", detail="No such hold.", status_code=404)
         return hold
 
+    def own_unclaimed_hold(self, request, hold_id: int) -> CreditHold:
+        """The user's hold, unless an agent run owns it: only the run settles its hold."""
+        hold = self.own_hold(request, hold_id)
+        if hold.agent_run_id is not None:
+            raise ApiError(
+                error_code="HOLD_OWNED_BY_RUN",
+                detail=f"This hold pays for agent run {hold.agent_run_id}; the run captures or releases it.",
+                status_code=409,
+            )
+        return hold
+
 
 class HoldDetailApi(_OwnHoldMixin, APIView):
     permission_classes = [IsAuthenticated]
@@ -423,7 +437,7 @@ class HoldCaptureApi(_OwnHoldMixin, APIView):
         },
     )
     def post(self, request, hold_id: int):
-        hold = self.own_hold(request, hold_id)
+        hold = self.own_unclaimed_hold(request, hold_id)
         result = ledger.capture(hold_id=hold.id)
         return Response(
             {
@@ -444,7 +458,7 @@ class HoldReleaseApi(_OwnHoldMixin, APIView):
 
     @extend_schema(request=None, responses={200: HoldSerializer})
     def post(self, request, hold_id: int):
-        hold = self.own_hold(request, hold_id)
+        hold = self.own_unclaimed_hold(request, hold_id)
         return Response(HoldSerializer(ledger.release(hold_id=hold.id)).data)
 
 

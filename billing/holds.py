@@ -3,12 +3,10 @@
 import logging
 from collections.abc import Callable
 
-from django.db import transaction
 from django.utils import timezone
 
 from billing import ledger
 from billing.models import CreditHold, HoldStatus
-from billing.signals import hold_expired
 
 logger = logging.getLogger("billing")
 
@@ -16,8 +14,8 @@ logger = logging.getLogger("billing")
 def expire_due_holds(*, batch_size: int = 500, progress: Callable[[int, int], None] | None = None) -> int:
     """Release every pending hold past `expires_at` as `expired`; returns how many.
 
-    Each hold is released in its own transaction (one wallet lock at a time); a hold captured
-    or released meanwhile is skipped. Listeners of `hold_expired` (agent runs) are told.
+    Each hold is released in its own transaction (one wallet lock at a time, then the hold,
+    then its run: `ledger.expire_hold`); a hold captured or released meanwhile is skipped.
     """
     due = list(
         CreditHold.objects.filter(status=HoldStatus.PENDING, expires_at__lte=timezone.now())
@@ -27,9 +25,7 @@ def expire_due_holds(*, batch_size: int = 500, progress: Callable[[int, int], No
     expired = 0
     for index, hold_id in enumerate(due, start=1):
         try:
-            with transaction.atomic():
-                hold = ledger.release(hold_id=hold_id, status=HoldStatus.EXPIRED)
-                hold_expired.send(sender=CreditHold, hold=hold)
+            hold = ledger.expire_hold(hold_id=hold_id)
         except ledger.HoldNotPending:
             continue
         expired += 1

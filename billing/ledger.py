@@ -1,17 +1,23 @@
 """The only code that changes wallet balances.
 
 Every verb here:
-- runs in one database transaction and locks the wallet row (`SELECT … FOR UPDATE`, or
-  for a charge on MariaDB the conditional UPDATE that also checks the balance) before
-  reading the balance, so concurrent calls on one wallet serialise and no update is lost;
+- runs in one database transaction and locks the wallet row before it reads or changes the
+  balance — charge, hold, capture and release by a conditional UPDATE inside their one plan
+  of statements (`billing.sql`: one round trip on MariaDB), the rarer verbs by
+  `SELECT … FOR UPDATE` — so concurrent calls on one wallet serialise and no update is lost;
 - writes exactly one immutable `CreditTransaction` carrying `balance_after` for every
   change of the balance (holds move `held_credits` only and write a `CreditHold`);
 - is idempotent on its `idempotency_key`: the same key replays the first result, the
   same key with different parameters raises `IdempotencyConflict`;
 - retries lock-wait timeouts and deadlocks itself when it owns the transaction, and
-  raises `LedgerBusy` (retryable, never a 500) if they persist.
+  raises `LedgerBusy` (retryable, never a 500) if they persist or the connection is lost.
 
-Lock order is always wallet, then hold, and no verb locks two wallets.
+One lock order everywhere: wallet → hold → agent run (→ shortfalls for claw-backs). Holds
+are settled by `capture`/`release`/`expire_hold`, which lock the wallet first, then the
+hold; an agent run's row is written by statements (`then=`) committed in the same plan,
+after both, and `expire_holds` ends a run through the `hold_expired` signal inside the
+release's transaction. A running job's lease (`extend_hold`) locks its hold alone. No verb
+locks two wallets.
 """
 
 from __future__ import annotations
@@ -30,18 +36,19 @@ from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, OperationalError, connection, transaction
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from billing import metrics
 from billing.models import CreditHold, CreditShortfall, CreditTransaction, HoldStatus, TransactionKind, Wallet
+from billing.signals import hold_expired
+from billing.sql import ConnectionInDoubt, PlanStopped, Step, is_connection_error, run_plan
 
 logger = logging.getLogger("billing")
 
 # MySQL/MariaDB error numbers worth retrying: lock wait timeout, deadlock.
 _RETRYABLE_MYSQL_ERRORS = {1205, 1213}
 _MAX_ATTEMPTS = 5
-_TIMED_VERBS = {"capture"}  # and `charge`, timed as a whole
 
 
 class LedgerError(Exception):
@@ -152,8 +159,15 @@ def _with_retries(attempt: Callable[[], T]) -> T:
     for number in range(1, _MAX_ATTEMPTS + 1):
         try:
             return attempt()
-        except OperationalError as exc:
-            if not is_retryable_error(exc):
+        except ConnectionInDoubt as exc:
+            raise LedgerBusy("The database connection was interrupted; retry the request.") from exc
+        except (OperationalError, InterfaceError) as exc:
+            if is_connection_error(exc):
+                if not connection.in_atomic_block:
+                    with contextlib.suppress(DatabaseError):
+                        connection.close()
+                raise LedgerBusy("The database connection was interrupted; retry the request.") from exc
+            if not isinstance(exc, OperationalError) or not is_retryable_error(exc):
                 raise
             if connection.in_atomic_block:
                 # An outer transaction owns the locks; only its owner can retry.
@@ -167,16 +181,13 @@ def _with_retries(attempt: Callable[[], T]) -> T:
 def _money_verb(fn: Callable[..., T]) -> Callable[..., T]:
     """Run `fn` in its own transaction (a savepoint inside a caller's), with `_with_retries`."""
 
-    timer = (lambda: metrics.timed(fn.__name__)) if fn.__name__ in _TIMED_VERBS else contextlib.nullcontext
-
     @functools.wraps(fn)
     def wrapper(**kwargs: Any) -> T:
         def attempt() -> T:
             with transaction.atomic():
                 return fn(**kwargs)
 
-        with timer():
-            return _with_retries(attempt)
+        return _with_retries(attempt)
 
     return wrapper
 
@@ -351,9 +362,9 @@ def charge(
 ) -> LedgerResult:
     """Take `amount` available credits for one use of `agent_id`; never overdraws.
 
-    On MariaDB the common case is `_debit_in_place`'s one round trip; anything unusual
-    (no wallet yet, too few credits, a shortfall, a reused idempotency key, another database)
-    takes the locked path, which explains the refusal or replays the first result."""
+    One plan (`_charge_plan`): the conditional debit and the ledger row, one round trip on
+    MariaDB. A refusal is explained afterwards from a read (too few credits, a shortfall, no
+    wallet yet); a reused idempotency key replays the first row. Idempotent on the key."""
     _require_positive(amount)
     fields = {
         "kind": TransactionKind.CHARGE,
@@ -365,33 +376,10 @@ def charge(
         "metadata": metadata or {},
     }
     with metrics.timed("charge"):
-        row = None
-        if _in_place_debits_supported():
-            with contextlib.suppress(_KeyAlreadyUsed):  # rolled back; the locked path replays it
-                row = _with_retries(lambda: _debit_in_place(user_id=user_id, **fields))
-        if row is None:
-            return _charge_locked(user_id=user_id, fields=fields)
+        result = _with_retries(lambda: _charge_once(user_id=user_id, fields=fields))
+    if not result.replayed:
         _after_charge(user_id, amount, agent_id)
-        return LedgerResult(row)
-
-
-@_money_verb
-def _charge_locked(*, user_id: int, fields: dict[str, Any]) -> LedgerResult:
-    wallet = _lock_wallet(user_id)
-    if existing := _replay(
-        CreditTransaction,
-        wallet=wallet,
-        idempotency_key=fields["idempotency_key"],
-        fingerprint=fields["request_fingerprint"],
-    ):
-        return LedgerResult(existing, replayed=True)
-    _refuse_if_in_shortfall(wallet)
-    try:
-        row = _post(wallet=wallet, **fields)
-    except InsufficientCredits as exc:
-        _refuse(user_id, exc)
-    _after_charge(user_id, -fields["amount"], fields["agent_id"])
-    return LedgerResult(row)
+    return result
 
 
 def _after_charge(user_id: int, amount: int, agent_id: str) -> None:
@@ -399,85 +387,96 @@ def _after_charge(user_id: int, amount: int, agent_id: str) -> None:
     _count_after_commit(TransactionKind.CHARGE, amount, agent_id)
 
 
-class _KeyAlreadyUsed(Exception):
-    """The fast path met an earlier row with the same idempotency key."""
-
-
-def _in_place_debits_supported() -> bool:
-    # INSERT … RETURNING and BEGIN NOT ATOMIC are MariaDB's (10.5+); MySQL and SQLite take the locked path.
-    db = transaction.get_connection()
-    return db.vendor == "mysql" and db.mysql_is_mariadb and db.mysql_version >= (10, 5)
-
-
 _TXN_COLUMNS = ("kind", "amount", "agent_id", "agent_run_id", "idempotency_key", "request_fingerprint", "metadata")
-_DEBIT_WALLET_SQL = (
-    "UPDATE credit_wallets SET balance_credits = balance_credits - %s, updated_at = %s "
-    "WHERE user_id = %s AND shortfall_credits = 0 AND balance_credits - held_credits >= %s"
-)
-_INSERT_TXN_SQL = (
-    "INSERT INTO credit_transactions (wallet_id, balance_after, created_at, reason, {columns}) "
-    "SELECT id, balance_credits, %s, '', {values} FROM credit_wallets WHERE user_id = %s "
-    "RETURNING id, wallet_id, balance_after"
-).format(columns=", ".join(_TXN_COLUMNS), values=", ".join(["%s"] * len(_TXN_COLUMNS)))
 
 
-def _debit_block(*, own_transaction: bool) -> str:
-    """The whole debit as one MariaDB compound statement, so one round trip: the conditional
-    UPDATE, and only if it took the credits, the INSERT … RETURNING of the ledger row."""
-    begin, commit = ("START TRANSACTION; ", " COMMIT;") if own_transaction else ("", "")
-    return (
-        f"BEGIN NOT ATOMIC {begin}{_DEBIT_WALLET_SQL}; IF ROW_COUNT() = 1 THEN {_INSERT_TXN_SQL}; END IF;{commit} END"
-    )
-
-
-def _debit_in_place(*, user_id: int, **fields: Any) -> CreditTransaction | None:
-    """A debit in one round trip: a conditional UPDATE that takes the credits only if they are
-    available (locking the wallet row), then an INSERT … SELECT … RETURNING that writes the
-    ledger row with the new balance — sent together as one compound statement.
-
-    Outside a transaction the statement carries its own START TRANSACTION … COMMIT (Django's
-    `atomic` would add three round trips: autocommit off, COMMIT, autocommit on); inside a
-    caller's transaction it runs in a savepoint.
-
-    Returns None, having changed nothing, when the UPDATE matched no row (no wallet yet, not
-    enough credits, a shortfall). Raises `_KeyAlreadyUsed` when the idempotency key exists,
-    after rolling back."""
-    db = transaction.get_connection()  # looked up once: `connection.x` looks it up on every use
+def _charge_plan(*, user_id: int, fields: dict[str, Any], at: Any) -> list[Step]:
     amount = -fields["amount"]
-    now = timezone.now()
-    at = db.ops.adapt_datetimefield_value(now)
     run_id = fields["agent_run_id"]
     values = [
         str(fields["kind"]),
         fields["amount"],
         fields["agent_id"],
-        None if run_id is None else uuid.UUID(str(run_id)).hex,  # how UUIDField stores it on MySQL
+        _uuid_hex(run_id),
         fields["idempotency_key"],
         fields["request_fingerprint"],
         json.dumps(fields["metadata"]),
     ]
-    params = [amount, at, user_id, amount, at, *values, user_id]
-    try:
-        if db.in_atomic_block or not db.get_autocommit():
-            with transaction.atomic(), db.cursor() as cursor:
-                found = _run_block(cursor, _debit_block(own_transaction=False), params)
-        else:
-            with db.cursor() as cursor:
-                try:
-                    found = _run_block(cursor, _debit_block(own_transaction=True), params)
-                except BaseException:
-                    # A failed statement leaves the block's transaction open.
-                    with contextlib.suppress(DatabaseError):
-                        cursor.execute("ROLLBACK")
-                    raise
-    except IntegrityError as exc:
-        if exc.args and exc.args[0] == 1062 and fields["idempotency_key"]:
-            raise _KeyAlreadyUsed from exc
-        raise
-    if found is None:
+    return [
+        Step(
+            "UPDATE credit_wallets SET balance_credits = balance_credits - %s, updated_at = %s "
+            "WHERE user_id = %s AND shortfall_credits = 0 AND balance_credits - held_credits >= %s",
+            [amount, at, user_id, amount],
+        ),
+        Step(
+            "INSERT INTO credit_transactions (wallet_id, balance_after, created_at, reason, {columns}) "
+            "SELECT id, balance_credits, %s, '', {values} FROM credit_wallets WHERE user_id = %s "
+            "RETURNING id, wallet_id, balance_after".format(
+                columns=", ".join(_TXN_COLUMNS), values=", ".join(["%s"] * len(_TXN_COLUMNS))
+            ),
+            [at, *values, user_id],
+            must_change_one_row=False,
+            returns=True,
+        ),
+    ]
+
+
+def _charge_once(*, user_id: int, fields: dict[str, Any]) -> LedgerResult:
+    db = transaction.get_connection()
+    key = fields["idempotency_key"]
+    for _ in range(3):
+        now = timezone.now()
+        try:
+            ((row_id, wallet_id, balance_after),) = run_plan(
+                _charge_plan(user_id=user_id, fields=fields, at=db.ops.adapt_datetimefield_value(now))
+            )
+        except PlanStopped:
+            if existing := _replay_for_user(CreditTransaction, user_id, key, fields["request_fingerprint"]):
+                return LedgerResult(existing, replayed=True)
+            _explain_refusal(user_id=user_id, amount=-fields["amount"])
+            continue  # the wallet was just created, or credits arrived meanwhile: try again
+        except IntegrityError as exc:
+            if key and _is_duplicate_key(exc):
+                return LedgerResult(
+                    _replay_for_user(CreditTransaction, user_id, key, fields["request_fingerprint"]), True
+                )
+            raise
+        return LedgerResult(
+            _loaded_row(db.alias, id=row_id, wallet_id=wallet_id, balance_after=balance_after, created_at=now, **fields)
+        )
+    raise LedgerBusy("The wallet changed while the charge was checked; retry the request.")
+
+
+def _uuid_hex(value: Any) -> str | None:
+    return None if value is None else uuid.UUID(str(value)).hex  # how UUIDField stores it on MySQL and SQLite
+
+
+def _is_duplicate_key(exc: IntegrityError) -> bool:
+    # MariaDB 1062; SQLite says "UNIQUE constraint failed".
+    return (bool(exc.args) and exc.args[0] == 1062) or "UNIQUE constraint failed" in str(exc)
+
+
+def _replay_for_user(model, user_id: int, key: str | None, fingerprint: str):
+    """The row already written under this key by this user's wallet, or None; a row written
+    with other parameters raises `IdempotencyConflict`."""
+    if not key:
         return None
-    row_id, wallet_id, balance_after = found
-    return _loaded_row(db.alias, id=row_id, wallet_id=wallet_id, balance_after=balance_after, created_at=now, **fields)
+    existing = model.objects.filter(wallet__user_id=user_id, idempotency_key=key).first()
+    if existing is not None and existing.request_fingerprint != fingerprint:
+        raise IdempotencyConflict("This Idempotency-Key was already used with different parameters.")
+    return existing
+
+
+def _explain_refusal(*, user_id: int, amount: int) -> None:
+    """A debit or hold plan took nothing: say why, from what the wallet holds now. Returns
+    (so the caller tries again) only when the wallet did not exist yet or now has the credits."""
+    wallet = Wallet.objects.filter(user_id=user_id).first()
+    if wallet is None:
+        Wallet.objects.get_or_create(user_id=user_id)
+        return
+    _refuse_if_in_shortfall(wallet)
+    if amount > wallet.available_credits:
+        _refuse(user_id, InsufficientCredits(required=amount, available=max(wallet.available_credits, 0)))
 
 
 @functools.cache
@@ -495,17 +494,6 @@ def _loaded_row(alias: str, **values: Any) -> CreditTransaction:
     return CreditTransaction.from_db(alias, None, row)
 
 
-def _run_block(cursor, sql: str, params: list[Any]) -> tuple | None:
-    """Execute a compound statement; its RETURNING row, if any, after reading every result
-    (an error after the row — a failed COMMIT — surfaces while reading the rest)."""
-    cursor.execute(sql, params)
-    found = cursor.fetchone() if cursor.description else None
-    while cursor.nextset():
-        pass
-    return found
-
-
-@_money_verb
 def hold(
     *,
     user_id: int,
@@ -513,77 +501,251 @@ def hold(
     agent_id: str,
     idempotency_key: str | None = None,
     expires_at: datetime | None = None,
+    agent_run_id: Any = None,
+    then: list[Step] | None = None,
 ) -> HoldResult:
-    """Reserve `amount` available credits: `held_credits` grows, the balance does not."""
+    """Reserve `amount` available credits: `held_credits` grows, the balance does not.
+
+    A hold taken for an agent run carries its `agent_run_id`; only the run settles it. `then`
+    are statements committed together with the hold, and only with it (the run's row).
+    Idempotent on `idempotency_key`."""
     _require_positive(amount)
     fingerprint = _fingerprint("hold", amount=amount, agent_id=agent_id)
-    wallet = _lock_wallet(user_id)
-    if existing := _replay(CreditHold, wallet=wallet, idempotency_key=idempotency_key, fingerprint=fingerprint):
-        return HoldResult(existing, replayed=True)
-    _refuse_if_in_shortfall(wallet)
-    if amount > wallet.available_credits:
-        _refuse(user_id, InsufficientCredits(required=amount, available=wallet.available_credits))
-    Wallet.objects.filter(pk=wallet.pk).update(held_credits=wallet.held_credits + amount, updated_at=timezone.now())
-    wallet.held_credits += amount
-    created = CreditHold.objects.create(
-        wallet=wallet,
-        amount=amount,
-        agent_id=agent_id,
-        idempotency_key=idempotency_key,
-        request_fingerprint=fingerprint,
-        expires_at=expires_at or timezone.now() + settings.BILLING_HOLD_TTL,
+    return _with_retries(
+        lambda: _hold_once(
+            user_id=user_id,
+            amount=amount,
+            agent_id=agent_id,
+            key=idempotency_key,
+            fingerprint=fingerprint,
+            expires_at=expires_at,
+            agent_run_id=agent_run_id,
+            then=then or [],
+        )
     )
-    return HoldResult(created)
 
 
-def _lock_pending_hold(hold_id: int) -> tuple[Wallet, CreditHold]:
-    wallet_user_id = CreditHold.objects.filter(pk=hold_id).values_list("wallet__user_id", flat=True).first()
-    if wallet_user_id is None:
-        raise CreditHold.DoesNotExist(f"No hold {hold_id}.")
-    wallet = _lock_wallet(wallet_user_id)
-    locked = CreditHold.objects.select_for_update().get(pk=hold_id)
-    if locked.status != HoldStatus.PENDING:
-        raise HoldNotPending(f"Hold {hold_id} is already {locked.status}.")
-    return wallet, locked
+def _hold_once(*, user_id, amount, agent_id, key, fingerprint, expires_at, agent_run_id, then) -> HoldResult:
+    db = transaction.get_connection()
+    for _ in range(3):
+        now = timezone.now()
+        expiry = expires_at or now + settings.BILLING_HOLD_TTL
+        at = db.ops.adapt_datetimefield_value(now)
+        plan = [
+            Step(
+                "UPDATE credit_wallets SET held_credits = held_credits + %s, updated_at = %s "
+                "WHERE user_id = %s AND shortfall_credits = 0 AND balance_credits - held_credits >= %s",
+                [amount, at, user_id, amount],
+            ),
+            Step(
+                "INSERT INTO credit_holds (wallet_id, amount, status, agent_id, idempotency_key, "
+                "request_fingerprint, expires_at, created_at, settled_at, agent_run_id) "
+                "SELECT id, %s, %s, %s, %s, %s, %s, %s, NULL, %s FROM credit_wallets WHERE user_id = %s "
+                "RETURNING id, wallet_id",
+                [
+                    amount,
+                    HoldStatus.PENDING.value,
+                    agent_id,
+                    key,
+                    fingerprint,
+                    db.ops.adapt_datetimefield_value(expiry),
+                    at,
+                    _uuid_hex(agent_run_id),
+                    user_id,
+                ],
+                must_change_one_row=False,
+                returns=True,
+            ),
+            *then,
+        ]
+        try:
+            (hold_id, wallet_id), *_ = run_plan(plan)
+        except PlanStopped as stopped:
+            if stopped.step >= 2:
+                raise  # one of the caller's statements refused: nothing was held
+            if existing := _replay_for_user(CreditHold, user_id, key, fingerprint):
+                return HoldResult(existing, replayed=True)
+            _explain_refusal(user_id=user_id, amount=amount)
+            continue
+        except IntegrityError as exc:
+            if key and _is_duplicate_key(exc) and (existing := _replay_for_user(CreditHold, user_id, key, fingerprint)):
+                return HoldResult(existing, replayed=True)
+            raise
+        created = CreditHold(
+            id=hold_id,
+            wallet_id=wallet_id,
+            amount=amount,
+            status=HoldStatus.PENDING,
+            agent_id=agent_id,
+            idempotency_key=key,
+            request_fingerprint=fingerprint,
+            expires_at=expiry,
+            created_at=now,
+            agent_run_id=agent_run_id,
+        )
+        created._state.adding, created._state.db = False, db.alias
+        return HoldResult(created)
+    raise LedgerBusy("The wallet changed while the hold was checked; retry the request.")
 
 
-@_money_verb
-def capture(*, hold_id: int, amount: int | None = None, agent_run_id: Any = None) -> LedgerResult:
+def _lock_wallet_of_hold(hold_id: int, at: Any) -> Step:
+    # Lock order: the wallet first, then the hold (every verb, `expire_holds` too).
+    return Step(
+        "UPDATE credit_wallets SET updated_at = %s WHERE id = (SELECT wallet_id FROM credit_holds WHERE id = %s)",
+        [at, hold_id],
+    )
+
+
+def capture(
+    *,
+    hold_id: int,
+    amount: int | None = None,
+    agent_run_id: Any = None,
+    then: list[Step] | None = None,
+) -> LedgerResult:
     """Turn a pending hold into one `charge` row of `amount` (default: all of it); any
-    remainder is released. A hold is captured at most once (`HoldNotPending`)."""
-    wallet, locked = _lock_pending_hold(hold_id)
-    if locked.expires_at <= timezone.now():
-        raise HoldExpired(f"Hold {hold_id} expired at {locked.expires_at.isoformat()}; its credits are released.")
-    amount = locked.amount if amount is None else _require_positive(amount, limit=locked.amount)
-    row = _post(
-        wallet=wallet,
+    remainder is released. A hold is captured at most once (`HoldNotPending`). A hold past its
+    expiry is released as `expired` at once and `HoldExpired` raised. `then` are statements
+    committed with the charge (the run's receipt), and only with it."""
+    if amount is not None:
+        _require_positive(amount)
+    with metrics.timed("capture"):
+        result = _with_retries(
+            lambda: _capture_once(hold_id=hold_id, amount=amount, agent_run_id=agent_run_id, then=then or [])
+        )
+    _after_charge(result.user_id, -result.transaction.amount, result.transaction.agent_id)
+    return result
+
+
+@dataclass(frozen=True)
+class _Captured(LedgerResult):
+    user_id: int = 0
+
+
+def _capture_once(*, hold_id: int, amount: int | None, agent_run_id: Any, then: list[Step]) -> _Captured:
+    db = transaction.get_connection()
+    now = timezone.now()
+    at = db.ops.adapt_datetimefield_value(now)
+    hold_amount = "(SELECT amount FROM credit_holds WHERE id = %s)"
+    plan = [
+        _lock_wallet_of_hold(hold_id, at),
+        Step(
+            "UPDATE credit_holds SET status = %s, settled_at = %s "
+            "WHERE id = %s AND status = %s AND expires_at > %s AND amount >= %s",
+            [HoldStatus.CAPTURED.value, at, hold_id, HoldStatus.PENDING.value, at, amount or 0],
+        ),
+        Step(
+            f"UPDATE credit_wallets SET balance_credits = balance_credits - COALESCE(%s, {hold_amount}), "
+            f"held_credits = held_credits - {hold_amount} "
+            "WHERE id = (SELECT wallet_id FROM credit_holds WHERE id = %s)",
+            [amount, hold_id, hold_id, hold_id],
+        ),
+        Step(
+            "INSERT INTO credit_transactions (wallet_id, balance_after, created_at, reason, kind, amount, agent_id, "
+            "agent_run_id, hold_id, request_fingerprint, metadata) "
+            "SELECT w.id, w.balance_credits, %s, '', %s, -COALESCE(%s, h.amount), h.agent_id, %s, h.id, '', '{}' "
+            "FROM credit_holds h JOIN credit_wallets w ON w.id = h.wallet_id WHERE h.id = %s "
+            "RETURNING id, wallet_id, amount, balance_after, agent_id",
+            [at, TransactionKind.CHARGE.value, amount, _uuid_hex(agent_run_id), hold_id],
+            must_change_one_row=False,
+            returns=True,
+        ),
+        Step(
+            "SELECT user_id FROM credit_wallets WHERE id = (SELECT wallet_id FROM credit_holds WHERE id = %s)",
+            [hold_id],
+            must_change_one_row=False,
+            returns=True,
+        ),
+        *then,
+    ]
+    try:
+        (row_id, wallet_id, charged, balance_after, agent_id), (user_id,), *_ = run_plan(plan)
+    except PlanStopped as stopped:
+        if stopped.step >= len(plan) - len(then):
+            raise  # one of the caller's statements refused: nothing was captured
+        _explain_unsettled(hold_id, amount=amount)
+        raise
+    row = _loaded_row(
+        db.alias,
+        id=row_id,
+        wallet_id=wallet_id,
         kind=TransactionKind.CHARGE,
-        amount=-amount,
-        held_delta=-locked.amount,
-        agent_id=locked.agent_id,
-        agent_run_id=agent_run_id,
-        hold=locked,
+        amount=charged,
+        balance_after=balance_after,
+        agent_id=agent_id,
+        agent_run_id=None if agent_run_id is None else uuid.UUID(str(agent_run_id)),
+        hold_id=hold_id,
+        created_at=now,
     )
-    locked.status = HoldStatus.CAPTURED
-    locked.settled_at = timezone.now()
-    locked.save(update_fields=["status", "settled_at"])
-    _after_charge(wallet.user_id, amount, locked.agent_id)
-    return LedgerResult(row)
+    return _Captured(row, user_id=user_id)
 
 
-@_money_verb
-def release(*, hold_id: int, status: str = HoldStatus.RELEASED) -> CreditHold:
-    """Give a pending hold's credits back to the available balance; the balance is unchanged."""
+def _explain_unsettled(hold_id: int, *, amount: int | None = None) -> NoReturn:
+    """A capture or release plan changed nothing: say why. A pending hold past its expiry is
+    released as `expired` here, so its credits never wait for the sweep."""
+    found = CreditHold.objects.filter(pk=hold_id).first()
+    if found is None:
+        raise CreditHold.DoesNotExist(f"No hold {hold_id}.")
+    if found.status != HoldStatus.PENDING:
+        raise HoldNotPending(f"Hold {hold_id} is already {found.status}.")
+    if found.expires_at <= timezone.now():
+        with contextlib.suppress(HoldNotPending):
+            expire_hold(hold_id=hold_id)
+        raise HoldExpired(f"Hold {hold_id} expired at {found.expires_at.isoformat()}; its credits are released.")
+    if amount is not None and amount > found.amount:
+        raise InvalidAmount(f"The amount may not exceed the {found.amount} credits held.")
+    raise LedgerBusy("The hold changed while it was settled; retry the request.")
+
+
+def release(*, hold_id: int, status: str = HoldStatus.RELEASED, then: list[Step] | None = None) -> CreditHold:
+    """Give a pending hold's credits back to the available balance; the balance is unchanged.
+    `then` are statements committed with the release (the run's end), and only with it."""
     if status not in (HoldStatus.RELEASED, HoldStatus.EXPIRED):
         raise ValueError("A hold is released or expired.")
-    wallet, locked = _lock_pending_hold(hold_id)
-    Wallet.objects.filter(pk=wallet.pk).update(
-        held_credits=wallet.held_credits - locked.amount, updated_at=timezone.now()
-    )
-    locked.status = status
-    locked.settled_at = timezone.now()
-    locked.save(update_fields=["status", "settled_at"])
-    return locked
+    _with_retries(lambda: _release_once(hold_id=hold_id, status=status, then=then or []))
+    return CreditHold.objects.get(pk=hold_id)
+
+
+def _release_once(*, hold_id: int, status: str, then: list[Step]) -> None:
+    db = transaction.get_connection()
+    at = db.ops.adapt_datetimefield_value(timezone.now())
+    plan = [
+        _lock_wallet_of_hold(hold_id, at),
+        Step(
+            "UPDATE credit_holds SET status = %s, settled_at = %s WHERE id = %s AND status = %s",
+            [str(status), at, hold_id, HoldStatus.PENDING.value],
+        ),
+        Step(
+            "UPDATE credit_wallets SET held_credits = held_credits - (SELECT amount FROM credit_holds WHERE id = %s) "
+            "WHERE id = (SELECT wallet_id FROM credit_holds WHERE id = %s)",
+            [hold_id, hold_id],
+        ),
+        *then,
+    ]
+    try:
+        run_plan(plan)
+    except PlanStopped as stopped:
+        if stopped.step >= len(plan) - len(then):
+            raise
+        found = CreditHold.objects.filter(pk=hold_id).first()
+        if found is None:
+            raise CreditHold.DoesNotExist(f"No hold {hold_id}.") from None
+        raise HoldNotPending(f"Hold {hold_id} is already {found.status}.") from None
+
+
+def expire_hold(*, hold_id: int) -> CreditHold:
+    """Release a pending hold as `expired` and tell `hold_expired`'s listeners (agent runs end
+    as `expired`) in the same transaction: wallet → hold → run, the one lock order."""
+    with transaction.atomic():
+        expired = release(hold_id=hold_id, status=HoldStatus.EXPIRED)
+        hold_expired.send(sender=CreditHold, hold=expired)
+    return expired
+
+
+def extend_hold(*, hold_id: int, until: datetime) -> bool:
+    """A running job's lease: move a pending hold's expiry to `until`. False
+    when the hold is no longer pending. Locks the hold row alone."""
+    return CreditHold.objects.filter(pk=hold_id, status=HoldStatus.PENDING).update(expires_at=until) == 1
 
 
 @_money_verb

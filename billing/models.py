@@ -146,6 +146,9 @@ class CreditHold(models.Model):
     expires_at = models.DateTimeField()
     created_at = models.DateTimeField(auto_now_add=True)
     settled_at = models.DateTimeField(null=True, blank=True)
+    agent_run_id = models.UUIDField(
+        null=True, blank=True, unique=True, help_text="The agent run this hold pays for; only that run settles it."
+    )
 
     class Meta:
         db_table = "credit_holds"

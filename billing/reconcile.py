@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from billing.models import (
     CreditHold,
@@ -25,6 +28,15 @@ from billing.models import (
 )
 
 BATCH = 1000
+
+# Checks other apps add (agent runs against their charges), so billing never imports them.
+_EXTRA_CHECKS: list[Callable[[], Iterator[Drift]]] = []
+
+
+def register_check(check: Callable[[], Iterator[Drift]]) -> None:
+    """Add `check` to every reconciliation (idempotent)."""
+    if check not in _EXTRA_CHECKS:
+        _EXTRA_CHECKS.append(check)
 
 
 @dataclass(frozen=True)
@@ -146,6 +158,15 @@ def _check_clawbacks() -> Iterator[Drift]:
             )
 
 
+def _check_stale_holds() -> Iterator[Drift]:
+    """A pending hold past its expiry by more than the sweep interval: `expire_holds` is not running."""
+    cutoff = timezone.now() - timedelta(seconds=settings.EXPIRE_HOLDS_EVERY_SECONDS)
+    for hold_id, expires_at in CreditHold.objects.filter(status=HoldStatus.PENDING, expires_at__lt=cutoff).values_list(
+        "id", "expires_at"
+    ):
+        yield Drift("hold", f"hold {hold_id}", f"pending, expired {expires_at.isoformat()}: is expire_holds running?")
+
+
 def reconcile(*, batch: int = BATCH, progress: Callable[[int, int], None] | None = None) -> list[Drift]:
     """All drift found, as a list (empty when the ledger is sound)."""
     drift: list[Drift] = []
@@ -158,4 +179,7 @@ def reconcile(*, batch: int = BATCH, progress: Callable[[int, int], None] | None
             progress(checked, total)
     drift.extend(_check_purchases())
     drift.extend(_check_clawbacks())
+    drift.extend(_check_stale_holds())
+    for check in _EXTRA_CHECKS:
+        drift.extend(check())
     return drift

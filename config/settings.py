@@ -230,7 +230,12 @@ AGENT_MAX_ROWS = env.int("AGENT_MAX_ROWS", default=200_000)
 # Request bodies may carry the whole input table (JSON-escaped CSV grows it a little).
 DATA_UPLOAD_MAX_MEMORY_SIZE = AGENT_MAX_INPUT_BYTES + 2 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
-AGENT_RUN_TIMEOUT_SECONDS = env.int("AGENT_RUN_TIMEOUT_SECONDS", default=120)
+# A tool runs in its own OS process (agents.sandbox), killed at the time limit; the memory
+# limit is what one run may allocate on top of the idle worker process (RLIMIT_AS).
+AGENT_RUN_TIMEOUT_SECONDS = env.float("AGENT_RUN_TIMEOUT_SECONDS", default=120)
+AGENT_RUN_MAX_MEMORY_MB = env.int("AGENT_RUN_MAX_MEMORY_MB", default=2048)
+# master-my-data refuses (413, before holding credits) input whose blocking would compare more pairs.
+AGENT_MASTER_MAX_PAIRS = env.int("AGENT_MASTER_MAX_PAIRS", default=5_000_000)
 
 # --- Celery (asynchronous runs, hold expiry) -------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
@@ -241,7 +246,12 @@ CELERY_TASK_IGNORE_RESULT = True
 # delivered again; its hold expires meanwhile if nobody picks it up.
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_SOFT_TIME_LIMIT = AGENT_RUN_TIMEOUT_SECONDS + 30
+# The tool's own process is killed at AGENT_RUN_TIMEOUT_SECONDS; these bound the task around it
+# (the hard limit kills the worker child, whose hold then expires and whose message is redelivered).
+CELERY_TASK_SOFT_TIME_LIMIT = int(AGENT_RUN_TIMEOUT_SECONDS) + 30
+CELERY_TASK_TIME_LIMIT = int(AGENT_RUN_TIMEOUT_SECONDS) + 60
+# reconcile_ledger reports a hold still pending longer than this past its expiry.
+EXPIRE_HOLDS_EVERY_SECONDS = env.float("EXPIRE_HOLDS_EVERY_SECONDS", default=60.0)
 CELERY_BEAT_SCHEDULE = {
-    "expire-holds": {"task": "billing.expire_holds", "schedule": env.float("EXPIRE_HOLDS_EVERY_SECONDS", default=60.0)},
+    "expire-holds": {"task": "billing.expire_holds", "schedule": EXPIRE_HOLDS_EVERY_SECONDS},
 }

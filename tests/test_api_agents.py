@@ -141,14 +141,7 @@ def test_too_many_rows_is_413(user_client, user, settings):
 def test_a_failing_tool_releases_the_hold_and_charges_nothing(user_client, user, monkeypatch):
     ledger.grant(user_id=user.id, amount=100, reason="seed")
 
-    class Exploding:
-        ConfigSerializer = runner.profile.ConfigSerializer
-
-        @staticmethod
-        def run(dataset, config):
-            raise RuntimeError("tool crashed")
-
-    monkeypatch.setitem(runner.TOOLS, "profile-my-data", Exploding)
+    monkeypatch.setitem(runner.TOOLS, "profile-my-data", "tests.sandbox_tools:boom")  # raises ValueError
     response = user_client.post("/api/profile-my-data", BODY, format="json")
 
     assert response.status_code == 422
@@ -160,7 +153,7 @@ def test_a_failing_tool_releases_the_hold_and_charges_nothing(user_client, user,
     assert not CreditTransaction.objects.filter(kind=TransactionKind.CHARGE).exists()
     assert CreditHold.objects.get().status == HoldStatus.RELEASED
     run = AgentRun.objects.get()
-    assert run.status == RunStatus.FAILED and "tool crashed" in run.error
+    assert run.status == RunStatus.FAILED and "ValueError: bad input" in run.error
 
 
 def test_an_idempotency_key_replays_the_run_without_charging_again(user_client, user):

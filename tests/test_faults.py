@@ -1,12 +1,20 @@
 """Faults: the database going away, lock waits that outlast their timeout, bad and oversized bodies."""
 
+import random
 import threading
+import time
+from collections import Counter
 
+import MySQLdb
 import pytest
 from django.db import connection, connections, transaction
+from django.utils import timezone
 
 from billing import ledger
-from billing.models import CreditTransaction, Wallet
+from billing.holds import expire_due_holds
+from billing.models import CreditHold, CreditTransaction, HoldStatus, Wallet
+from billing.reconcile import reconcile
+from tests.concurrency import in_threads
 from tests.conftest import bearer_client
 
 pytestmark = pytest.mark.usefixtures("agent_costs")
@@ -113,3 +121,65 @@ def test_an_oversized_body_is_413_before_anything_is_held(user_client, user, set
     assert response.status_code == 413
     assert response.json()["error_code"] == "PAYLOAD_TOO_LARGE"
     assert Wallet.objects.get(user=user).held_credits == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_killed_statements_and_connections_answer_ledger_busy_with_nothing_half_written(user, figures):
+    """Another session KILLs our statements (KILL QUERY) and connections (KILL) while 6 threads
+    charge, hold and capture on one wallet: every call either succeeds or raises `LedgerBusy`
+    (a 503), never a raw database error, and the ledger stays exact."""
+    ledger.grant(user_id=user.id, amount=1_000_000, reason="seed")
+    db = connection.settings_dict
+    stop = threading.Event()
+    kills = Counter()
+
+    def killer():
+        admin = MySQLdb.connect(host=db["HOST"], port=int(db["PORT"]), user=db["USER"], passwd=db["PASSWORD"])
+        cursor = admin.cursor()
+        try:
+            while not stop.is_set():
+                cursor.execute(
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND INFO LIKE 'BEGIN NOT ATOMIC%%'",
+                    [db["NAME"]],
+                )
+                for (session,) in cursor.fetchall():
+                    how = "KILL QUERY" if random.random() < 0.7 else "KILL"
+                    try:
+                        cursor.execute(f"{how} {int(session)}")
+                        kills[how] += 1
+                    except MySQLdb.OperationalError:
+                        pass  # it finished first
+                time.sleep(random.uniform(0, 0.002))
+        finally:
+            admin.close()
+
+    def work(index: int) -> str:
+        try:
+            if index % 3 == 0:
+                ledger.charge(user_id=user.id, amount=1, agent_id="a")
+            elif index % 3 == 1:
+                held = ledger.hold(user_id=user.id, amount=2, agent_id="a").hold
+                ledger.capture(hold_id=held.id)
+            else:
+                ledger.charge(user_id=user.id, amount=3, agent_id="a", idempotency_key=f"kill-{index}")
+            return "ok"
+        except ledger.LedgerBusy:
+            return "busy"
+        except Exception as exc:  # what must never happen: a raw error (a 500)
+            return f"raw {exc.__class__.__name__}: {exc}"
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        outcomes = Counter(in_threads(list(range(1200)), work, threads=6))
+    finally:
+        stop.set()
+        thread.join()
+
+    figures(f"statements killed during 1,200 ledger calls: {dict(kills)}; outcomes {dict(outcomes)}")
+    assert kills, "the killer never caught a statement"
+    assert set(outcomes) <= {"ok", "busy"}, outcomes
+    # Holds whose capture was interrupted stay pending until they expire; everything else is exact.
+    CreditHold.objects.filter(status=HoldStatus.PENDING).update(expires_at=timezone.now())
+    expire_due_holds()
+    assert reconcile() == []

@@ -7,6 +7,7 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Sum
 
 from billing import ledger
+from billing import sql as billing_sql
 from billing.models import CreditHold, CreditTransaction, HoldStatus, TransactionKind, Wallet
 
 pytestmark = pytest.mark.django_db
@@ -270,10 +271,11 @@ def test_a_charge_is_one_statement_and_its_row_is_complete(user):
     assert assert_consistent(user).balance_credits == 70
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["in-place", "locked"])
-def test_both_charge_paths_replay_refuse_and_conflict_alike(user, monkeypatch, fast):
-    if not fast:
-        monkeypatch.setattr(ledger, "_in_place_debits_supported", lambda: False)
+@pytest.mark.parametrize("compound", [True, False], ids=["compound-statement", "statement-by-statement"])
+def test_both_plan_executors_replay_refuse_and_conflict_alike(user, monkeypatch, compound):
+    # The same plan runs as one MariaDB compound statement or statement by statement (SQLite).
+    if not compound:
+        monkeypatch.setattr(billing_sql, "compound_supported", lambda: False)
     _replay_refuse_and_conflict(user)
 
 
@@ -319,8 +321,7 @@ def test_a_charge_inside_an_outer_transaction_rolls_back_with_it(user):
 def test_a_failure_after_the_debit_rolls_the_whole_charge_back(user, monkeypatch):
     ledger.grant(user_id=user.id, amount=100, reason="seed")
     # The wallet UPDATE succeeds, then writing the ledger row fails.
-    failing_insert = ledger._INSERT_TXN_SQL.replace("INTO credit_transactions", "INTO no_such_table")
-    monkeypatch.setattr(ledger, "_INSERT_TXN_SQL", failing_insert)
+    _fail_the_ledger_row(monkeypatch)
     with pytest.raises(DatabaseError, match="no_such_table"):
         ledger.charge(user_id=user.id, amount=30, agent_id="a")
     assert not connection.in_atomic_block and connection.get_autocommit()
@@ -331,8 +332,7 @@ def test_a_failure_after_the_debit_rolls_the_whole_charge_back(user, monkeypatch
 
 def test_a_failure_after_the_debit_inside_an_outer_transaction_undoes_only_the_charge(user, monkeypatch):
     ledger.grant(user_id=user.id, amount=100, reason="seed")
-    failing_insert = ledger._INSERT_TXN_SQL.replace("INTO credit_transactions", "INTO no_such_table")
-    monkeypatch.setattr(ledger, "_INSERT_TXN_SQL", failing_insert)
+    _fail_the_ledger_row(monkeypatch)
     with transaction.atomic():
         with pytest.raises(DatabaseError, match="no_such_table"):
             ledger.charge(user_id=user.id, amount=30, agent_id="a")
@@ -340,3 +340,19 @@ def test_a_failure_after_the_debit_inside_an_outer_transaction_undoes_only_the_c
         # The caller's transaction goes on: the failed debit was undone to its savepoint.
         assert ledger.charge(user_id=user.id, amount=20, agent_id="a").balance_after == 80
     assert assert_consistent(user).balance_credits == 80
+
+
+def _fail_the_ledger_row(monkeypatch) -> None:
+    original = ledger._charge_plan
+
+    def failing_plan(**kwargs):
+        debit, row = original(**kwargs)
+        broken = billing_sql.Step(
+            row.sql.replace("INTO credit_transactions", "INTO no_such_table"),
+            row.params,
+            must_change_one_row=False,
+            returns=True,
+        )
+        return [debit, broken]
+
+    monkeypatch.setattr(ledger, "_charge_plan", failing_plan)

@@ -136,25 +136,42 @@ def _survivor(values: list, rule: str, recency: list) -> object:
     return next(v for _, v in present if counts[str(v).strip()] == best)  # ties: first non-null
 
 
-def run(dataset: Dataset, config: dict) -> dict:
-    frame = to_frame(dataset)
-    columns = config.get("match_columns") or dataset.columns
-    kinds = {c: _column_kind(c, frame[c]) for c in columns}
+def _blocks(frame: pd.DataFrame, columns: list[str], kinds: dict[str, str]) -> tuple[dict, dict[tuple, list[int]]]:
+    """The normalised match columns and the blocks of rows that share a blocking key."""
     normalised = {c: _normalise(frame[c], kinds[c]).tolist() for c in columns}
-    weights = {c: config["weights"].get(c, 2.0 if kinds[c] in ("email", "phone") else 1.0) for c in columns}
-    min_shared = 2 if len(columns) >= 2 else 1
-
     blocks: dict[tuple, list[int]] = defaultdict(list)
     for column in columns:
         for row, value in enumerate(normalised[column]):
             if isinstance(value, str):
                 for key in _blocking_keys(column, kinds[column], value):
                     blocks[key].append(row)
+    return normalised, blocks
+
+
+def _compared_blocks(blocks: dict[tuple, list[int]], max_block_size: int) -> list[list[int]]:
+    return [members for members in blocks.values() if 2 <= len(members) <= max_block_size]
+
+
+def candidate_pairs(dataset: Dataset, config: dict) -> int:
+    """How many record pairs `run` would compare, at most (a pair in two blocks counts twice);
+    computed from the blocks alone, so a run too big to afford is refused before it starts."""
+    frame = to_frame(dataset)
+    columns = config.get("match_columns") or dataset.columns
+    kinds = {c: _column_kind(c, frame[c]) for c in columns}
+    _, blocks = _blocks(frame, columns, kinds)
+    return sum(len(m) * (len(m) - 1) // 2 for m in _compared_blocks(blocks, config["max_block_size"]))
+
+
+def run(dataset: Dataset, config: dict) -> dict:
+    frame = to_frame(dataset)
+    columns = config.get("match_columns") or dataset.columns
+    kinds = {c: _column_kind(c, frame[c]) for c in columns}
+    normalised, blocks = _blocks(frame, columns, kinds)
+    weights = {c: config["weights"].get(c, 2.0 if kinds[c] in ("email", "phone") else 1.0) for c in columns}
+    min_shared = 2 if len(columns) >= 2 else 1
 
     scores: dict[tuple[int, int], float] = {}
-    for members in blocks.values():
-        if len(members) < 2 or len(members) > config["max_block_size"]:
-            continue
+    for members in _compared_blocks(blocks, config["max_block_size"]):
         for a, b in itertools.combinations(members, 2):
             if (a, b) in scores:
                 continue

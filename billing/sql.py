@@ -1,0 +1,159 @@
+"""How the ledger's verbs reach the database: a verb is a short list of SQL statements (a plan).
+
+Each money verb on the hot path (charge, hold, capture, release) is written once, as portable
+SQL whose WHERE clauses carry the rules ("only if the credits are available", "only if the
+hold is still pending"). `run_plan` executes a plan in one transaction:
+
+- on MariaDB as one compound statement (`BEGIN NOT ATOMIC … END`): one round trip, its own
+  START TRANSACTION … COMMIT (or, inside a caller's transaction, a savepoint). An exit handler
+  rolls the transaction back on any error before the error reaches us, so nothing is ever
+  half-written;
+- elsewhere (SQLite for `make run`) statement by statement inside `transaction.atomic()`.
+
+A step that must change exactly one row stops the plan when it does not: everything before it
+is rolled back and `PlanStopped.step` says which step refused, so the verb can explain why
+(too few credits, hold no longer pending …) with a read — the rule itself is never repeated in
+Python. Steps with `returns=True` hand back their one row (`INSERT … RETURNING` or `SELECT`).
+
+Errors that leave the connection in doubt (lost connection, killed query, "commands out of
+sync") close it, so the next use reconnects cleanly, and surface as `ConnectionInDoubt`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+
+# MariaDB client/server errors after which the connection's state is unknown.
+_CONNECTION_ERRORS = {
+    1053,  # server shutdown in progress
+    1317,  # query execution was interrupted (KILL QUERY)
+    1927,  # connection was killed
+    2006,  # server has gone away
+    2013,  # lost connection during query
+    2014,  # commands out of sync
+    2055,  # lost connection (system error)
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    sql: str
+    params: list[Any] = field(default_factory=list)
+    # The plan goes on only if this statement changed exactly one row.
+    must_change_one_row: bool = True
+    # The statement yields one row (INSERT … RETURNING, SELECT) that the plan hands back.
+    returns: bool = False
+
+    def __post_init__(self):
+        if self.returns and self.must_change_one_row:
+            raise ValueError("A returning step cannot also be checked by its row count.")
+
+
+class PlanStopped(Exception):
+    """Step `step` (0-based) changed no row: nothing of the plan was kept."""
+
+    def __init__(self, step: int):
+        super().__init__(f"The plan stopped at step {step}.")
+        self.step = step
+
+
+class ConnectionInDoubt(Exception):
+    """The statement was interrupted or the connection lost; the connection has been closed."""
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    if isinstance(exc, InterfaceError):
+        return True
+    return isinstance(exc, OperationalError) and bool(exc.args) and exc.args[0] in _CONNECTION_ERRORS
+
+
+def compound_supported() -> bool:
+    db = transaction.get_connection()
+    return db.vendor == "mysql" and db.mysql_is_mariadb and db.mysql_version >= (10, 5)
+
+
+def run_plan(steps: list[Step]) -> list[tuple]:
+    """Run `steps` in one transaction; the rows of the returning steps, in order.
+
+    Raises `PlanStopped` (nothing kept) when a checked step changed no row, the database's own
+    error (IntegrityError, deadlock …) after rolling back, or `ConnectionInDoubt`."""
+    db = transaction.get_connection()
+    try:
+        if compound_supported():
+            if db.in_atomic_block or not db.get_autocommit():
+                with transaction.atomic():
+                    return _compound(db, steps, own_transaction=False)
+            return _compound(db, steps, own_transaction=True)
+        with transaction.atomic():
+            return _one_by_one(db, steps)
+    except (OperationalError, InterfaceError) as exc:
+        if not is_connection_error(exc):
+            raise
+        if not db.in_atomic_block:
+            # The server rolls back whatever was uncommitted when the connection closes.
+            with contextlib.suppress(DatabaseError):
+                db.close()
+        raise ConnectionInDoubt(str(exc)) from exc
+
+
+def _one_by_one(db, steps: list[Step]) -> list[tuple]:
+    returned = []
+    with db.cursor() as cursor:
+        for index, step in enumerate(steps):
+            cursor.execute(step.sql, step.params)
+            if step.returns:
+                returned.append(cursor.fetchone())
+            elif step.must_change_one_row and cursor.rowcount != 1:
+                raise PlanStopped(index)
+    return returned
+
+
+def compound_sql(steps: list[Step], *, own_transaction: bool) -> str:
+    """The plan as one MariaDB compound statement. `reached` counts the steps done; the block
+    SELECTs it, then commits only when all steps were done."""
+    body = []
+    closing = []
+    for index, step in enumerate(steps, start=1):
+        body.append(f"{step.sql};")
+        if step.must_change_one_row:
+            body.append(f"IF ROW_COUNT() = 1 THEN SET reached = {index};")
+            closing.append("END IF;")
+        else:
+            body.append(f"SET reached = {index};")
+    head = ["BEGIN NOT ATOMIC", "DECLARE reached INT DEFAULT 0;"]
+    tail = ["SELECT reached;"]
+    if own_transaction:
+        head += ["DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN ROLLBACK; RESIGNAL; END;", "START TRANSACTION;"]
+        # COMMIT is the block's last statement: an interruption can no longer land after it.
+        tail.append(f"IF reached = {len(steps)} THEN COMMIT; ELSE ROLLBACK; END IF;")
+    return " ".join(head + body + list(reversed(closing)) + tail + ["END"])
+
+
+def _compound(db, steps: list[Step], *, own_transaction: bool) -> list[tuple]:
+    params = [param for step in steps for param in step.params]
+    with db.cursor() as cursor:
+        cursor.execute(compound_sql(steps, own_transaction=own_transaction), params)
+        results = []
+        while True:
+            if cursor.description:
+                results.append(cursor.fetchall())
+            if not cursor.nextset():
+                break
+    if not results or len(results[-1]) != 1:
+        raise OperationalError(2014, "The compound statement returned no step count.")
+    reached = results[-1][0][0]
+    if reached < len(steps):
+        raise PlanStopped(_stopped_at(steps, reached))
+    return [rows[0] if rows else None for rows in results[:-1]]
+
+
+def _stopped_at(steps: list[Step], reached: int) -> int:
+    # `reached` steps completed; the next checked step is the one that refused.
+    for index in range(reached, len(steps)):
+        if steps[index].must_change_one_row:
+            return index
+    return reached
