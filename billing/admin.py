@@ -3,7 +3,6 @@ superusers; money moves only through the ledger verbs (grant/debit forms, reproc
 
 from __future__ import annotations
 
-import csv
 import json
 
 from django.contrib import admin, messages
@@ -13,6 +12,7 @@ from django.http import StreamingHttpResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from billing.exports import SafeWriter
 from billing.models import (
     CreditHold,
     CreditShortfall,
@@ -154,7 +154,7 @@ class CreditTransactionAdmin(ReadOnlyAdmin):
                 yield from batch
                 last_id = batch[-1][0]
 
-        writer = csv.writer(_Echo())
+        writer = SafeWriter(_Echo())
         response = StreamingHttpResponse((writer.writerow(row) for row in rows()), content_type="text/csv")
         response["Content-Disposition"] = 'attachment; filename="credit_transactions.csv"'
         return response

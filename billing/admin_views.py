@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import uuid
 from datetime import timedelta
 
@@ -19,6 +18,7 @@ from django.utils.safestring import mark_safe
 
 from billing import ledger, reports
 from billing.charts import bar_chart_svg
+from billing.exports import SafeWriter
 from billing.selectors import wallet_for_user
 from users.models import User
 
@@ -50,7 +50,7 @@ def _default_period() -> reports.Period:
 def _csv_response(rows: list[dict], filename: str) -> HttpResponse:
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    writer = csv.writer(response)
+    writer = SafeWriter(response)
     if rows:
         writer.writerow(rows[0].keys())
         writer.writerows(row.values() for row in rows)

@@ -155,7 +155,9 @@ def is_retryable_error(exc: OperationalError) -> bool:
 
 def _with_retries(attempt: Callable[[], T]) -> T:
     """Run one whole transaction, `attempt()`, again after a lock-wait timeout or deadlock when
-    we own the transaction; `LedgerBusy` (retryable, never a 500) if they persist."""
+    we own the transaction, within LEDGER_RETRY_BUDGET_SECONDS; `LedgerBusy` (retryable, never
+    a 500) if they persist or the connection was lost."""
+    give_up_at = time.monotonic() + settings.LEDGER_RETRY_BUDGET_SECONDS
     for number in range(1, _MAX_ATTEMPTS + 1):
         try:
             return attempt()
@@ -172,7 +174,8 @@ def _with_retries(attempt: Callable[[], T]) -> T:
             if connection.in_atomic_block:
                 # An outer transaction owns the locks; only its owner can retry.
                 raise LedgerBusy("The wallet is busy; retry the request.") from exc
-            if number == _MAX_ATTEMPTS:
+            # Another full lock wait must still fit in the budget.
+            if number == _MAX_ATTEMPTS or time.monotonic() + settings.LEDGER_LOCK_WAIT_SECONDS > give_up_at:
                 raise LedgerBusy("The wallet is busy; retry the request.") from exc
             time.sleep(random.uniform(0, 0.02 * number))
     raise AssertionError("unreachable")

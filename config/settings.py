@@ -87,6 +87,11 @@ TEMPLATES = [
 
 
 # --- Database ---------------------------------------------------------------
+# A ledger verb waits at most this long for a row lock, and retries lock waits and deadlocks
+# for at most LEDGER_RETRY_BUDGET_SECONDS in all, then answers 503 LEDGER_BUSY: both well
+# under gunicorn's worker timeout, so a busy wallet is an answer, never a killed worker.
+LEDGER_LOCK_WAIT_SECONDS = env.int("LEDGER_LOCK_WAIT_SECONDS", default=5)
+LEDGER_RETRY_BUDGET_SECONDS = env.float("LEDGER_RETRY_BUDGET_SECONDS", default=12.0)
 def database_from_url(url: str) -> dict:
     """Parse DATABASE_URL; accepts the runbook's SQLAlchemy-style `mysql+driver://`.
 
@@ -102,7 +107,8 @@ def database_from_url(url: str) -> dict:
             {
                 "charset": "utf8mb4",
                 "init_command": "SET sql_mode='STRICT_TRANS_TABLES,NO_ZERO_DATE,"
-                "NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'",
+                "NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION', "
+                f"SESSION innodb_lock_wait_timeout = {LEDGER_LOCK_WAIT_SECONDS}",
                 "isolation_level": "read committed",
             }
         )
@@ -131,6 +137,7 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # --- REST API ---------------------------------------------------------------
+NUM_PROXIES = env.int("NUM_PROXIES", default=0)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework_simplejwt.authentication.JWTAuthentication",
@@ -143,6 +150,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "billing.pagination.StandardPagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "billing.errors.api_exception_handler",
+    # Client addresses (throttling) come from the socket unless NUM_PROXIES trusted proxies
+    # stand in front: then from X-Forwarded-For, counting that many hops from the right.
+    "NUM_PROXIES": NUM_PROXIES,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.ScopedRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {
@@ -204,6 +214,8 @@ if env.str("STRIPE_API_HOST", default=""):
 METRICS_ENABLED = env.bool("METRICS_ENABLED", default=True)
 METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# Behind a proxy every request arrives from the proxy's address, so /metrics then requires
+# METRICS_TOKEN whatever METRICS_ALLOWED_IPS says.
 
 # --- Logging ------------------------------------------------------------------
 # LOG_FORMAT=json writes one JSON object per line; the runbook's messages are unchanged.
