@@ -92,6 +92,8 @@ TEMPLATES = [
 # under gunicorn's worker timeout, so a busy wallet is an answer, never a killed worker.
 LEDGER_LOCK_WAIT_SECONDS = env.int("LEDGER_LOCK_WAIT_SECONDS", default=5)
 LEDGER_RETRY_BUDGET_SECONDS = env.float("LEDGER_RETRY_BUDGET_SECONDS", default=12.0)
+
+
 def database_from_url(url: str) -> dict:
     """Parse DATABASE_URL; accepts the runbook's SQLAlchemy-style `mysql+driver://`.
 
