@@ -7,6 +7,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from core.fields import KEY_MAX_LENGTH, ExactCharField
+
 
 class AgentCost(models.Model):
     """The price of one agent run. A price is "edited" when it differs from the seeded default."""
@@ -76,8 +78,8 @@ class AgentRun(models.Model):
     credits_charged = models.PositiveIntegerField(default=0)
     balance_after = models.BigIntegerField(null=True, blank=True)
     hold = models.ForeignKey("billing.CreditHold", on_delete=models.PROTECT, null=True, blank=True, related_name="runs")
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
-    request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    idempotency_key = ExactCharField(max_length=KEY_MAX_LENGTH, null=True, blank=True)
+    request_fingerprint = ExactCharField(max_length=64, blank=True, default="")
     configuration = models.JSONField(default=dict, blank=True)
     input_rows = models.PositiveIntegerField(default=0)
     input_blob = models.BinaryField(null=True, blank=True, help_text="Compressed input, kept until the run ends.")

@@ -33,6 +33,7 @@ from billing.serializers import (
 )
 from billing.stripe_checkout import start_checkout
 from billing.stripe_webhooks import process_event, store_event, verify_event
+from core.fields import CLIENT_KEY_PREFIX
 from users.models import User
 
 logger = logging.getLogger("billing")
@@ -46,7 +47,8 @@ def require_user(user_id: int) -> None:
 
 
 def idempotency_key(request) -> str | None:
-    """The request's `Idempotency-Key` header (1–255 printable characters), if any."""
+    """The request's `Idempotency-Key` header (1–255 printable characters), if any, in the
+    clients' own namespace: no client key can equal a key the system writes."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return None
@@ -56,7 +58,7 @@ def idempotency_key(request) -> str | None:
             error_code="INVALID_IDEMPOTENCY_KEY",
             detail="Idempotency-Key must be 1 to 255 printable characters.",
         )
-    return key
+    return CLIENT_KEY_PREFIX + key
 
 
 class HealthApi(APIView):
@@ -288,6 +290,9 @@ class AdminSettleShortfallApi(APIView):
                 {
                     "collected": serializers.IntegerField(),
                     "written_off": serializers.IntegerField(),
+                    "still_owed": serializers.IntegerField(
+                        help_text="Credits held for running work when settled: owed until the holds end."
+                    ),
                     "new_balance": serializers.IntegerField(),
                 },
             )
@@ -301,7 +306,12 @@ class AdminSettleShortfallApi(APIView):
         result = ledger.settle_shortfall(user_id=data["user_id"], actor_id=request.user.id, reason=data["reason"])
         wallet = wallet_for_user(user_id=data["user_id"])
         return Response(
-            {"collected": result.clawed_back, "written_off": result.shortfall, "new_balance": wallet.balance_credits}
+            {
+                "collected": result.clawed_back,
+                "written_off": result.shortfall,
+                "still_owed": result.still_owed,
+                "new_balance": wallet.balance_credits,
+            }
         )
 
 

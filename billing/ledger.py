@@ -37,6 +37,7 @@ from typing import Any, NoReturn, TypeVar
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from billing import metrics
@@ -137,6 +138,7 @@ class ClawbackResult:
     transaction: CreditTransaction | None
     clawed_back: int
     shortfall: int
+    still_owed: int = 0
 
 
 @dataclass(frozen=True)
@@ -841,16 +843,90 @@ def clawback(
     return ClawbackResult(row, clawed_back=taken, shortfall=shortfall)
 
 
+@dataclass(frozen=True)
+class RestoreResult:
+    transaction: CreditTransaction | None
+    restored: int  # credits given back to the balance
+    cancelled: int  # credits no longer owed (open shortfall cancelled)
+
+
+@_money_verb
+def restore_clawback(
+    *,
+    user_id: int,
+    amount: int,
+    reason: str,
+    purchase_id: int,
+    idempotency_key: str,
+    payment_intent_id: str | None = None,
+    stripe_event_id: str = "",
+) -> RestoreResult:
+    """Give back up to `amount` clawed-back credits of a purchase whose refund failed or whose
+    dispute was won. What was never taken (an open shortfall of that purchase) is cancelled
+    first; the rest returns to the balance as one positive `clawback` row, never more than was
+    actually taken from this purchase. Idempotent on the key."""
+    _require_positive(amount)
+    fingerprint = _fingerprint("restore", amount=amount, purchase=purchase_id)
+    wallet = _lock_wallet(user_id)
+    if existing := _replay(CreditTransaction, wallet=wallet, idempotency_key=idempotency_key, fingerprint=fingerprint):
+        return RestoreResult(existing, restored=existing.amount, cancelled=0)
+    remaining, cancelled = amount, 0
+    for item in CreditShortfall.objects.select_for_update().filter(
+        wallet=wallet, purchase_id=purchase_id, settled_at__isnull=True
+    ).order_by("-id"):
+        part = min(remaining, item.amount - item.cancelled_credits)
+        if part:
+            item.cancelled_credits += part
+            item.save(update_fields=["cancelled_credits"])
+            remaining, cancelled = remaining - part, cancelled + part
+    if cancelled:
+        Wallet.objects.filter(pk=wallet.pk).update(
+            shortfall_credits=wallet.shortfall_credits - cancelled, updated_at=timezone.now()
+        )
+    taken = -(
+        CreditTransaction.objects.filter(
+            wallet=wallet, kind=TransactionKind.CLAWBACK, metadata__purchase_id=purchase_id
+        ).aggregate(total=Sum("amount"))["total"]
+        or 0
+    )
+    give_back = min(remaining, max(taken, 0))
+    row = None
+    if give_back:
+        row = _post(
+            wallet=wallet,
+            kind=TransactionKind.CLAWBACK,
+            amount=give_back,
+            reason=reason,
+            stripe_payment_intent_id=payment_intent_id,
+            stripe_event_id=stripe_event_id or None,
+            idempotency_key=idempotency_key,
+            request_fingerprint=fingerprint,
+            metadata={"purchase_id": purchase_id, "restores": amount, "cancelled_shortfall": cancelled},
+        )
+        _log_after_commit("[Billing] Granted %s credits to user %s", give_back, user_id)
+    if remaining > give_back:
+        logger.warning(
+            "[Billing] %s credits of purchase %s were settled or written off before the reversal; not given back",
+            remaining - give_back,
+            purchase_id,
+        )
+    return RestoreResult(row, restored=give_back, cancelled=cancelled)
+
+
 @_money_verb
 def settle_shortfall(*, user_id: int, actor_id: int, reason: str) -> ClawbackResult:
     """Staff settle a wallet's shortfall: collect what the available balance now covers (one
-    `clawback` row) and write off the rest; the wallet may be charged again afterwards."""
+    `clawback` row) and write off the rest — except credits still held for running work,
+    which stay owed: refunded credits never become spendable by waiting for a release. While
+    anything is owed the wallet takes no charges and no holds; settle again once the holds end.
+    `ClawbackResult.shortfall` is what was written off, `still_owed` what stays open."""
     if not reason or not reason.strip():
         raise InvalidLedgerRequest("A reason is required.")
     wallet = _lock_wallet(user_id)
     open_shortfalls = list(CreditShortfall.objects.filter(wallet=wallet, settled_at__isnull=True).order_by("id"))
     owed = wallet.shortfall_credits
     collect = min(owed, max(wallet.available_credits, 0))
+    still_owed = min(owed - collect, wallet.held_credits)
     row = None
     if collect:
         row = _post(
@@ -861,16 +937,18 @@ def settle_shortfall(*, user_id: int, actor_id: int, reason: str) -> ClawbackRes
             actor_id=actor_id,
             metadata={"settles_shortfall": owed},
         )
-    remaining_to_collect = collect
+    to_collect, to_carry = collect, still_owed
     now = timezone.now()
     for item in open_shortfalls:
-        collected = min(item.amount, remaining_to_collect)
-        remaining_to_collect -= collected
+        item_owed = item.amount - item.cancelled_credits
+        collected = min(item_owed, to_collect)
+        carried = min(item_owed - collected, to_carry)
+        to_collect, to_carry = to_collect - collected, to_carry - carried
         item.collected_credits = collected
-        item.written_off_credits = item.amount - collected
+        item.written_off_credits = item_owed - collected - carried
         item.settled_at = now
         item.settled_by_id = actor_id
-        item.settlement_reason = reason.strip()
+        item.settlement_reason = reason.strip() + (f" ({carried} credits held, still owed)" if carried else "")
         item.save(
             update_fields=[
                 "collected_credits",
@@ -880,7 +958,11 @@ def settle_shortfall(*, user_id: int, actor_id: int, reason: str) -> ClawbackRes
                 "settlement_reason",
             ]
         )
-    Wallet.objects.filter(pk=wallet.pk).update(shortfall_credits=0, updated_at=now)
+    if still_owed:
+        CreditShortfall.objects.create(
+            wallet=wallet, amount=still_owed, idempotency_key=f"held-at-settlement:{uuid.uuid4().hex}"
+        )
+    Wallet.objects.filter(pk=wallet.pk).update(shortfall_credits=still_owed, updated_at=now)
     if collect:
         _count_after_commit(TransactionKind.CLAWBACK, collect)
-    return ClawbackResult(row, clawed_back=collect, shortfall=owed - collect)
+    return ClawbackResult(row, clawed_back=collect, shortfall=owed - collect - still_owed, still_owed=still_owed)

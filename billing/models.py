@@ -9,6 +9,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 
+from core.fields import KEY_MAX_LENGTH, ExactCharField
+
 
 class Wallet(models.Model):
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="wallet")
@@ -75,9 +77,9 @@ class CreditTransaction(models.Model):
     hold = models.ForeignKey(
         "billing.CreditHold", on_delete=models.PROTECT, null=True, blank=True, related_name="transactions"
     )
-    stripe_payment_intent_id = models.CharField(max_length=255, null=True, blank=True)
-    stripe_checkout_session_id = models.CharField(max_length=255, null=True, blank=True)
-    stripe_event_id = models.CharField(max_length=255, null=True, blank=True)
+    stripe_payment_intent_id = ExactCharField(max_length=255, null=True, blank=True)
+    stripe_checkout_session_id = ExactCharField(max_length=255, null=True, blank=True)
+    stripe_event_id = ExactCharField(max_length=255, null=True, blank=True)
     reason = models.CharField(max_length=500, blank=True, default="")
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -87,8 +89,8 @@ class CreditTransaction(models.Model):
         related_name="+",
         help_text="The staff user who caused this row, if any.",
     )
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
-    request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    idempotency_key = ExactCharField(max_length=KEY_MAX_LENGTH, null=True, blank=True)
+    request_fingerprint = ExactCharField(max_length=64, blank=True, default="")
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=False)
 
@@ -141,8 +143,8 @@ class CreditHold(models.Model):
     amount = models.BigIntegerField()
     status = models.CharField(max_length=16, choices=HoldStatus.choices, default=HoldStatus.PENDING)
     agent_id = models.CharField(max_length=64, null=True, blank=True)
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
-    request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    idempotency_key = ExactCharField(max_length=KEY_MAX_LENGTH, null=True, blank=True)
+    request_fingerprint = ExactCharField(max_length=64, blank=True, default="")
     expires_at = models.DateTimeField()
     created_at = models.DateTimeField(auto_now_add=True)
     settled_at = models.DateTimeField(null=True, blank=True)
@@ -170,7 +172,7 @@ class StripePaymentIntentLock(models.Model):
     """A row per payment intent that every webhook handler touching it locks first, so a refund
     and the checkout it refunds are processed one after the other, whatever order they arrive in."""
 
-    payment_intent_id = models.CharField(max_length=255, primary_key=True)
+    payment_intent_id = ExactCharField(max_length=255, primary_key=True)
 
     class Meta:
         db_table = "stripe_payment_intent_locks"
@@ -189,7 +191,7 @@ class WebhookEventStatus(models.TextChoices):
 class StripeWebhookEvent(models.Model):
     """Every verified Stripe event, stored once before it is processed."""
 
-    stripe_event_id = models.CharField(max_length=255, unique=True)
+    stripe_event_id = ExactCharField(max_length=255, unique=True)
     type = models.CharField(max_length=100)
     payload = models.JSONField()
     status = models.CharField(max_length=16, choices=WebhookEventStatus.choices, default=WebhookEventStatus.RECEIVED)
@@ -223,8 +225,8 @@ class Purchase(models.Model):
     amount_cents = models.BigIntegerField(help_text="What the package costs; the paid session must match.")
     currency = models.CharField(max_length=3)
     status = models.CharField(max_length=20, choices=PurchaseStatus.choices, default=PurchaseStatus.PENDING)
-    stripe_checkout_session_id = models.CharField(max_length=255, unique=True)
-    stripe_payment_intent_id = models.CharField(max_length=255, null=True, blank=True)
+    stripe_checkout_session_id = ExactCharField(max_length=255, unique=True)
+    stripe_payment_intent_id = ExactCharField(max_length=255, null=True, blank=True)
     created_by_checkout = models.BooleanField(
         default=True, help_text="False for sessions from Payment Links or the dashboard, first seen by the webhook."
     )
@@ -237,6 +239,9 @@ class Purchase(models.Model):
         default=0, help_text="Credits taken back for refunds/disputes, including any recorded shortfall."
     )
     failure_reason = models.CharField(max_length=500, blank=True, default="")
+    reversed_stripe_ids = models.JSONField(
+        default=list, blank=True, help_text="Failed refunds and won disputes already given back (each once)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     paid_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -264,14 +269,14 @@ class Purchase(models.Model):
 class CreditShortfall(models.Model):
     """Credits a refund or dispute should have taken back but the balance could not cover.
 
-    `Wallet.shortfall_credits` is the sum of open shortfalls; while it is positive the wallet
-    refuses charges until staff settle it.
+    `Wallet.shortfall_credits` is the sum of open shortfalls (amount − cancelled); while it is
+    positive the wallet refuses charges and holds until staff settle it.
     """
 
     wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="shortfalls")
     purchase = models.ForeignKey(Purchase, on_delete=models.PROTECT, null=True, blank=True, related_name="shortfalls")
     amount = models.BigIntegerField()
-    idempotency_key = models.CharField(max_length=255, help_text="The claw-back that recorded it.")
+    idempotency_key = ExactCharField(max_length=KEY_MAX_LENGTH, help_text="The claw-back that recorded it.")
     created_at = models.DateTimeField(auto_now_add=True)
     settled_at = models.DateTimeField(null=True, blank=True)
     settled_by = models.ForeignKey(
@@ -279,12 +284,19 @@ class CreditShortfall(models.Model):
     )
     collected_credits = models.BigIntegerField(default=0)
     written_off_credits = models.BigIntegerField(default=0)
+    cancelled_credits = models.BigIntegerField(
+        default=0, help_text="The part no longer owed because the refund failed or the dispute was won."
+    )
     settlement_reason = models.CharField(max_length=500, blank=True, default="")
 
     class Meta:
         db_table = "credit_shortfalls"
         constraints = [
             models.CheckConstraint(condition=Q(amount__gt=0), name="shortfall_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(cancelled_credits__gte=0, cancelled_credits__lte=F("amount")),
+                name="shortfall_cancelled_within_amount",
+            ),
             models.UniqueConstraint(fields=["wallet", "idempotency_key"], name="uniq_shortfall_wallet_key"),
         ]
         indexes = [models.Index(fields=["wallet", "settled_at"], name="shortfall_wallet_open_idx")]

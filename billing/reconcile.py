@@ -80,7 +80,7 @@ def _check_wallets(first: int, last: int) -> Iterator[Drift]:
     owed = dict(
         CreditShortfall.objects.filter(wallet_id__gte=first, wallet_id__lte=last, settled_at__isnull=True)
         .values_list("wallet_id")
-        .annotate(total=Sum("amount"))
+        .annotate(total=Sum(F("amount") - F("cancelled_credits")))
     )
     for wallet_id, held_credits, shortfall in Wallet.objects.filter(in_batch).values_list(
         "id", "held_credits", "shortfall_credits"
@@ -143,7 +143,9 @@ def _check_clawbacks() -> Iterator[Drift]:
         .values_list("metadata__purchase_id")
         .annotate(total=Sum("amount"))
     )
-    short = dict(CreditShortfall.objects.values_list("purchase_id").annotate(total=Sum("amount")))
+    short = dict(
+        CreditShortfall.objects.values_list("purchase_id").annotate(total=Sum(F("amount") - F("cancelled_credits")))
+    )
     refunded = Purchase.objects.filter(Q(refunded_cents__gt=0) | Q(disputed_cents__gt=0) | Q(clawed_back_credits__gt=0))
     for purchase in refunded:
         covered = min(purchase.amount_cents, purchase.refunded_cents + purchase.disputed_cents)

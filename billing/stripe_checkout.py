@@ -1,5 +1,6 @@
 """Start a Stripe Checkout for a credit package and record it as a pending purchase."""
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 
@@ -27,6 +28,10 @@ def ensure_stripe_customer(*, user: User) -> str:
     return user.stripe_customer_id
 
 
+def _digest(key: str | None) -> str | None:
+    return hashlib.sha256(key.encode()).hexdigest() if key else None
+
+
 def start_checkout(*, user: User, package_id: str, idempotency_key: str | None = None) -> CheckoutStarted:
     """Create a Checkout Session (mode `payment`) for the package and a pending `Purchase`.
 
@@ -41,7 +46,8 @@ def start_checkout(*, user: User, package_id: str, idempotency_key: str | None =
         user_id=user.id,
         customer_id=customer_id,
         package=package,
-        idempotency_key=f"checkout-{user.id}-{package.package_id}-{idempotency_key or uuid.uuid4().hex}",
+        # Stripe keys are at most 255 characters: a client's key (up to 262) goes in as its digest.
+        idempotency_key=f"checkout-{user.id}-{package.package_id}-{_digest(idempotency_key) or uuid.uuid4().hex}",
     )
     purchase, _ = Purchase.objects.get_or_create(
         stripe_checkout_session_id=session.id,

@@ -114,6 +114,7 @@ def _process_once(event_pk: int) -> WebhookOutcome:
     stored.attempts += 1
     handler = HANDLERS.get(stored.type)
     try:
+        _refuse_other_mode(stored.payload)
         with transaction.atomic():
             stored.status = handler(stored) if handler else WebhookEventStatus.IGNORED
         stored.error = ""
@@ -124,6 +125,18 @@ def _process_once(event_pk: int) -> WebhookOutcome:
         stored.error = str(exc)
     stored.save(update_fields=["status", "error", "attempts", "processed_at"])
     return WebhookOutcome(stored.stripe_event_id, stored.status, event_type=stored.type)
+
+
+def _refuse_other_mode(event: dict) -> None:
+    """A test-mode event never moves credits in live mode, nor a live one in test mode (a
+    webhook endpoint or secret shared between modes by mistake)."""
+    livemode = event.get("livemode")
+    if livemode is not None and bool(livemode) != settings.STRIPE_LIVE_MODE:
+        expected = "live" if settings.STRIPE_LIVE_MODE else "test"
+        raise EventRejected(
+            f"A {'live' if livemode else 'test'}-mode event, but this service runs in {expected} mode "
+            "(STRIPE_API_KEY); nothing was granted."
+        )
 
 
 # --- checkout.session.* -----------------------------------------------------------------
@@ -257,7 +270,9 @@ def _claw_back_to_target(purchase: Purchase, stored: StripeWebhookEvent) -> None
             stripe_event_id=stored.stripe_event_id,
         )
         purchase.clawed_back_credits = target
-    purchase.save(update_fields=["refunded_cents", "disputed_cents", "clawed_back_credits", "updated_at"])
+    purchase.save(
+        update_fields=["refunded_cents", "disputed_cents", "clawed_back_credits", "reversed_stripe_ids", "updated_at"]
+    )
 
 
 def _apply_clawback_event(purchase: Purchase, stored: StripeWebhookEvent) -> None:
@@ -278,6 +293,56 @@ def _on_refund_or_dispute(stored: StripeWebhookEvent) -> str:
         # applied automatically when that purchase is granted (see _apply_waiting_clawbacks).
         raise EventRejected(f"No paid purchase for payment intent {payment_intent_id!r} (yet).")
     _apply_clawback_event(purchase, stored)
+    return WebhookEventStatus.PROCESSED
+
+
+def _claw_back_or_restore(purchase: Purchase, stored: StripeWebhookEvent) -> None:
+    """Move the purchase's clawed-back credits to the share refunded or disputed now: take more
+    (`_claw_back_to_target`) or, after a failed refund or a won dispute, give back the excess."""
+    covered_cents = min(purchase.amount_cents, purchase.refunded_cents + purchase.disputed_cents)
+    target = purchase.credits * covered_cents // purchase.amount_cents
+    excess = purchase.clawed_back_credits - target
+    if excess <= 0:
+        _claw_back_to_target(purchase, stored)
+        return
+    ledger.restore_clawback(
+        user_id=purchase.user_id,
+        amount=excess,
+        reason=f"{stored.type} for {purchase.package_id} ({purchase.stripe_payment_intent_id})",
+        purchase_id=purchase.id,
+        idempotency_key=f"stripe-restore:{stored.stripe_event_id}",
+        payment_intent_id=purchase.stripe_payment_intent_id,
+        stripe_event_id=stored.stripe_event_id,
+    )
+    purchase.clawed_back_credits = target
+    purchase.save(
+        update_fields=["refunded_cents", "disputed_cents", "clawed_back_credits", "reversed_stripe_ids", "updated_at"]
+    )
+
+
+def _on_reversal(stored: StripeWebhookEvent) -> str:
+    """A refund that failed (or was canceled) or a dispute the merchant won: the money stayed
+    with us, so the credits clawed back for it are given back, once per refund or dispute."""
+    obj = stored.payload["data"]["object"]
+    if stored.type == "charge.dispute.closed" and obj.get("status") != "won":
+        return WebhookEventStatus.IGNORED  # lost: the clawback at dispute creation stands
+    if stored.type == "charge.refund.updated" and obj.get("status") not in ("failed", "canceled"):
+        return WebhookEventStatus.IGNORED
+    payment_intent_id = _object_id(obj.get("payment_intent"))
+    _lock_payment_intent(payment_intent_id)
+    purchase = Purchase.objects.select_for_update().filter(stripe_payment_intent_id=payment_intent_id).first()
+    if purchase is None or purchase.status != PurchaseStatus.PAID:
+        raise EventRejected(f"No paid purchase for payment intent {payment_intent_id!r}.")
+    reversed_id = obj.get("id")
+    if not reversed_id or reversed_id in purchase.reversed_stripe_ids:
+        return WebhookEventStatus.PROCESSED  # this refund or dispute was already given back
+    amount = int(obj.get("amount") or 0)
+    if stored.type == "charge.dispute.closed":
+        purchase.disputed_cents = max(0, purchase.disputed_cents - amount)
+    else:
+        purchase.refunded_cents = max(0, purchase.refunded_cents - amount)
+    purchase.reversed_stripe_ids = [*purchase.reversed_stripe_ids, reversed_id]
+    _claw_back_or_restore(purchase, stored)
     return WebhookEventStatus.PROCESSED
 
 
@@ -304,4 +369,6 @@ HANDLERS: dict[str, Callable[[StripeWebhookEvent], str]] = {
     "checkout.session.async_payment_failed": _on_async_payment_failed,
     "charge.refunded": _on_refund_or_dispute,
     "charge.dispute.created": _on_refund_or_dispute,
+    "charge.dispute.closed": _on_reversal,
+    "charge.refund.updated": _on_reversal,
 }

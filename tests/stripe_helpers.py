@@ -76,3 +76,17 @@ def signed(event: dict, *, secret: str | None = None, timestamp: int | None = No
 def deliver(client, event: dict, **sign_kwargs):
     body, header = signed(copy.deepcopy(event), **sign_kwargs)
     return client.post("/billing/webhook", data=body, content_type="application/json", HTTP_STRIPE_SIGNATURE=header)
+
+
+def dispute_closed_event(*, event_id: str, payment_intent: str, dispute_id: str, amount: int, status: str) -> dict:
+    event = _load("charge.dispute.closed")
+    event["id"] = event_id
+    event["data"]["object"].update(id=dispute_id, payment_intent=payment_intent, amount=amount, status=status)
+    return event
+
+
+def refund_updated_event(*, event_id: str, payment_intent: str, refund_id: str, amount: int, status: str) -> dict:
+    event = _load("charge.refund.updated")
+    event["id"] = event_id
+    event["data"]["object"].update(id=refund_id, payment_intent=payment_intent, amount=amount, status=status)
+    return event

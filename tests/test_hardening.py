@@ -5,16 +5,28 @@ import csv
 import io
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from django.core.cache import cache
 from django.db import connection, connections, transaction
 from django.test import Client
+from django.utils import timezone
 from rest_framework.throttling import ScopedRateThrottle
 
 from billing import ledger
 from billing.exports import safe_cell
-from billing.models import CreditTransaction, Wallet
+from billing.models import CreditHold, CreditTransaction, HoldStatus, StripeWebhookEvent, Wallet
+from billing.reconcile import reconcile
+from tests.conftest import bearer_client
+from tests.stripe_helpers import (
+    checkout_event,
+    deliver,
+    dispute_closed_event,
+    dispute_event,
+    refund_event,
+    refund_updated_event,
+)
 
 pytestmark = pytest.mark.usefixtures("agent_costs")
 
@@ -127,3 +139,159 @@ def test_csv_exports_defuse_cells_a_spreadsheet_would_run(finance_viewer, user):
     assert CreditTransaction.objects.count() == 5
     # Reasons are stored stripped; a tab or carriage return at the start of any other cell is defused too.
     assert [safe_cell(v) for v in ("\tx", "\rx", "x\t", 5, None)] == ["'\tx", "'\rx", "x\t", 5, None]
+
+
+# --- money ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_settling_a_shortfall_never_forgives_held_credits(client, user, staff_client):
+    """Bought 1,000 credits, held all of them, refunded in full (clawback 0, shortfall 1,000),
+    staff settle, the holds are released: the refunded credits must not become spendable."""
+    purchase = checkout_event(event_id="evt_buy", session_id="cs_buy", user_id=user.id, payment_intent="pi_buy")
+    assert deliver(client, purchase).status_code == 200
+    holds = [ledger.hold(user_id=user.id, amount=250, agent_id="a").hold for _ in range(4)]
+    deliver(client, refund_event(event_id="evt_refund", payment_intent="pi_buy", amount_refunded=1000))
+    wallet = Wallet.objects.get(user=user)
+    assert (wallet.balance_credits, wallet.held_credits, wallet.shortfall_credits) == (1000, 1000, 1000)
+
+    settle = {"user_id": user.id, "reason": "refund settled"}
+    first = staff_client.post("/billing/admin/settle-shortfall", settle, format="json").json()
+    assert first == {"collected": 0, "written_off": 0, "still_owed": 1000, "new_balance": 1000}
+
+    for held in holds:
+        ledger.release(hold_id=held.id)
+    user_client = bearer_client(user)
+    refused = user_client.post("/billing/charges", {"agent_id": "profile-my-data"}, format="json")
+    assert refused.status_code == 402 and refused.json()["error_code"] == "BILLING_WALLET_IN_SHORTFALL"
+    assert user_client.post("/billing/holds", {"agent_id": "profile-my-data"}, format="json").status_code == 402
+    with pytest.raises(ledger.WalletInShortfall):
+        ledger.charge(user_id=user.id, amount=1, agent_id="a")
+
+    second = staff_client.post("/billing/admin/settle-shortfall", settle, format="json").json()
+    assert second == {"collected": 1000, "written_off": 0, "still_owed": 0, "new_balance": 0}
+    wallet.refresh_from_db()
+    assert (wallet.balance_credits, wallet.held_credits, wallet.shortfall_credits) == (0, 0, 0)
+    assert reconcile() == []
+
+
+@pytest.mark.django_db
+def test_a_client_key_equal_to_a_system_key_cannot_block_a_purchase(client, user):
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    sneaky = bearer_client(user).post(
+        "/billing/charges",
+        {"agent_id": "profile-my-data"},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="stripe-checkout:cs_next",  # the key the purchase of cs_next writes
+    )
+    assert sneaky.status_code == 201
+
+    purchase = checkout_event(event_id="evt_next", session_id="cs_next", user_id=user.id, payment_intent="pi_next")
+    assert deliver(client, purchase).json()["status"] == "processed"
+    assert Wallet.objects.get(user=user).balance_credits == 100 - 25 + 1000
+
+
+@pytest.mark.django_db
+def test_idempotency_keys_compare_byte_for_byte(user):
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    client = bearer_client(user)
+    answers = [
+        client.post("/billing/charges", {"agent_id": "profile-my-data"}, format="json", HTTP_IDEMPOTENCY_KEY=key)
+        for key in ("key-a", "Key-A", "kéy-a", "key-a")
+    ]
+    assert [a.status_code for a in answers] == [201, 201, 201, 200]  # only the exact repeat replays
+    assert Wallet.objects.get(user=user).balance_credits == 25
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT COLLATION_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+            "AND COLUMN_NAME IN ('idempotency_key', 'request_fingerprint', 'stripe_event_id', "
+            "'stripe_checkout_session_id', 'stripe_payment_intent_id', 'payment_intent_id', 'stripe_customer_id') "
+            "AND TABLE_NAME IN ('credit_transactions', 'credit_holds', 'credit_shortfalls', 'agent_runs', "
+            "'credit_purchases', 'stripe_webhook_events', 'stripe_payment_intent_locks', 'users')"
+        )
+        collations = [row[0] for row in cursor.fetchall()]
+    assert len(collations) >= 15 and set(collations) == {"utf8mb4_bin"}
+
+
+@pytest.mark.django_db
+def test_capturing_an_expired_hold_is_409_and_frees_its_credits_at_once(user):
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    client = bearer_client(user)
+    hold = client.post("/billing/holds", {"agent_id": "profile-my-data"}, format="json").json()
+    CreditHold.objects.filter(pk=hold["hold_id"]).update(expires_at=timezone.now() - timedelta(seconds=1))
+
+    response = client.post(f"/billing/holds/{hold['hold_id']}/capture")
+
+    assert response.status_code == 409 and response.json()["error_code"] == "HOLD_EXPIRED"
+    assert CreditHold.objects.get(pk=hold["hold_id"]).status == HoldStatus.EXPIRED
+    wallet = Wallet.objects.get(user=user)
+    assert (wallet.balance_credits, wallet.held_credits) == (100, 0)  # not waiting for expire_holds
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("live_service", [False, True], ids=["test-service", "live-service"])
+def test_an_event_from_the_other_stripe_mode_grants_nothing(client, user, settings, live_service):
+    settings.STRIPE_LIVE_MODE = live_service
+    event = checkout_event(event_id="evt_mode", session_id="cs_mode", user_id=user.id, payment_intent="pi_mode")
+    event["livemode"] = not live_service
+
+    response = deliver(client, event)
+
+    assert response.status_code == 200 and response.json()["status"] == "failed"
+    stored = StripeWebhookEvent.objects.get(stripe_event_id="evt_mode")
+    assert "mode" in stored.error and "nothing was granted" in stored.error
+    assert not CreditTransaction.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_won_dispute_gives_back_what_its_clawback_took_once(client, user):
+    deliver(client, checkout_event(event_id="evt_b", session_id="cs_b", user_id=user.id, payment_intent="pi_b"))
+    deliver(client, dispute_event(event_id="evt_dc", payment_intent="pi_b", amount=1000))
+    assert Wallet.objects.get(user=user).balance_credits == 0
+
+    won = dispute_closed_event(event_id="evt_won", payment_intent="pi_b", dispute_id="dp_1", amount=1000, status="won")
+    assert deliver(client, won).json()["status"] == "processed"
+    assert deliver(client, won).json()["duplicate"] is True
+    # Another event about the same dispute (Stripe may send more than one) gives nothing more.
+    again = dispute_closed_event(
+        event_id="evt_won2", payment_intent="pi_b", dispute_id="dp_1", amount=1000, status="won"
+    )
+    deliver(client, again)
+    lost = dispute_closed_event(
+        event_id="evt_lost", payment_intent="pi_b", dispute_id="dp_2", amount=1000, status="lost"
+    )
+    assert deliver(client, lost).json()["status"] == "ignored"
+
+    assert Wallet.objects.get(user=user).balance_credits == 1000
+    rows = CreditTransaction.objects.filter(kind="clawback").order_by("id").values_list("amount", flat=True)
+    assert list(rows) == [-1000, 1000]
+    assert reconcile() == []
+
+
+@pytest.mark.django_db
+def test_a_failed_refund_cancels_its_shortfall_and_gives_back_what_was_taken(client, user):
+    deliver(client, checkout_event(event_id="evt_b", session_id="cs_b", user_id=user.id, payment_intent="pi_b"))
+    ledger.charge(user_id=user.id, amount=700, agent_id="a")
+    deliver(client, refund_event(event_id="evt_rf", payment_intent="pi_b", amount_refunded=1000))
+    wallet = Wallet.objects.get(user=user)
+    assert (wallet.balance_credits, wallet.shortfall_credits) == (0, 700)  # 300 taken, 700 owed
+
+    failed = refund_updated_event(
+        event_id="evt_fail", payment_intent="pi_b", refund_id="re_1", amount=1000, status="failed"
+    )
+    assert deliver(client, failed).json()["status"] == "processed"
+    deliver(
+        client,
+        refund_updated_event(
+            event_id="evt_fail2", payment_intent="pi_b", refund_id="re_1", amount=1000, status="failed"
+        ),
+    )
+
+    wallet.refresh_from_db()
+    assert (wallet.balance_credits, wallet.shortfall_credits) == (300, 0)
+    assert ledger.charge(user_id=user.id, amount=10, agent_id="a").balance_after == 290  # no longer in shortfall
+    pending = refund_updated_event(
+        event_id="evt_pend", payment_intent="pi_b", refund_id="re_2", amount=500, status="pending"
+    )
+    assert deliver(client, pending).json()["status"] == "ignored"
+    assert reconcile() == []

@@ -360,7 +360,7 @@ def test_a_wallet_in_shortfall_gets_402_with_its_own_code_until_settled(
             "/billing/admin/settle-shortfall", {"user_id": user.id, "reason": "collected"}, format="json"
         )
     assert settled.status_code == 200
-    assert settled.json() == {"collected": 500, "written_off": 200, "new_balance": 0}
+    assert settled.json() == {"collected": 500, "written_off": 200, "still_owed": 0, "new_balance": 0}
     assert clawed_back() == before + 500  # the collected credits are counted like any clawback
     wallet = Wallet.objects.get(user=user)
     assert wallet.shortfall_credits == 0

@@ -1,6 +1,8 @@
 from django.contrib.auth.models import AbstractUser, BaseUserManager
 from django.db import models
 
+from core.fields import ExactCharField
+
 
 class UserManager(BaseUserManager):
     """Users are identified by e-mail; there is no username."""
@@ -29,7 +31,7 @@ class UserManager(BaseUserManager):
 class User(AbstractUser):
     username = None
     email = models.EmailField("e-mail address", unique=True)
-    stripe_customer_id = models.CharField(max_length=255, unique=True, null=True, blank=True)
+    stripe_customer_id = ExactCharField(max_length=255, unique=True, null=True, blank=True)
 
     USERNAME_FIELD = "email"
     REQUIRED_FIELDS: list[str] = []
