@@ -871,9 +871,11 @@ def restore_clawback(
     if existing := _replay(CreditTransaction, wallet=wallet, idempotency_key=idempotency_key, fingerprint=fingerprint):
         return RestoreResult(existing, restored=existing.amount, cancelled=0)
     remaining, cancelled = amount, 0
-    for item in CreditShortfall.objects.select_for_update().filter(
-        wallet=wallet, purchase_id=purchase_id, settled_at__isnull=True
-    ).order_by("-id"):
+    for item in (
+        CreditShortfall.objects.select_for_update()
+        .filter(wallet=wallet, purchase_id=purchase_id, settled_at__isnull=True)
+        .order_by("-id")
+    ):
         part = min(remaining, item.amount - item.cancelled_credits)
         if part:
             item.cancelled_credits += part
