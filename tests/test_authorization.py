@@ -1,10 +1,11 @@
 """Authorization matrix: every endpoint × (anonymous, owner, other user, staff without permission, finance)."""
 
 import pytest
+from django.db.models import Sum
 from django.test import Client
 
 from billing import ledger
-from billing.models import CreditTransaction
+from billing.models import CreditHold, CreditTransaction, Wallet
 from tests.conftest import bearer_client
 from tests.factories import UserFactory
 
@@ -56,6 +57,13 @@ API = [
     ("post", "/billing/admin/seed-costs", {}, FINANCE_ONLY),
     ("post", "/billing/admin/settle-shortfall", {"user_id": "{owner_id}", "reason": "matrix"}, FINANCE_ONLY),
     ("post", "/billing/webhook", {}, dict.fromkeys(ROLES, 400)),  # only a Stripe signature authenticates
+    ("post", "/auth/logout", {"refresh": "not-a-token"}, dict.fromkeys(ROLES, 400)),  # the token is the proof
+    (
+        "post",
+        "/auth/password",
+        {"old_password": "not-it", "new_password": "battery-staple-7"},
+        {**SIGNED_IN, "owner": 400, "other_user": 400, "staff_without_permission": 400, "finance": 400},
+    ),
 ]
 
 ADMIN = [
@@ -114,8 +122,23 @@ def test_api_authorization(world, role, method, path, body, expected):
     kwargs = {"data": _fill(body, world["ids"]), "format": "json"} if body is not None else {}
     if role == "anonymous":
         kwargs = {"data": _fill(body, world["ids"]), "content_type": "application/json"} if body is not None else {}
+    before = _ledger_state()
     response = getattr(client, method)(url, **kwargs)
     assert response.status_code == expected[role], response.content[:300]
+    if response.status_code >= 400:
+        assert _ledger_state() == before, "a refused request moved credits"
+
+
+def _ledger_state() -> tuple:
+    """Everything a request could move: balances, held credits, shortfalls, ledger rows, holds."""
+    totals = Wallet.objects.aggregate(
+        balance=Sum("balance_credits"), held=Sum("held_credits"), owed=Sum("shortfall_credits")
+    )
+    return (
+        tuple(totals.values()),
+        CreditTransaction.objects.count(),
+        tuple(CreditHold.objects.order_by("id").values_list("id", "status")),
+    )
 
 
 @pytest.mark.parametrize("role", ["anonymous", "owner", "staff_without_permission", "finance"])
@@ -126,5 +149,8 @@ def test_admin_authorization(world, role, method, path, expected):
         client.force_login(world["people"][role])
     url = path.format(**world["ids"])
     data = {"credits": 5, "reason": "matrix", "idempotency_key": "matrix"} if method == "post" else None
+    before = _ledger_state()
     response = getattr(client, method)(url, data) if data else getattr(client, method)(url)
     assert response.status_code == expected[role]
+    if role != "finance":  # refused (403) or sent to the log-in page (302)
+        assert _ledger_state() == before, "a refused request moved credits"

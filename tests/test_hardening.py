@@ -12,6 +12,7 @@ from django.core.cache import cache
 from django.db import connection, connections, transaction
 from django.test import Client
 from django.utils import timezone
+from rest_framework.test import APIClient
 from rest_framework.throttling import ScopedRateThrottle
 
 from billing import ledger
@@ -19,6 +20,7 @@ from billing.exports import safe_cell
 from billing.models import CreditHold, CreditTransaction, HoldStatus, StripeWebhookEvent, Wallet
 from billing.reconcile import reconcile
 from tests.conftest import bearer_client
+from tests.factories import UserFactory
 from tests.stripe_helpers import (
     checkout_event,
     deliver,
@@ -295,3 +297,63 @@ def test_a_failed_refund_cancels_its_shortfall_and_gives_back_what_was_taken(cli
     )
     assert deliver(client, pending).json()["status"] == "ignored"
     assert reconcile() == []
+
+
+# --- revocable JWTs --------------------------------------------------------------------------------------------
+
+
+def _log_in(anon, email: str, password: str) -> dict:
+    response = anon.post("/auth/token", {"email": email, "password": password}, format="json")
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def _refresh(anon, refresh: str):
+    return anon.post("/auth/token/refresh", {"refresh": refresh}, format="json")
+
+
+@pytest.mark.django_db
+def test_refresh_tokens_rotate_and_log_out_revokes_one(anon):
+    user = UserFactory(password="correct-horse-9")
+    pair = _log_in(anon, user.email, "correct-horse-9")
+
+    rotated = _refresh(anon, pair["refresh"])
+    assert rotated.status_code == 200 and rotated.json()["refresh"] != pair["refresh"]
+    assert _refresh(anon, pair["refresh"]).status_code == 401  # single use
+
+    assert anon.post("/auth/logout", {"refresh": rotated.json()["refresh"]}, format="json").status_code == 204
+    assert _refresh(anon, rotated.json()["refresh"]).status_code == 401
+    bad = anon.post("/auth/logout", {"refresh": "not-a-token"}, format="json")
+    assert bad.status_code == 400 and "refresh" in bad.json()["errors"]
+
+
+@pytest.mark.django_db
+def test_a_password_change_revokes_every_session(anon):
+    user = UserFactory(password="correct-horse-9")
+    laptop, phone = _log_in(anon, user.email, "correct-horse-9"), _log_in(anon, user.email, "correct-horse-9")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {laptop['access']}")
+
+    wrong = client.post("/auth/password", {"old_password": "nope", "new_password": "battery-staple-7"}, format="json")
+    assert wrong.status_code == 400 and "old_password" in wrong.json()["errors"]
+    weak = client.post("/auth/password", {"old_password": "correct-horse-9", "new_password": "123"}, format="json")
+    assert weak.status_code == 400 and "new_password" in weak.json()["errors"]
+    changed = client.post(
+        "/auth/password", {"old_password": "correct-horse-9", "new_password": "battery-staple-7"}, format="json"
+    )
+    assert changed.status_code == 204
+
+    assert _refresh(anon, laptop["refresh"]).status_code == 401
+    assert _refresh(anon, phone["refresh"]).status_code == 401
+    assert client.get("/auth/me").status_code == 401  # the old access token died with the password
+    fresh = _log_in(anon, user.email, "battery-staple-7")
+    assert _refresh(anon, fresh["refresh"]).status_code == 200
+
+
+@pytest.mark.django_db
+def test_refreshing_a_deleted_users_token_is_401_not_500(anon):
+    user = UserFactory(password="correct-horse-9")
+    pair = _log_in(anon, user.email, "correct-horse-9")
+    user.delete()
+    response = _refresh(anon, pair["refresh"])
+    assert response.status_code == 401

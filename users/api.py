@@ -4,9 +4,12 @@ from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
+from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
+from rest_framework_simplejwt.serializers import TokenRefreshSerializer
+from rest_framework_simplejwt.tokens import RefreshToken
 
 from users.models import User
-from users.services import user_create
+from users.services import password_change, user_create
 
 
 class UserOutputSerializer(serializers.ModelSerializer):
@@ -46,3 +49,57 @@ class MeApi(APIView):
     @extend_schema(responses={200: UserOutputSerializer})
     def get(self, request):
         return Response(UserOutputSerializer(request.user).data)
+
+
+class RefreshSerializer(TokenRefreshSerializer):
+    """simplejwt's refresh, but a token whose user was deleted is a 401, not a 500."""
+
+    def validate(self, attrs):
+        try:
+            return super().validate(attrs)
+        except User.DoesNotExist:
+            raise InvalidToken("The token's user no longer exists.") from None
+
+
+class LogoutApi(APIView):
+    """Revoke a refresh token (blacklisted: it can never be refreshed again). Holding the token
+    is the proof; an expired access token does not prevent logging out."""
+
+    permission_classes = [AllowAny]
+    authentication_classes: list = []
+    throttle_scope = "auth"
+
+    class LogoutInputSerializer(serializers.Serializer):
+        refresh = serializers.CharField(max_length=4096)
+
+    @extend_schema(request=LogoutInputSerializer, responses={204: None})
+    def post(self, request):
+        serializer = self.LogoutInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            RefreshToken(serializer.validated_data["refresh"]).blacklist()
+        except TokenError as exc:
+            raise serializers.ValidationError({"refresh": [str(exc)]}) from exc
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class PasswordChangeApi(APIView):
+    """Change the signed-in user's password; every refresh token of the user is revoked and
+    access tokens issued before stop working."""
+
+    permission_classes = [IsAuthenticated]
+    throttle_scope = "auth"
+
+    class PasswordChangeInputSerializer(serializers.Serializer):
+        old_password = serializers.CharField(write_only=True, max_length=128)
+        new_password = serializers.CharField(write_only=True, max_length=128)
+
+    @extend_schema(request=PasswordChangeInputSerializer, responses={204: None})
+    def post(self, request):
+        serializer = self.PasswordChangeInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            password_change(user=request.user, **serializer.validated_data)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from exc
+        return Response(status=status.HTTP_204_NO_CONTENT)
