@@ -6,6 +6,7 @@ class BillingConfig(AppConfig):
     name = "billing"
 
     def ready(self) -> None:
+        from billing import checks  # noqa: F401  (registers the secrets checks)
         from billing.packages import all_packages
 
         # Fail at start-up, naming the problem, if the packages file is malformed.

@@ -211,7 +211,7 @@ OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 # --- Stripe (dj-stripe reads these names) -----------------------------------
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
 STRIPE_SECRET_KEY = STRIPE_API_KEY
-STRIPE_LIVE_MODE = STRIPE_API_KEY.startswith("sk_live_")
+STRIPE_LIVE_MODE = STRIPE_API_KEY.startswith(("sk_live_", "rk_live_"))
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_MAX_NETWORK_RETRIES = env.int("STRIPE_MAX_NETWORK_RETRIES", default=2)
 STRIPE_API_VERSION = "2026-05-27.dahlia"

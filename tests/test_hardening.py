@@ -3,12 +3,16 @@ without its fix."""
 
 import csv
 import io
+import os
+import subprocess
+import sys
 import threading
 import time
 from datetime import timedelta
 
 import pytest
 from django.core.cache import cache
+from django.core.checks import run_checks
 from django.db import connection, connections, transaction
 from django.test import Client
 from django.utils import timezone
@@ -357,3 +361,34 @@ def test_refreshing_a_deleted_users_token_is_401_not_500(anon):
     user.delete()
     response = _refresh(anon, pair["refresh"])
     assert response.status_code == 401
+
+
+# --- operator mistakes ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"STRIPE_WEBHOOK_SECRET": "whsec_abc "}, "billing.E001"),
+        ({"STRIPE_API_KEY": "sk_test_abc\n"}, "billing.E001"),
+        ({"SECRET_KEY": " long-secret"}, "billing.E001"),
+        ({"STRIPE_WEBHOOK_SECRET": "sk_test_abc"}, "billing.E002"),
+        ({"STRIPE_API_KEY": "pk_test_abc"}, "billing.E003"),
+        ({"STRIPE_API_KEY": "sk_live_abc", "DEBUG": True}, "billing.E004"),
+        ({"NUM_PROXIES": 1, "METRICS_TOKEN": ""}, "billing.W001"),
+    ],
+)
+def test_badly_pasted_secrets_stop_the_service_at_start_up(settings, overrides, problem):
+    assert not [p for p in run_checks(tags=["secrets"]) if p.is_serious()]  # the test settings are sound
+    for name, value in overrides.items():
+        setattr(settings, name, value)
+    found = [p.id for p in run_checks(tags=["secrets"])]
+    assert problem in found
+
+
+def test_gunicorn_refuses_to_load_the_app_with_a_bad_secret(tmp_path):
+    env = {**os.environ, "STRIPE_WEBHOOK_SECRET": "whsec_pasted_with_a_space ", "DEBUG": "false"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import config.wsgi"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0 and "STRIPE_WEBHOOK_SECRET contains whitespace" in result.stderr
