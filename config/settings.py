@@ -23,6 +23,8 @@ if not SECRET_KEY:
     SECRET_KEY = "insecure-development-key-only-used-with-DEBUG-on"
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
+# Trusted reverse proxies in front of the service (see .env.example); 0 = clients connect directly.
+NUM_PROXIES = env.int("NUM_PROXIES", default=0)
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 # --- Security (strict unless DEBUG; each can be overridden, e.g. behind a TLS proxy) ---
@@ -40,7 +42,7 @@ X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "core.apps.AdminConfig",  # django.contrib.admin with the two-factor, lockout-aware admin site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -51,6 +53,9 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "djstripe",
     "users",
     "billing",
@@ -63,8 +68,10 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: answers a locked-out log-in with 429
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -124,6 +131,33 @@ DATABASES = {"default": database_from_url(env.str("DATABASE_URL", default=f"sqli
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "users.User"
+AUTHENTICATION_BACKENDS = [
+    # First: refuses every log-in (API and admin) to an account or from an address that failed too often.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Failed log-ins: after AXES_FAILURE_LIMIT failures for one account, whatever address they came
+# from, its log-ins are refused (429) for AXES_COOLOFF_MINUTES. Per address, log-ins are
+# rate-limited instead (THROTTLE_AUTH for the API, ADMIN_LOGIN_RATE for the admin), so one
+# attacker cannot lock out everyone behind a shared address.
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=10)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("AXES_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["username"]
+# axes warns without "ip_address" in the lockout parameters; addresses are rate-limited above
+# instead of locked (a lockout per address would let one attacker lock out a whole office).
+SILENCED_SYSTEM_CHECKS = ["axes.W006"]
+ADMIN_LOGIN_RATE = env.str("ADMIN_LOGIN_RATE", default="20/min")
+AXES_USERNAME_CALLABLE = "users.lockout.username_of_attempt"
+AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429
+# The client address as the throttles see it: the socket's, unless NUM_PROXIES proxies are trusted.
+AXES_CLIENT_IP_CALLABLE = "users.lockout.client_address"
+# Two-factor (TOTP, django-otp) for the admin: any staff member with a registered device must
+# give its code at log-in; with FINANCE_REQUIRE_2FA=true the Finance groups cannot use the admin
+# without one.
+FINANCE_REQUIRE_2FA = env.bool("FINANCE_REQUIRE_2FA", default=False)
+ADMIN_2FA_REQUIRED_GROUPS = ["Finance", "Finance viewer"] if FINANCE_REQUIRE_2FA else []
+OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="Credit ledger admin")
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -140,7 +174,6 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # --- REST API ---------------------------------------------------------------
-NUM_PROXIES = env.int("NUM_PROXIES", default=0)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework_simplejwt.authentication.JWTAuthentication",
@@ -207,6 +240,10 @@ BILLING_PACKAGES_FILE = Path(
 )
 FRONTEND_URL = env.str("FRONTEND_URL", default="http://localhost:3000")
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+# Staff grants/debits with |credits| above this wait for a second Finance user's approval; 0 = off.
+FINANCE_APPROVAL_THRESHOLD = env.int("FINANCE_APPROVAL_THRESHOLD", default=10_000)
+if FINANCE_APPROVAL_THRESHOLD < 0:
+    raise ImproperlyConfigured("FINANCE_APPROVAL_THRESHOLD must be 0 (no approvals) or a positive number of credits.")
 
 # --- Stripe (dj-stripe reads these names) -----------------------------------
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")

@@ -13,11 +13,13 @@ from unittest import mock
 
 import pytest
 from django.utils import timezone
+from django_otp.oath import TOTP
+from django_otp.plugins.otp_totp.models import TOTPDevice
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from agents.models import AgentCost
 from billing import ledger
@@ -128,3 +130,29 @@ def test_finance_user_grants_edits_a_cost_and_reads_the_reports(live_server, bro
     screenshot = ARTIFACTS / "admin-reports.png"
     assert browser.save_screenshot(str(screenshot))
     assert screenshot.stat().st_size > 20_000
+
+
+def test_finance_staff_log_in_with_their_authenticator_code(live_server, browser, finance_user, settings):
+    """With FINANCE_REQUIRE_2FA the admin's log-in form asks for the authenticator's code: the
+    password alone is refused, password and the current TOTP code let the Finance user in."""
+    settings.ADMIN_2FA_REQUIRED_GROUPS = ["Finance", "Finance viewer"]
+    device = TOTPDevice.objects.create(user=finance_user, name="phone", confirmed=True)
+    wait = WebDriverWait(browser, 10)
+
+    browser.get(f"{live_server.url}/admin/login/")
+    browser.find_element(By.NAME, "username").send_keys(finance_user.email)
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    errors = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".errornote, .errorlist")))
+    assert "token" in errors.text.lower() or "code" in errors.text.lower()
+    assert not browser.find_elements(By.ID, "finance-module")
+
+    device.refresh_from_db()
+    device.throttle_reset()
+    code = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift).token()
+    browser.find_element(By.NAME, "password").clear()
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    Select(browser.find_element(By.NAME, "otp_device")).select_by_visible_text("phone")  # listed after step one
+    browser.find_element(By.NAME, "otp_token").send_keys(f"{code:06d}")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait.until(EC.presence_of_element_located((By.ID, "finance-module")))

@@ -1,11 +1,34 @@
+from django.conf import settings
 from django.urls import path
+from rest_framework import status
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.response import Response
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from users.api import LogoutApi, MeApi, PasswordChangeApi, RegisterApi
 
 
 class ThrottledTokenView(TokenObtainPairView):
+    """Log-in; an account (or address) locked out by django-axes after repeated failures gets
+    429 ACCOUNT_LOCKED, even with the right password."""
+
     throttle_scope = "auth"
+
+    def post(self, request, *args, **kwargs):
+        try:
+            response = super().post(request, *args, **kwargs)
+        except AuthenticationFailed:
+            if not getattr(request, "axes_locked_out", False):
+                raise
+            minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
+            return Response(
+                {
+                    "error_code": "ACCOUNT_LOCKED",
+                    "detail": f"Too many failed log-ins for this account; try again in {minutes} minutes.",
+                },
+                status=status.HTTP_429_TOO_MANY_REQUESTS,
+            )
+        return response
 
 
 class ThrottledRefreshView(TokenRefreshView):

@@ -1,0 +1,28 @@
+"""Who a log-in attempt is for and where it comes from, as django-axes counts failures.
+
+The API logs in with `email`, the admin's form with `username` (holding the e-mail); both
+are the same account, however the address they come from changes. The address is the
+socket's unless NUM_PROXIES trusted proxies stand in front (as DRF's throttles see it), so a
+forged X-Forwarded-For changes nothing."""
+
+from django.conf import settings
+
+
+def username_of_attempt(request, credentials: dict | None) -> str | None:
+    values = credentials or {}
+    for source in (values, getattr(request, "POST", {}) or {}):
+        for key in ("email", "username"):
+            value = source.get(key)
+            if isinstance(value, str) and value.strip():
+                return value.strip().lower()
+    return None
+
+
+def client_address(request) -> str | None:
+    request = getattr(request, "_request", request)  # a DRF Request wraps Django's
+    meta = request.META
+    forwarded, proxies = meta.get("HTTP_X_FORWARDED_FOR"), settings.NUM_PROXIES
+    if proxies and forwarded:
+        hops = [hop.strip() for hop in forwarded.split(",")]
+        return hops[-min(proxies, len(hops))]
+    return meta.get("REMOTE_ADDR")
