@@ -208,6 +208,8 @@ def serve() -> None:
                 return
     except MemoryError:
         os._exit(EXIT_OUT_OF_MEMORY)
+    except BrokenPipeError:
+        os._exit(EXIT_ORPHANED)  # the server died while we worked: nobody to answer
 
 
 # ---------------------------------------------------------------------------------------------
