@@ -259,6 +259,7 @@ class _Worker:
     start_rss_kb: int = 0
     maxrss_floor_kb: int = 0  # the kernel's peak-RSS figure when it started (see `_near_limit`)
     runs: int = 0
+    retiring: bool = False  # worn out: serves only until its successor is ready
     stopped: bool = False  # killed by shutdown(), not because of its tool
     rusage: resource.struct_rusage | None = field(default=None, repr=False)
 
@@ -438,7 +439,9 @@ class _Pool:
         while True:
             with self._cond:
                 if self._idle:
-                    worker = self._idle.pop()
+                    fresh = [w for w in self._idle if not w.retiring]
+                    worker = fresh[-1] if fresh else self._idle[-1]
+                    self._idle.remove(worker)
                     self._busy.add(worker)
                     return worker
                 if self._waiting >= self._starting:
@@ -458,12 +461,25 @@ class _Pool:
         """Back to the idle list after a completed run, unless it is worn out or not needed."""
         worker.runs += 1
         worn_out = worker.runs >= MAX_RUNS_PER_WORKER or rss_kb - worker.start_rss_kb > MAX_RSS_GROWTH_KB
+        start_successor = False
         with self._cond:
             self._busy.discard(worker)
             if not worn_out and len(self._idle) < MAX_IDLE_WORKERS:
                 self._idle.append(worker)
                 self._cond.notify_all()
                 return
+            if worn_out and not self._starting and not any(not w.retiring for w in self._idle):
+                # Keep serving with it until the successor has started: no run waits for an interpreter.
+                worker.retiring = True
+                self._idle.append(worker)
+                self._cond.notify_all()
+                self._starting += 1
+                start_successor, generation = True, self._generation
+        if start_successor:
+            threading.Thread(
+                target=self._start_in_background, args=(generation,), daemon=True, name="sandbox-successor"
+            ).start()
+            return
         worker.stop()
         if worn_out:
             self.warm()
@@ -491,12 +507,18 @@ class _Pool:
         except Exception:
             logger.exception("Could not pre-start a tool worker")
         finally:
+            retired: list[_Worker] = []
             with self._cond:
                 self._starting -= 1
-                if worker and generation == self._generation and len(self._idle) < MAX_IDLE_WORKERS:
-                    self._idle.append(worker)
-                    worker = None
+                if worker and generation == self._generation:
+                    retired = [w for w in self._idle if w.retiring]
+                    self._idle = [w for w in self._idle if not w.retiring]
+                    if len(self._idle) < MAX_IDLE_WORKERS:
+                        self._idle.append(worker)
+                        worker = None
                 self._cond.notify_all()
+        for old_worker in retired:
+            old_worker.stop()
         if worker:
             worker.stop()
 

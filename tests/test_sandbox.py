@@ -243,3 +243,19 @@ def test_a_worker_dies_with_its_parent(tmp_path, figures):
 
     assert gone(worker_pid), "the worker outlived its parent"
     figures(f"sandbox: worker exited {time.monotonic() - killed_at:.2f} s after its parent was SIGKILLed")
+
+
+def test_a_worn_out_worker_serves_until_its_successor_is_ready(monkeypatch):
+    monkeypatch.setattr(sandbox, "MAX_RUNS_PER_WORKER", 2)
+    sandbox.shutdown()
+    first = echo()["pid"]
+    assert echo()["pid"] == first  # its second run wears it out: a successor starts in the background
+    started = time.monotonic()
+    assert echo()["pid"] == first  # served at once by the retiring worker, not after an interpreter start
+    assert time.monotonic() - started < 0.5
+    deadline = time.monotonic() + 30
+    while (pid := echo()["pid"]) == first and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pid != first  # the successor took over
+    time.sleep(0.2)
+    assert gone(first)
