@@ -1,9 +1,10 @@
 """All the ledger benchmarks in one run, bounded in time:  make bench  (or: python -m bench).
 
-Runs, one after the other on the local MariaDB: ledger throughput (floor / ours / naive /
-django-hordak at concurrency 1, 8, 32), ledger scale (10k vs 1M rows), HTTP load through
-gunicorn and the in-process breakdown of one request; then checks the targets, writes bench/results/summary.md and puts it in the README's
-"Performance" section.
+Runs, one after the other on the local MariaDB: ledger throughput (floor / ours / a run's
+billing / naive / django-hordak at concurrency 1, 8, 32), ledger scale (10k vs 1M rows), HTTP
+load through gunicorn (empty, charge, tiny agent run), the in-process breakdown of one charge
+request and of one tiny agent run; then checks the targets, writes bench/results/summary.md
+and puts it in the README's "Performance" section.
 """
 
 import argparse
@@ -25,6 +26,7 @@ STEPS = [
     ("ledger scale", ["bench.ledger_scale"]),
     ("HTTP load", ["bench.http_load"]),
     ("request breakdown", ["bench.profile_charge", "--no-profiles"]),
+    ("agent run breakdown", ["bench.profile_run", "--no-profiles", "--runs", "200"]),
 ]
 
 
@@ -51,17 +53,20 @@ def targets() -> list[tuple[str, str, bool]]:
     def worst(a: str, b: str) -> float:
         return min(rate[(a, c, w)]["charges_per_second"] / rate[(b, c, w)]["charges_per_second"] for c, w in configs)
 
-    ours, floor, naive, hordak = (
+    ours, floor, naive, hordak, run = (
         "ours (ledger.charge)",
         "floor (raw SQL)",
         "naive ORM peer",
         "django-hordak",
+        "run billing (start_run → _succeed)",
     )
     lost = sum(rate[(naive, c, w)]["lost_credits"] for c, w in configs)
     ours_lost = sum(rate[(ours, c, w)]["lost_credits"] for c, w in configs)
     statements = throughput["statements"]["ours: statements per charge"]
+    run_statements = throughput["statements"]["ours: statements per run's billing (start_run + _succeed)"]
     flat = scale["charge_1m_vs_10k"]
     http_ratio = http["charge_vs_empty"]
+    http_run_ratio = http["run_vs_empty"]
     return [
         (
             "ours ≥ 90 % of the raw-SQL floor (worst configuration)",
@@ -76,7 +81,18 @@ def targets() -> list[tuple[str, str, bool]]:
         ),
         ("ours ≥ django-hordak (worst configuration)", f"{worst(ours, hordak):.1f}×", worst(ours, hordak) >= 1),
         ("≤ 6 SQL statements per charge", str(statements), statements <= 6),
+        (
+            "a run's billing (hold + capture + run rows) ≥ 50 % of ledger.charge (worst configuration)",
+            f"{worst(run, ours):.0%}",
+            worst(run, ours) >= 0.5,
+        ),
+        ("≤ 8 SQL statements per run's billing", str(run_statements), run_statements <= 8),
         ("HTTP charge ≥ 70 % of the empty endpoint", f"{http_ratio:.0%}", http_ratio >= 0.7),
+        (
+            "HTTP tiny agent run (process isolation included) ≥ 25 % of the empty endpoint",
+            f"{http_run_ratio:.0%}",
+            http_run_ratio >= 0.25,
+        ),
         ("flat from 10k to 1M ledger rows (≤ 1.25×)", f"{flat:.2f}×", flat <= 1.25),
     ]
 
@@ -91,6 +107,7 @@ def summary() -> str:
         ("Ledger size", "ledger_scale"),
         ("HTTP", "http_load"),
         ("One request, in-process (where the time goes)", "request_breakdown"),
+        ("One tiny agent run, in-process (where the time goes)", "run_breakdown"),
     ):
         parts += ["", f"#### {title}", "", (RESULTS / f"{name}.md").read_text().strip()]
     return "\n".join(parts) + "\n"

@@ -8,9 +8,12 @@ distinct wallets and on one hot wallet:
 - floor: raw SQL over mysqlclient, per charge one transaction with the minimum statements
   (conditional UPDATE of the wallet, INSERT of the ledger row, COMMIT);
 - ours:  `billing.ledger.charge`, and `hold` → `capture`;
+- run billing: what an agent run costs the ledger without its tool — `agents.runner.start_run`
+  (price lookup, then hold + the run's row in one plan) and `runner._succeed(run, result)`
+  (capture + the run's receipt in one plan) — next to the one-step charge;
 - naive: ORM read-modify-write without locks, as several OSS billing projects do; the credits
   it loses under concurrency are counted.
-Statements per charge and per wallet read are counted by MariaDB itself (`Questions`).
+Statements per charge, per run's billing and per wallet read are counted by MariaDB itself (`Questions`).
 Results: bench/results/ledger_throughput.json and .md.
 """
 
@@ -25,10 +28,17 @@ from bench.report import table, write
 CONCURRENCY = (1, 8, 32)
 # The fast implementations run more charges per configuration, so each measures for a second or more.
 FAST_SCALE = 4
+# A run's billing and the one-step charge are measured in this many alternating turns.
+TURNS = 2
+# A measurement stops after this many seconds even if its charges are not all done (busy machine).
+MAX_SECONDS = 4.0
 START_BALANCE = 10**12
 COST = 7
 # django-hordak's MySQL leg check keeps amounts in DECIMAL(10,2).
 HORDAK_START_BALANCE = 10**7
+# The agent whose runs are billed (its seeded price is what a run holds and captures).
+RUN_AGENT = "profile-my-data"
+RUN_RESULT = {"row_count": 2}
 
 
 def prepare_wallets(count: int) -> list[int]:
@@ -74,24 +84,30 @@ WORKER_KINDS = {
 }
 
 
-def run_concurrently(workers: str, count: int, per_worker: int, work) -> float:
+def run_concurrently(workers: str, count: int, per_worker: int, work, max_seconds: float) -> tuple[float, int]:
     """Run `work(worker_index, i)` per_worker times in each of `count` workers — forked
     processes (how the service runs: gunicorn sync workers, Celery prefork, no shared GIL) or
-    threads of this process; returns the seconds from the common start to the last finish."""
+    threads of this process — each stopping early once `max_seconds` have passed (a slow
+    implementation on a busy machine stays bounded); returns the seconds from the common start
+    to the last finish and the calls done."""
     from django.db import connections
 
     if workers == "processes":
         context = multiprocessing.get_context("fork")
         connections.close_all()  # each child opens its own connection
-        barrier, spawn = context.Barrier(count + 1), context.Process
+        barrier, spawn, done = context.Barrier(count + 1), context.Process, context.Array("q", count, lock=False)
     else:
-        barrier, spawn = threading.Barrier(count + 1), threading.Thread
+        barrier, spawn, done = threading.Barrier(count + 1), threading.Thread, [0] * count
 
     def worker(index: int) -> None:
         try:
             barrier.wait()
+            deadline = time.monotonic() + max_seconds
             for i in range(per_worker):
+                if time.monotonic() >= deadline:
+                    break
                 work(index, i)
+                done[index] = i + 1
         finally:
             connections.close_all()
 
@@ -106,7 +122,7 @@ def run_concurrently(workers: str, count: int, per_worker: int, work) -> float:
     failed = [each.exitcode for each in pool if getattr(each, "exitcode", 0) != 0]
     if failed:
         raise SystemExit(f"{len(failed)} benchmark process(es) failed: exit codes {failed}")
-    return seconds
+    return seconds, sum(done)
 
 
 # --- the three implementations -------------------------------------------------------------
@@ -161,6 +177,7 @@ class Ours:
 
 class OursHoldCapture:
     name = "ours (hold → capture)"
+    charges_scale = 1
 
     def charge(self, user_id: int) -> None:
         from billing import ledger
@@ -169,11 +186,34 @@ class OursHoldCapture:
         ledger.capture(hold_id=held.id)
 
 
+class RunBilling:
+    """An agent run's billing without its tool: `start_run` (price lookup; hold + run row in one
+    plan) then `_succeed` (capture + the run's receipt in one plan), as `execute_run` does around
+    the sandbox. Takes the agent's seeded price per run."""
+
+    name = "run billing (start_run → _succeed)"
+    charges_scale = 1
+
+    def __init__(self):
+        from django.core.management import call_command
+
+        from agents.selectors import active_agent
+
+        call_command("seed_agent_costs", verbosity=0)
+        self.cost = active_agent(RUN_AGENT).cost_credits
+
+    def charge(self, user_id: int) -> None:
+        from agents import runner
+
+        run = runner.start_run(user_id=user_id, agent_id=RUN_AGENT, configuration={}, input_rows=2)
+        runner._succeed(run, RUN_RESULT)
+
+
 class Naive:
     """Read, subtract in Python, save — no lock (the pattern that loses updates)."""
 
     name = "naive ORM peer"
-    charges_scale = FAST_SCALE
+    charges_scale = 1  # at most ~800 charges/s here: 1280 take over a second
 
     def charge(self, user_id: int) -> None:
         from billing.models import CreditTransaction, Wallet
@@ -195,6 +235,7 @@ class Hordak:
     income account — the double-entry equivalent of our charge, made safe with a row lock."""
 
     name = "django-hordak"
+    charges_scale = 1
 
     def __init__(self, user_ids: list[int]):
         from django.db import transaction
@@ -257,7 +298,13 @@ def statements(fn) -> int:
 
 
 def measure(
-    implementation, user_ids: list[int], threads: int, charges: int, hot: bool, workers: str = "processes"
+    implementation,
+    user_ids: list[int],
+    threads: int,
+    charges: int,
+    hot: bool,
+    workers: str = "processes",
+    max_seconds: float = MAX_SECONDS,
 ) -> dict:
     per_thread = max(charges // threads, 1)
     read = implementation.balances if hasattr(implementation, "balances") else balances
@@ -266,11 +313,10 @@ def measure(
     def work(index: int, i: int) -> None:
         implementation.charge(user_ids[0] if hot else user_ids[index % len(user_ids)])
 
-    seconds = run_concurrently(workers, threads, per_thread, work)
-    done = per_thread * threads
+    seconds, done = run_concurrently(workers, threads, per_thread, work, max_seconds)
     after = read(user_ids)
     taken = sum(before[u] - after[u] for u in user_ids)
-    lost = done * COST - taken  # credits charged but not taken from any balance
+    lost = done * getattr(implementation, "cost", COST) - taken  # credits charged but not taken from any balance
     return {
         "implementation": implementation.name,
         "concurrency": threads,
@@ -280,6 +326,38 @@ def measure(
         "charges_per_second": round(done / seconds),
         "lost_credits": lost,
     }
+
+
+def measure_in_turns(pair, user_ids: list[int], threads: int, charges: int, hot: bool, workers: str) -> list[dict]:
+    """Each of `pair` measured in TURNS alternating halves and summed, so that a drift of this
+    shared machine's speed falls on both alike (their ratio is a target)."""
+    turns = [
+        measure(
+            implementation,
+            user_ids,
+            threads,
+            charges * implementation.charges_scale // TURNS,
+            hot,
+            workers,
+            MAX_SECONDS / TURNS,
+        )
+        for _ in range(TURNS)
+        for implementation in pair
+    ]
+    rows = []
+    for implementation in pair:
+        mine = [row for row in turns if row["implementation"] == implementation.name]
+        done, seconds = sum(row["charges"] for row in mine), sum(row["seconds"] for row in mine)
+        rows.append(
+            {
+                **mine[0],
+                "charges": done,
+                "seconds": round(seconds, 3),
+                "charges_per_second": round(done / seconds),
+                "lost_credits": sum(row["lost_credits"] for row in mine),
+            }
+        )
+    return rows
 
 
 def main() -> None:
@@ -297,20 +375,26 @@ def main() -> None:
     fund(user_ids)
     settle()
     floor = Floor(wallet_ids(user_ids))
-    implementations = [floor, Ours(), OursHoldCapture(), Naive(), Hordak(user_ids)]
+    run_billing = RunBilling()
+    # A run's billing is measured in turns with the one-step charge it is compared with.
+    implementations = [floor, (Ours(), run_billing), OursHoldCapture(), Naive(), Hordak(user_ids)]
 
     rows = []
     for hot in (False, True):
         for threads in CONCURRENCY:
             for implementation in implementations:
-                charges = args.charges * getattr(implementation, "charges_scale", 1)
-                row = measure(implementation, user_ids, threads, charges, hot, args.workers)
-                rows.append(row)
-                print(
-                    f"{row['implementation']:<24} c={threads:<3} {row['wallets']:<14} "
-                    f"{row['charges_per_second']:>6} charges/s  lost {row['lost_credits']}",
-                    flush=True,
-                )
+                if isinstance(implementation, tuple):
+                    measured = measure_in_turns(implementation, user_ids, threads, args.charges, hot, args.workers)
+                else:
+                    charges = args.charges * implementation.charges_scale
+                    measured = [measure(implementation, user_ids, threads, charges, hot, args.workers)]
+                for row in measured:
+                    rows.append(row)
+                    print(
+                        f"{row['implementation']:<36} c={threads:<3} {row['wallets']:<14} "
+                        f"{row['charges_per_second']:>6} charges/s  lost {row['lost_credits']}",
+                        flush=True,
+                    )
 
     from billing import ledger
     from billing.selectors import wallet_summary
@@ -321,6 +405,9 @@ def main() -> None:
         ),
         "ours: statements per hold+capture": statements(
             lambda: ledger.capture(hold_id=ledger.hold(user_id=user_ids[0], amount=COST, agent_id="b").hold.id)
+        ),
+        "ours: statements per run's billing (start_run + _succeed)": statements(
+            lambda: run_billing.charge(user_ids[0])
         ),
         "ours: statements per wallet read (GET /billing/wallet)": statements(
             lambda: wallet_summary(user_id=user_ids[0])
@@ -345,6 +432,13 @@ def main() -> None:
     }
     summary.update(
         {
+            f"run billing/ours c={c} {'hot' if h else 'distinct'}": ratio(RunBilling.name, Ours.name, c, h)
+            for h in (False, True)
+            for c in CONCURRENCY
+        }
+    )
+    summary.update(
+        {
             f"ours/naive c={c} {'hot' if h else 'distinct'}": ratio(Ours.name, Naive.name, c, h)
             for h in (False, True)
             for c in CONCURRENCY
@@ -352,7 +446,10 @@ def main() -> None:
     )
     lines = [
         f"Concurrency: {WORKER_KINDS[args.workers]}; {args.charges} charges per configuration, "
-        f"{args.charges * FAST_SCALE} for the floor, ours and the naive peer.",
+        f"{args.charges * FAST_SCALE} for the floor and ours, or as many as are done in {MAX_SECONDS:g} s. "
+        "A run's billing takes the "
+        f"agent's seeded price ({run_billing.cost} credits) and writes a run row; no tool runs. It is "
+        f"measured in {TURNS} turns alternating with ours (ledger.charge), the figures summed.",
         "",
         *table(
             ["implementation", "concurrency", "wallets", "charges/s", "lost credits"],

@@ -50,21 +50,41 @@ def timed(name: str, fn, calls: int) -> dict:
 
 
 def bare_compound_statement(user_id: int):
-    """Our charge's compound statement sent from a bare mysqlclient connection (no Django)."""
+    """Our charge's compound statement (`ledger._charge_plan` as `billing.sql.compound_sql` sends
+    it) from a bare mysqlclient connection (no Django), as `run_plan` reads its results."""
     import MySQLdb
+    from MySQLdb.constants import CLIENT
 
     from bench.db import BENCH_DATABASE, SERVER
     from billing import ledger
+    from billing.sql import compound_sql
 
-    cursor = MySQLdb.connect(db=BENCH_DATABASE, **SERVER).cursor()
-    sql = ledger._debit_block(own_transaction=True)
+    connection = MySQLdb.connect(db=BENCH_DATABASE, client_flag=CLIENT.FOUND_ROWS, **SERVER)  # as Django connects
+    connection.autocommit(True)
+    cursor = connection.cursor()
+    fields = {
+        "kind": "charge",
+        "amount": -7,
+        "agent_id": "bench",
+        "agent_run_id": None,
+        "idempotency_key": None,
+        "request_fingerprint": "",
+        "metadata": {},
+    }
+    sql = compound_sql(ledger._charge_plan(user_id=user_id, fields=fields, at=None), own_transaction=True)
 
     def charge() -> None:
         at = time.strftime("%Y-%m-%d %H:%M:%S")
-        cursor.execute(sql, [7, at, user_id, 7, at, "charge", -7, "bench", None, None, "", "{}", user_id])
-        assert cursor.fetchone()
-        while cursor.nextset():
-            pass
+        cursor.execute(
+            sql, [p for step in ledger._charge_plan(user_id=user_id, fields=fields, at=at) for p in step.params]
+        )
+        results = []
+        while True:
+            if cursor.description:
+                results.append(cursor.fetchall())
+            if not cursor.nextset():
+                break
+        assert results[-1] == ((2,),), f"the charge plan stopped: {results}"
 
     return charge
 
