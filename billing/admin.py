@@ -1,19 +1,25 @@
 """Finance staff's console. Ledger rows and balances are never editable here, not even by
-superusers; money moves only through the ledger verbs (grant/debit forms, reprocessing)."""
+superusers; money moves only through the ledger verbs (grant/debit forms, approvals, reprocessing)."""
 
 from __future__ import annotations
 
 import json
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, Sum
-from django.http import StreamingHttpResponse
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect, StreamingHttpResponse
+from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from billing import approvals, ledger
 from billing.exports import SafeWriter
 from billing.models import (
+    ApprovalStatus,
+    CreditApprovalRequest,
     CreditHold,
     CreditShortfall,
     CreditTransaction,
@@ -272,3 +278,133 @@ class StripeWebhookEventAdmin(ReadOnlyAdmin):
         summary = ", ".join(f"{n} {status}" for status, n in sorted(outcomes.items())) or "nothing reprocessed"
         level = messages.WARNING if outcomes.get("failed") or outcomes.get("error") else messages.SUCCESS
         self.message_user(request, f"Reprocessed: {summary}; {skipped} not failed, skipped.", level)
+
+
+class DecisionForm(forms.Form):
+    note = forms.CharField(max_length=500, required=False, strip=True)
+
+
+@admin.register(CreditApprovalRequest)
+class CreditApprovalRequestAdmin(ReadOnlyAdmin):
+    """Large grants and debits awaiting a second Finance user, and every decision taken on them.
+
+    The request page has Approve / Reject buttons (POST, CSRF-protected) for users with
+    `billing.approve_credit_requests`; each decision, and each refused approval, is also logged
+    in the admin history (LogEntry)."""
+
+    list_display = [
+        "id",
+        "requested_at",
+        "user_link",
+        "credits",
+        "reason",
+        "requested_by",
+        "status",
+        "decided_by",
+        "decided_at",
+        "transaction_link",
+    ]
+    list_filter = [
+        "status",
+        "requested_at",
+        "decided_at",
+        ("requested_by", admin.RelatedOnlyFieldListFilter),
+        ("decided_by", admin.RelatedOnlyFieldListFilter),
+    ]
+    search_fields = ["user__email", "requested_by__email", "decided_by__email", "reason"]
+    list_select_related = ["user", "requested_by", "decided_by", "transaction"]
+    date_hierarchy = "requested_at"
+    fields = [
+        "user_link",
+        "wallet_now",
+        "credits",
+        "reason",
+        "requested_by",
+        "requested_at",
+        "idempotency_key",
+        "status",
+        "decided_by",
+        "decided_at",
+        "decision_note",
+        "transaction_link",
+    ]
+    readonly_fields = fields
+    change_form_template = "admin/billing/creditapprovalrequest/change_form.html"
+
+    @admin.display(description="user", ordering="user__email")
+    def user_link(self, approval):
+        return admin_link(approval.user)
+
+    @admin.display(description="wallet now")
+    def wallet_now(self, approval):
+        wallet = Wallet.objects.filter(user_id=approval.user_id).first()
+        if wallet is None:
+            return "No wallet yet (0 credits)."
+        return f"balance {wallet.balance_credits} · held {wallet.held_credits} · available {wallet.available_credits}"
+
+    @admin.display(description="ledger row")
+    def transaction_link(self, approval):
+        return admin_link(approval.transaction, f"#{approval.transaction_id}") if approval.transaction_id else "—"
+
+    def has_approve_permission(self, request) -> bool:
+        return request.user.has_perm("billing.approve_credit_requests")
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:request_id>/decide/",
+                self.admin_site.admin_view(self.decide_view),
+                name="billing_creditapprovalrequest_decide",
+            ),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        approval = self.get_object(request, unquote(object_id))
+        extra_context = {
+            **(extra_context or {}),
+            "can_decide": self.has_approve_permission(request),
+            "own_request": approval is not None and request.user.pk in (approval.requested_by_id, approval.user_id),
+            "decision_form": DecisionForm(),
+        }
+        return super().change_view(request, object_id, form_url, extra_context=extra_context)
+
+    def decide_view(self, request, request_id: int):
+        """Approve (`_approve`) or reject (`_reject`) one request, with an optional note (required to reject)."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_approve_permission(request):
+            raise PermissionDenied
+        approval = get_object_or_404(CreditApprovalRequest, pk=request_id)
+        back = HttpResponseRedirect(reverse("admin:billing_creditapprovalrequest_change", args=[approval.pk]))
+        form = DecisionForm(request.POST)
+        approve, reject = "_approve" in request.POST, "_reject" in request.POST
+        if not form.is_valid() or approve == reject:
+            self.message_user(request, "Approve or reject, with a note of at most 500 characters.", messages.ERROR)
+            return back
+        note = form.cleaned_data["note"]
+        try:
+            if approve:
+                approval = approvals.approve_request(request_id=approval.pk, approver_id=request.user.id, note=note)
+            else:
+                approval = approvals.reject_request(request_id=approval.pk, approver_id=request.user.id, note=note)
+        except ledger.InsufficientCredits as exc:
+            detail = (
+                f"Not approved: only {exc.available} credits are available for this debit of {-approval.credits}. "
+                "The request stays pending: reject it, or approve it once the credits are there."
+            )
+            self.log_change(request, approval, detail)
+            self.message_user(request, detail, messages.ERROR)
+        except (approvals.ApprovalError, ledger.LedgerError) as exc:
+            self.message_user(request, exc.detail, messages.ERROR)
+        else:
+            if approval.status == ApprovalStatus.APPROVED:
+                detail = (
+                    f"Approved request #{approval.pk}: {approval.credits:+d} credits for {approval.user} "
+                    f"(ledger row #{approval.transaction_id}, balance now {approval.transaction.balance_after})."
+                )
+            else:
+                detail = f"Rejected request #{approval.pk}: nothing moved. Note: {approval.decision_note}"
+            self.log_change(request, approval, detail)
+            self.message_user(request, detail, messages.SUCCESS)
+        return back

@@ -14,11 +14,14 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
 from billing import ledger, reports
+from billing.approvals import change_credits
 from billing.charts import bar_chart_svg
 from billing.exports import SafeWriter
+from billing.models import CreditApprovalRequest
 from billing.selectors import wallet_for_user
 from users.models import User
 
@@ -116,8 +119,21 @@ class CreditsForm(forms.Form):
         )
 
 
+def _awaiting_approval_message(approval: CreditApprovalRequest) -> str:
+    url = reverse("admin:billing_creditapprovalrequest_change", args=[approval.pk])
+    return format_html(
+        'Above the approval threshold of {} credits: <a href="{}">request #{}</a> ({} credits) awaits '
+        "approval by another Finance user. Nothing has moved yet.",
+        settings.FINANCE_APPROVAL_THRESHOLD,
+        url,
+        approval.pk,
+        f"{approval.credits:+d}",
+    )
+
+
 def user_credits_view(request, user_id: int, direction: str):
-    """Grant or debit a user's credits through the ledger, the staff user recorded as actor."""
+    """Grant or debit a user's credits through the ledger, the staff user recorded as actor;
+    above FINANCE_APPROVAL_THRESHOLD a request for another Finance user to approve instead."""
     if not (request.user.is_staff and request.user.has_perm("billing.grant_credits")):
         raise PermissionDenied
     if direction not in ("grant", "debit"):
@@ -130,29 +146,23 @@ def user_credits_view(request, user_id: int, direction: str):
         if form.is_valid():
             amount = form.cleaned_data["credits"]
             try:
-                if direction == "grant":
-                    result = ledger.grant(
-                        user_id=target.id,
-                        amount=amount,
-                        reason=form.cleaned_data["reason"],
-                        actor_id=request.user.id,
-                        idempotency_key=f"admin-{form.cleaned_data['idempotency_key']}",
-                    )
-                else:
-                    result = ledger.adjust(
-                        user_id=target.id,
-                        amount=-amount,
-                        reason=form.cleaned_data["reason"],
-                        actor_id=request.user.id,
-                        idempotency_key=f"admin-{form.cleaned_data['idempotency_key']}",
-                    )
+                change = change_credits(
+                    user_id=target.id,
+                    amount=amount if direction == "grant" else -amount,
+                    reason=form.cleaned_data["reason"],
+                    actor_id=request.user.id,
+                    idempotency_key=f"admin-{form.cleaned_data['idempotency_key']}",
+                )
             except ledger.InsufficientCredits as exc:
                 form.add_error("credits", f"Only {exc.available} credits are available to debit.")
             except ledger.LedgerError as exc:
                 form.add_error(None, exc.detail)
             else:
-                verb = "Granted" if direction == "grant" else "Debited"
-                messages.success(request, f"{verb} {amount} credits. New balance: {result.balance_after}.")
+                if change.approval is not None:
+                    messages.warning(request, _awaiting_approval_message(change.approval))
+                else:
+                    verb = "Granted" if direction == "grant" else "Debited"
+                    messages.success(request, f"{verb} {amount} credits. New balance: {change.executed.balance_after}.")
                 return HttpResponseRedirect(back)
     else:
         form = CreditsForm(initial={"idempotency_key": uuid.uuid4().hex})
@@ -163,6 +173,7 @@ def user_credits_view(request, user_id: int, direction: str):
         "target": target,
         "wallet": wallet,
         "direction": direction,
+        "approval_threshold": settings.FINANCE_APPROVAL_THRESHOLD,
         "back": back,
         "opts": User._meta,
     }

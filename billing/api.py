@@ -19,8 +19,9 @@ from agents.models import AgentCost
 from agents.selectors import active_agent
 from agents.services import seed_agent_costs
 from billing import ledger, metrics
+from billing.approvals import change_credits
 from billing.errors import ApiError
-from billing.models import CreditHold, CreditTransaction, TransactionKind
+from billing.models import ApprovalStatus, CreditHold, CreditTransaction, TransactionKind
 from billing.packages import all_packages
 from billing.permissions import CanEditAgentCosts, CanGrantCredits, CanSettleShortfall
 from billing.selectors import transactions_for_user, wallet_for_user, wallet_summary
@@ -39,6 +40,12 @@ from users.models import User
 logger = logging.getLogger("billing")
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# How a grant awaiting approval reports its request's state.
+APPROVAL_STATUS_NAMES = {
+    ApprovalStatus.PENDING: "pending_approval",
+    ApprovalStatus.APPROVED: "approved",
+    ApprovalStatus.REJECTED: "rejected",
+}
 
 
 def require_user(user_id: int) -> None:
@@ -137,7 +144,10 @@ class TransactionViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 class AdminGrantApi(APIView):
-    """Staff grant (positive `credits`) or debit (negative `credits`) with a required reason."""
+    """Staff grant (positive `credits`) or debit (negative `credits`) with a required reason.
+
+    Above `FINANCE_APPROVAL_THRESHOLD` nothing moves: 202 with the pending approval request,
+    which another Finance user decides in the admin."""
 
     permission_classes = [CanGrantCredits]
     throttle_scope = "grant"
@@ -155,33 +165,53 @@ class AdminGrantApi(APIView):
                 raise serializers.ValidationError(f"Credits must be between -{limit} and {limit}.")
             return value
 
-    @extend_schema(
-        request=GrantInputSerializer,
-        responses={
-            200: inline_serializer(
-                "GrantResult",
-                {
-                    "success": serializers.BooleanField(),
-                    "new_balance": serializers.IntegerField(),
-                    "transaction_id": serializers.IntegerField(),
-                },
-            )
-        },
-    )
+    class GrantResultSerializer(serializers.Serializer):
+        success = serializers.BooleanField()
+        status = serializers.ChoiceField(choices=["completed"])
+        new_balance = serializers.IntegerField()
+        transaction_id = serializers.IntegerField()
+
+    class GrantPendingSerializer(serializers.Serializer):
+        success = serializers.BooleanField(help_text="The request was accepted; `status` says what happened.")
+        status = serializers.ChoiceField(
+            choices=list(APPROVAL_STATUS_NAMES.values()),
+            help_text="pending_approval until another Finance user decides (a replay shows the decision).",
+        )
+        approval_id = serializers.IntegerField()
+        new_balance = serializers.IntegerField(help_text="The current balance: nothing moved on this request.")
+        transaction_id = serializers.IntegerField(allow_null=True, help_text="The ledger row, once approved.")
+
+    @extend_schema(request=GrantInputSerializer, responses={200: GrantResultSerializer, 202: GrantPendingSerializer})
     def post(self, request):
         serializer = self.GrantInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         require_user(data["user_id"])
-        verb = ledger.grant if data["credits"] > 0 else ledger.adjust
-        result = verb(
+        change = change_credits(
             user_id=data["user_id"],
             amount=data["credits"],
             reason=data["reason"],
             actor_id=request.user.id,
             idempotency_key=idempotency_key(request),
         )
-        return Response({"success": True, "new_balance": result.balance_after, "transaction_id": result.transaction.id})
+        if change.approval is not None:
+            approval = change.approval
+            pending = {
+                "success": True,
+                "status": APPROVAL_STATUS_NAMES[approval.status],
+                "approval_id": approval.id,
+                "new_balance": wallet_for_user(user_id=data["user_id"]).balance_credits,
+                "transaction_id": approval.transaction_id,
+            }
+            return Response(self.GrantPendingSerializer(pending).data, status=status.HTTP_202_ACCEPTED)
+        result = change.executed
+        done = {
+            "success": True,
+            "status": "completed",
+            "new_balance": result.balance_after,
+            "transaction_id": result.transaction.id,
+        }
+        return Response(self.GrantResultSerializer(done).data)
 
 
 class AdminSeedCostsApi(APIView):

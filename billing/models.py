@@ -303,3 +303,76 @@ class CreditShortfall(models.Model):
 
     def __str__(self) -> str:
         return f"Shortfall of {self.amount} on {self.wallet_id}"
+
+
+class ApprovalStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+
+
+class CreditApprovalRequest(models.Model):
+    """A staff grant or debit above `FINANCE_APPROVAL_THRESHOLD`, waiting for a second Finance user.
+
+    Nothing moves while it is pending. Approving executes it through the ledger (`transaction`);
+    rejecting moves nothing. It is decided once, by someone other than the requester and the
+    target user — the constraints below refuse anything else, whoever tries it.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="credit_approval_requests",
+        help_text="Whose credits change.",
+    )
+    credits = models.BigIntegerField(help_text="Signed: positive grants, negative debits.")
+    reason = models.CharField(max_length=500)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    requested_at = models.DateTimeField(auto_now_add=True)
+    status = models.CharField(max_length=16, choices=ApprovalStatus.choices, default=ApprovalStatus.PENDING)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_note = models.CharField(max_length=500, blank=True, default="")
+    transaction = models.OneToOneField(
+        CreditTransaction,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="approval_request",
+        help_text="The ledger row the approval wrote.",
+    )
+    idempotency_key = ExactCharField(
+        max_length=KEY_MAX_LENGTH, null=True, blank=True, help_text="Of the request (API header or admin form)."
+    )
+    request_fingerprint = ExactCharField(max_length=64, blank=True, default="")
+
+    class Meta:
+        db_table = "credit_approval_requests"
+        ordering = ["-requested_at", "-id"]
+        permissions = [("approve_credit_requests", "Can approve or reject large grants and debits")]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "idempotency_key"], name="uniq_approval_user_idempotency_key"),
+            models.CheckConstraint(condition=~Q(credits=0), name="approval_credits_non_zero"),
+            models.CheckConstraint(condition=Q(status__in=ApprovalStatus.values), name="approval_status_valid"),
+            models.CheckConstraint(
+                condition=Q(status=ApprovalStatus.PENDING, decided_by__isnull=True, decided_at__isnull=True)
+                | (
+                    ~Q(status=ApprovalStatus.PENDING)
+                    & Q(decided_by__isnull=False, decided_at__isnull=False)
+                    & ~Q(decided_by=F("requested_by"))
+                    & ~Q(decided_by=F("user"))
+                ),
+                name="approval_decided_once_by_another",
+            ),
+            models.CheckConstraint(
+                condition=Q(status=ApprovalStatus.APPROVED, transaction__isnull=False)
+                | (~Q(status=ApprovalStatus.APPROVED) & Q(transaction__isnull=True)),
+                name="approval_transaction_iff_approved",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "requested_at"], name="approval_status_idx")]
+
+    def __str__(self) -> str:
+        return f"Request #{self.pk}: {self.credits:+d} credits ({self.status})"

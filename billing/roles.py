@@ -17,6 +17,7 @@ _VIEWABLE = [
     ("billing", "purchase"),
     ("billing", "creditshortfall"),
     ("billing", "stripewebhookevent"),
+    ("billing", "creditapprovalrequest"),
     ("agents", "agentcost"),
     ("agents", "agentcostchange"),
     ("agents", "agentrun"),
@@ -29,6 +30,7 @@ VIEWER_PERMISSIONS = [(app, f"view_{model}") for app, model in _VIEWABLE] + [
 FINANCE_PERMISSIONS = [
     *VIEWER_PERMISSIONS,
     ("billing", "grant_credits"),
+    ("billing", "approve_credit_requests"),
     ("billing", "settle_shortfall"),
     ("billing", "reprocess_webhook_events"),
     ("agents", "change_agentcost"),
@@ -47,4 +49,10 @@ def ensure_finance_groups(apps=django_apps) -> None:
     for name, wanted in ((FINANCE, FINANCE_PERMISSIONS), (FINANCE_VIEWER, VIEWER_PERMISSIONS)):
         group, _ = Group.objects.get_or_create(name=name)
         for app_label, codename in wanted:
-            group.permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+            try:
+                permission = Permission.objects.get(content_type__app_label=app_label, codename=codename)
+            except Permission.DoesNotExist:
+                if apps is django_apps:
+                    raise
+                continue  # a model an earlier migration does not know yet; its own migration adds it
+            group.permissions.add(permission)
