@@ -61,7 +61,8 @@ def verify_event(*, payload: bytes, signature: str | None) -> dict:
         text = payload.decode("utf-8")
         stripe.Webhook.construct_event(text, signature, secret, tolerance=stripe.Webhook.DEFAULT_TOLERANCE)
         event = json.loads(text)
-    except (UnicodeDecodeError, ValueError, stripe.SignatureVerificationError) as exc:
+    except (UnicodeDecodeError, ValueError, TypeError, stripe.SignatureVerificationError) as exc:
+        # TypeError: the SDK's constant-time compare refuses a signature with non-ASCII characters.
         raise WebhookSignatureInvalid("The Stripe-Signature header does not verify this body.") from exc
     if not isinstance(event, dict) or not event.get("id") or not event.get("type"):
         raise WebhookSignatureInvalid("The signed body is not a Stripe event.")

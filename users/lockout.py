@@ -7,6 +7,8 @@ forged X-Forwarded-For changes nothing."""
 
 from django.conf import settings
 
+USERNAME_MAX_LENGTH = 255  # axes stores it in a varchar(255); longer is no real account anyway
+
 
 def username_of_attempt(request, credentials: dict | None) -> str | None:
     values = credentials or {}
@@ -14,7 +16,7 @@ def username_of_attempt(request, credentials: dict | None) -> str | None:
         for key in ("email", "username"):
             value = source.get(key)
             if isinstance(value, str) and value.strip():
-                return value.strip().lower()
+                return value.strip().lower()[:USERNAME_MAX_LENGTH]
     return None
 
 
