@@ -48,6 +48,13 @@ logger = logging.getLogger("agents.sandbox")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PRELOADED_TOOLS = ("agents.tools.profile", "agents.tools.clean", "agents.tools.master")
 WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# Tools work on user data and need no credentials: the server's secrets stay out of their processes.
+_SECRET_MARKERS = ("SECRET", "KEY", "TOKEN", "PASSWORD", "DATABASE_URL", "BROKER", "CACHE_URL", "DSN")
+
+
+def _environment_without_secrets() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items() if not any(m in name.upper() for m in _SECRET_MARKERS)}
+
 
 START_TIMEOUT = 30.0  # seconds for a new worker to import the tools and say it is ready
 MAX_IDLE_WORKERS = 2
@@ -357,7 +364,7 @@ def _start_worker(heartbeat: _Heartbeat = _NO_HEARTBEAT) -> _Worker:
             stdout=subprocess.PIPE,
             close_fds=True,
             cwd=PROJECT_ROOT,
-            env={**os.environ, **WORKER_ENV},
+            env={**_environment_without_secrets(), **WORKER_ENV},
             bufsize=0,
         )
     except OSError as exc:

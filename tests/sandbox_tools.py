@@ -80,3 +80,7 @@ def nap(dataset, config: dict) -> dict:
     if first.get("fail"):
         raise ValueError("a planned failure")
     return {"rows": len(dataset.rows), "pid": os.getpid()}
+
+
+def environment(dataset, config: dict) -> dict:
+    return dict(os.environ)

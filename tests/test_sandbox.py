@@ -259,3 +259,12 @@ def test_a_worn_out_worker_serves_until_its_successor_is_ready(monkeypatch):
     assert pid != first  # the successor took over
     time.sleep(0.2)
     assert gone(first)
+
+
+def test_workers_do_not_see_the_servers_secrets(monkeypatch):
+    monkeypatch.setenv("STRIPE_API_KEY", "sk_test_must_not_leak")
+    monkeypatch.setenv("DATABASE_URL", "mysql://root:pw@db/prod")
+    sandbox.shutdown()  # workers started from now on inherit the environment above, filtered
+    seen = run_tool(f"{TOOLS}:environment", DATA, {}, timeout=10, memory_mb=200)
+    assert "STRIPE_API_KEY" not in seen and "DATABASE_URL" not in seen and "SECRET_KEY" not in seen
+    assert seen.get("OPENBLAS_NUM_THREADS") == "1"
