@@ -43,7 +43,7 @@ from django.utils import timezone
 from billing import metrics
 from billing.models import CreditHold, CreditShortfall, CreditTransaction, HoldStatus, TransactionKind, Wallet
 from billing.signals import hold_expired
-from billing.sql import ConnectionInDoubt, PlanStopped, Step, is_connection_error, run_plan
+from billing.sql import PlanStopped, Step, is_connection_error, run_plan
 
 logger = logging.getLogger("billing")
 
@@ -163,8 +163,6 @@ def _with_retries(attempt: Callable[[], T]) -> T:
     for number in range(1, _MAX_ATTEMPTS + 1):
         try:
             return attempt()
-        except ConnectionInDoubt as exc:
-            raise LedgerBusy("The database connection was interrupted; retry the request.") from exc
         except (OperationalError, InterfaceError) as exc:
             if is_connection_error(exc):
                 if not connection.in_atomic_block:
@@ -229,7 +227,11 @@ def _replay(model, *, wallet: Wallet, idempotency_key: str | None, fingerprint: 
     """Return the row already written under this key, or None. The wallet lock is held."""
     if not idempotency_key:
         return None
-    existing = model.objects.filter(wallet=wallet, idempotency_key=idempotency_key).first()
+    return _same_request(model.objects.filter(wallet=wallet, idempotency_key=idempotency_key).first(), fingerprint)
+
+
+def _same_request(existing, fingerprint: str):
+    """`existing` (or None), unless it was written with other parameters: `IdempotencyConflict`."""
     if existing is not None and existing.request_fingerprint != fingerprint:
         raise IdempotencyConflict("This Idempotency-Key was already used with different parameters.")
     return existing
@@ -428,28 +430,59 @@ def _charge_plan(*, user_id: int, fields: dict[str, Any], at: Any) -> list[Step]
 
 def _charge_once(*, user_id: int, fields: dict[str, Any]) -> LedgerResult:
     db = transaction.get_connection()
-    key = fields["idempotency_key"]
-    for _ in range(3):
-        now = timezone.now()
-        try:
-            ((row_id, wallet_id, balance_after),) = run_plan(
-                _charge_plan(user_id=user_id, fields=fields, at=db.ops.adapt_datetimefield_value(now))
-            )
-        except PlanStopped:
-            if existing := _replay_for_user(CreditTransaction, user_id, key, fields["request_fingerprint"]):
-                return LedgerResult(existing, replayed=True)
-            _explain_refusal(user_id=user_id, amount=-fields["amount"])
-            continue  # the wallet was just created, or credits arrived meanwhile: try again
-        except IntegrityError as exc:
-            if key and _is_duplicate_key(exc):
-                return LedgerResult(
-                    _replay_for_user(CreditTransaction, user_id, key, fields["request_fingerprint"]), True
-                )
-            raise
+
+    def charged(rows: list[tuple], now: datetime) -> LedgerResult:
+        ((row_id, wallet_id, balance_after),) = rows
         return LedgerResult(
             _loaded_row(db.alias, id=row_id, wallet_id=wallet_id, balance_after=balance_after, created_at=now, **fields)
         )
-    raise LedgerBusy("The wallet changed while the charge was checked; retry the request.")
+
+    return _take_available(
+        user_id=user_id,
+        amount=-fields["amount"],
+        model=CreditTransaction,
+        key=fields["idempotency_key"],
+        fingerprint=fields["request_fingerprint"],
+        plan=lambda now: _charge_plan(user_id=user_id, fields=fields, at=db.ops.adapt_datetimefield_value(now)),
+        done=charged,
+        replayed=lambda existing: LedgerResult(existing, replayed=True),
+    )
+
+
+def _take_available(
+    *,
+    user_id: int,
+    amount: int,
+    model,
+    key: str | None,
+    fingerprint: str,
+    plan: Callable[[datetime], list[Step]],
+    done: Callable[[list[tuple], datetime], T],
+    replayed: Callable[[Any], T],
+    own_steps: int = 2,
+) -> T:
+    """Run a plan whose first step takes `amount` available credits (a debit or a hold).
+
+    The rule lives in that step's WHERE clause; when it takes nothing, the refusal is explained
+    afterwards from a read — or the first result under the same idempotency key is replayed.
+    A plan that stopped in a caller's statement (past `own_steps`) re-raises `PlanStopped`."""
+    for _ in range(3):
+        now = timezone.now()
+        try:
+            rows = run_plan(plan(now))
+        except PlanStopped as stopped:
+            if stopped.step >= own_steps:
+                raise  # one of the caller's statements refused: nothing was taken
+            if existing := _replay_for_user(model, user_id, key, fingerprint):
+                return replayed(existing)
+            _explain_refusal(user_id=user_id, amount=amount)
+            continue  # the wallet was just created, or credits arrived meanwhile: try again
+        except IntegrityError as exc:
+            if key and _is_duplicate_key(exc) and (existing := _replay_for_user(model, user_id, key, fingerprint)):
+                return replayed(existing)
+            raise
+        return done(rows, now)
+    raise LedgerBusy("The wallet changed while the request was checked; retry the request.")
 
 
 def _uuid_hex(value: Any) -> str | None:
@@ -466,10 +499,7 @@ def _replay_for_user(model, user_id: int, key: str | None, fingerprint: str):
     with other parameters raises `IdempotencyConflict`."""
     if not key:
         return None
-    existing = model.objects.filter(wallet__user_id=user_id, idempotency_key=key).first()
-    if existing is not None and existing.request_fingerprint != fingerprint:
-        raise IdempotencyConflict("This Idempotency-Key was already used with different parameters.")
-    return existing
+    return _same_request(model.objects.filter(wallet__user_id=user_id, idempotency_key=key).first(), fingerprint)
 
 
 def _explain_refusal(*, user_id: int, amount: int) -> None:
@@ -532,11 +562,10 @@ def hold(
 
 def _hold_once(*, user_id, amount, agent_id, key, fingerprint, expires_at, agent_run_id, then) -> HoldResult:
     db = transaction.get_connection()
-    for _ in range(3):
-        now = timezone.now()
-        expiry = expires_at or now + settings.BILLING_HOLD_TTL
+
+    def plan(now: datetime) -> list[Step]:
         at = db.ops.adapt_datetimefield_value(now)
-        plan = [
+        return [
             Step(
                 "UPDATE credit_wallets SET held_credits = held_credits + %s, updated_at = %s "
                 "WHERE user_id = %s AND shortfall_credits = 0 AND balance_credits - held_credits >= %s",
@@ -553,7 +582,7 @@ def _hold_once(*, user_id, amount, agent_id, key, fingerprint, expires_at, agent
                     agent_id,
                     key,
                     fingerprint,
-                    db.ops.adapt_datetimefield_value(expiry),
+                    db.ops.adapt_datetimefield_value(expires_at or now + settings.BILLING_HOLD_TTL),
                     at,
                     _uuid_hex(agent_run_id),
                     user_id,
@@ -563,19 +592,9 @@ def _hold_once(*, user_id, amount, agent_id, key, fingerprint, expires_at, agent
             ),
             *then,
         ]
-        try:
-            (hold_id, wallet_id), *_ = run_plan(plan)
-        except PlanStopped as stopped:
-            if stopped.step >= 2:
-                raise  # one of the caller's statements refused: nothing was held
-            if existing := _replay_for_user(CreditHold, user_id, key, fingerprint):
-                return HoldResult(existing, replayed=True)
-            _explain_refusal(user_id=user_id, amount=amount)
-            continue
-        except IntegrityError as exc:
-            if key and _is_duplicate_key(exc) and (existing := _replay_for_user(CreditHold, user_id, key, fingerprint)):
-                return HoldResult(existing, replayed=True)
-            raise
+
+    def held(rows: list[tuple], now: datetime) -> HoldResult:
+        (hold_id, wallet_id), *_ = rows
         created = CreditHold(
             id=hold_id,
             wallet_id=wallet_id,
@@ -584,13 +603,23 @@ def _hold_once(*, user_id, amount, agent_id, key, fingerprint, expires_at, agent
             agent_id=agent_id,
             idempotency_key=key,
             request_fingerprint=fingerprint,
-            expires_at=expiry,
+            expires_at=expires_at or now + settings.BILLING_HOLD_TTL,
             created_at=now,
             agent_run_id=agent_run_id,
         )
         created._state.adding, created._state.db = False, db.alias
         return HoldResult(created)
-    raise LedgerBusy("The wallet changed while the hold was checked; retry the request.")
+
+    return _take_available(
+        user_id=user_id,
+        amount=amount,
+        model=CreditHold,
+        key=key,
+        fingerprint=fingerprint,
+        plan=plan,
+        done=held,
+        replayed=lambda existing: HoldResult(existing, replayed=True),
+    )
 
 
 def _lock_wallet_of_hold(hold_id: int, at: Any) -> Step:
@@ -732,10 +761,7 @@ def _release_once(*, hold_id: int, status: str, then: list[Step]) -> None:
     except PlanStopped as stopped:
         if stopped.step >= len(plan) - len(then):
             raise
-        found = CreditHold.objects.filter(pk=hold_id).first()
-        if found is None:
-            raise CreditHold.DoesNotExist(f"No hold {hold_id}.") from None
-        raise HoldNotPending(f"Hold {hold_id} is already {found.status}.") from None
+        _explain_unsettled(hold_id)
 
 
 def expire_hold(*, hold_id: int) -> CreditHold:

@@ -16,16 +16,16 @@ is rolled back and `PlanStopped.step` says which step refused, so the verb can e
 Python. Steps with `returns=True` hand back their one row (`INSERT … RETURNING` or `SELECT`).
 
 Errors that leave the connection in doubt (lost connection, killed query, "commands out of
-sync") close it, so the next use reconnects cleanly, and surface as `ConnectionInDoubt`.
+sync") are told apart by `is_connection_error`; the ledger closes the connection then, so the
+next use reconnects cleanly (the server rolls back whatever was uncommitted).
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError, transaction
 
 # MariaDB client/server errors after which the connection's state is unknown.
 _CONNECTION_ERRORS = {
@@ -61,10 +61,6 @@ class PlanStopped(Exception):
         self.step = step
 
 
-class ConnectionInDoubt(Exception):
-    """The statement was interrupted or the connection lost; the connection has been closed."""
-
-
 def is_connection_error(exc: BaseException) -> bool:
     if isinstance(exc, InterfaceError):
         return True
@@ -79,25 +75,16 @@ def compound_supported() -> bool:
 def run_plan(steps: list[Step]) -> list[tuple]:
     """Run `steps` in one transaction; the rows of the returning steps, in order.
 
-    Raises `PlanStopped` (nothing kept) when a checked step changed no row, the database's own
-    error (IntegrityError, deadlock …) after rolling back, or `ConnectionInDoubt`."""
+    Raises `PlanStopped` (nothing kept) when a checked step changed no row, or the database's
+    own error (IntegrityError, deadlock, a lost connection …) with nothing kept."""
     db = transaction.get_connection()
-    try:
-        if compound_supported():
-            if db.in_atomic_block or not db.get_autocommit():
-                with transaction.atomic():
-                    return _compound(db, steps, own_transaction=False)
-            return _compound(db, steps, own_transaction=True)
-        with transaction.atomic():
-            return _one_by_one(db, steps)
-    except (OperationalError, InterfaceError) as exc:
-        if not is_connection_error(exc):
-            raise
-        if not db.in_atomic_block:
-            # The server rolls back whatever was uncommitted when the connection closes.
-            with contextlib.suppress(DatabaseError):
-                db.close()
-        raise ConnectionInDoubt(str(exc)) from exc
+    if compound_supported():
+        if db.in_atomic_block or not db.get_autocommit():
+            with transaction.atomic():
+                return _compound(db, steps, own_transaction=False)
+        return _compound(db, steps, own_transaction=True)
+    with transaction.atomic():
+        return _one_by_one(db, steps)
 
 
 def _one_by_one(db, steps: list[Step]) -> list[tuple]:
