@@ -265,6 +265,13 @@ class Purchase(models.Model):
     def __str__(self) -> str:
         return f"{self.package_id} for {self.user_id} ({self.status})"
 
+    @property
+    def clawback_target_credits(self) -> int:
+        """The credits that should have been taken back: the purchase's share refunded or
+        disputed so far (never more than all of it), rounded down."""
+        covered_cents = min(self.amount_cents, self.refunded_cents + self.disputed_cents)
+        return self.credits * covered_cents // self.amount_cents
+
 
 class CreditShortfall(models.Model):
     """Credits a refund or dispute should have taken back but the balance could not cover.

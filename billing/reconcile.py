@@ -148,8 +148,7 @@ def _check_clawbacks() -> Iterator[Drift]:
     )
     refunded = Purchase.objects.filter(Q(refunded_cents__gt=0) | Q(disputed_cents__gt=0) | Q(clawed_back_credits__gt=0))
     for purchase in refunded:
-        covered = min(purchase.amount_cents, purchase.refunded_cents + purchase.disputed_cents)
-        target = purchase.credits * covered // purchase.amount_cents
+        target = purchase.clawback_target_credits
         accounted = -(taken.get(purchase.id) or 0) + (short.get(purchase.id) or 0)
         if purchase.clawed_back_credits != target or accounted != target:
             yield Drift(

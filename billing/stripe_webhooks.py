@@ -257,8 +257,7 @@ def _on_async_payment_failed(stored: StripeWebhookEvent) -> str:
 def _claw_back_to_target(purchase: Purchase, stored: StripeWebhookEvent) -> None:
     """Take back the share of credits refunded or disputed so far, minus what was already taken.
     Cumulative, so replays and later events never take the same credits twice."""
-    covered_cents = min(purchase.amount_cents, purchase.refunded_cents + purchase.disputed_cents)
-    target = purchase.credits * covered_cents // purchase.amount_cents
+    target = purchase.clawback_target_credits
     owed = target - purchase.clawed_back_credits
     if owed > 0:
         ledger.clawback(
@@ -300,8 +299,7 @@ def _on_refund_or_dispute(stored: StripeWebhookEvent) -> str:
 def _claw_back_or_restore(purchase: Purchase, stored: StripeWebhookEvent) -> None:
     """Move the purchase's clawed-back credits to the share refunded or disputed now: take more
     (`_claw_back_to_target`) or, after a failed refund or a won dispute, give back the excess."""
-    covered_cents = min(purchase.amount_cents, purchase.refunded_cents + purchase.disputed_cents)
-    target = purchase.credits * covered_cents // purchase.amount_cents
+    target = purchase.clawback_target_credits
     excess = purchase.clawed_back_credits - target
     if excess <= 0:
         _claw_back_to_target(purchase, stored)
