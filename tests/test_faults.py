@@ -7,14 +7,14 @@ from collections import Counter
 
 import MySQLdb
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connection
 from django.utils import timezone
 
 from billing import ledger
 from billing.holds import expire_due_holds
 from billing.models import CreditHold, CreditTransaction, HoldStatus, Wallet
 from billing.reconcile import reconcile
-from tests.concurrency import in_threads
+from tests.concurrency import in_threads, wallet_locked_elsewhere
 from tests.conftest import bearer_client
 
 pytestmark = pytest.mark.usefixtures("agent_costs")
@@ -64,29 +64,8 @@ def test_with_the_database_unreachable_writes_answer_503_and_nothing_is_half_don
 @pytest.mark.django_db(transaction=True)
 def test_a_lock_wait_timeout_is_retried_then_answered_with_a_retryable_code(user):
     ledger.grant(user_id=user.id, amount=100, reason="seed")
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_the_wallet_lock():
-        try:
-            with transaction.atomic():
-                Wallet.objects.select_for_update().get(user=user)
-                locked.set()
-                release.wait(30)
-        finally:
-            connections.close_all()
-
-    blocker = threading.Thread(target=hold_the_wallet_lock)
-    blocker.start()
-    assert locked.wait(10)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SET SESSION innodb_lock_wait_timeout = 1")
+    with wallet_locked_elsewhere(user):
         response = bearer_client(user).post("/billing/holds", {"agent_id": "profile-my-data"}, format="json")
-    finally:
-        release.set()
-        blocker.join()
-        with connection.cursor() as cursor:
-            cursor.execute("SET SESSION innodb_lock_wait_timeout = DEFAULT")
 
     assert response.status_code == 503
     assert response.json()["error_code"] == "LEDGER_BUSY"

@@ -6,14 +6,13 @@ import io
 import os
 import subprocess
 import sys
-import threading
 import time
 from datetime import timedelta
 
 import pytest
 from django.core.cache import cache
 from django.core.checks import run_checks
-from django.db import connection, connections, transaction
+from django.db import connection
 from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -23,6 +22,7 @@ from billing import ledger
 from billing.exports import safe_cell
 from billing.models import CreditHold, CreditTransaction, HoldStatus, StripeWebhookEvent, Wallet
 from billing.reconcile import reconcile
+from tests.concurrency import wallet_locked_elsewhere
 from tests.conftest import bearer_client
 from tests.factories import UserFactory
 from tests.stripe_helpers import (
@@ -83,31 +83,11 @@ def test_lock_wait_retries_stop_within_the_budget(user, settings):
     settings.LEDGER_LOCK_WAIT_SECONDS = 1
     settings.LEDGER_RETRY_BUDGET_SECONDS = 2.5
     ledger.grant(user_id=user.id, amount=100, reason="seed")
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_the_wallet_lock():
-        try:
-            with transaction.atomic():
-                Wallet.objects.select_for_update().get(user=user)
-                locked.set()
-                release.wait(30)
-        finally:
-            connections.close_all()
-
-    blocker = threading.Thread(target=hold_the_wallet_lock)
-    blocker.start()
-    assert locked.wait(10)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SET SESSION innodb_lock_wait_timeout = 1")
+    with wallet_locked_elsewhere(user):
         started = time.monotonic()
         with pytest.raises(ledger.LedgerBusy):
             ledger.charge(user_id=user.id, amount=5, agent_id="a")
         waited = time.monotonic() - started
-    finally:
-        release.set()
-        blocker.join()
-        connection.close()  # back to the configured lock wait
 
     # Five attempts of a 1 s wait would take 5 s; the budget stops after two or three.
     assert waited < 3.5
