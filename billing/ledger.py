@@ -150,9 +150,13 @@ class HoldResult:
 T = TypeVar("T")
 
 
-def is_retryable_error(exc: OperationalError) -> bool:
-    """A lock-wait timeout or deadlock: the whole transaction may simply be run again."""
-    return bool(exc.args) and exc.args[0] in _RETRYABLE_MYSQL_ERRORS
+def is_retryable_error(exc: Exception) -> bool:
+    """A lock-wait timeout or deadlock: the whole transaction may simply be run again. Inside a
+    caller's transaction a verb reports one as `LedgerBusy` caused by it, for the caller (who
+    owns the transaction) to retry."""
+    if isinstance(exc, LedgerBusy):
+        exc = exc.__cause__
+    return isinstance(exc, OperationalError) and bool(exc.args) and exc.args[0] in _RETRYABLE_MYSQL_ERRORS
 
 
 def _with_retries(attempt: Callable[[], T]) -> T:
@@ -169,7 +173,7 @@ def _with_retries(attempt: Callable[[], T]) -> T:
                     with contextlib.suppress(DatabaseError):
                         connection.close()
                 raise LedgerBusy("The database connection was interrupted; retry the request.") from exc
-            if not isinstance(exc, OperationalError) or not is_retryable_error(exc):
+            if not is_retryable_error(exc):
                 raise
             if connection.in_atomic_block:
                 # An outer transaction owns the locks; only its owner can retry.

@@ -84,7 +84,8 @@ def process_event(*, event_pk: int) -> WebhookOutcome:
     for attempt in range(1, _MAX_ATTEMPTS + 1):
         try:
             outcome = _process_once(event_pk)
-        except OperationalError as exc:
+        except (OperationalError, ledger.LedgerBusy) as exc:
+            # A deadlock inside a ledger verb reaches us as LedgerBusy: we own the transaction, so we retry it.
             if not ledger.is_retryable_error(exc) or attempt == _MAX_ATTEMPTS:
                 _record_failure(event_pk, exc)
                 raise

@@ -495,3 +495,23 @@ def test_a_failing_mirror_does_not_affect_the_grant(client, user, django_capture
     with django_capture_on_commit_callbacks(execute=True):
         response = deliver(client, event)
     assert response.status_code == 200 and balance(user) == 1000
+
+
+def test_a_deadlock_inside_a_ledger_verb_is_retried_by_the_webhook(client, user, paid, monkeypatch):
+    # Inside the webhook's transaction the ledger reports a deadlock as LedgerBusy (only the
+    # transaction's owner can retry): the webhook owns it and runs the whole event again.
+    from django.db import OperationalError
+
+    original, calls = ledger._lock_wallet, []
+
+    def deadlock_once(user_id):
+        calls.append(user_id)
+        if len(calls) == 1:
+            raise OperationalError(1213, "Deadlock found when trying to get lock; try restarting transaction")
+        return original(user_id)
+
+    monkeypatch.setattr(ledger, "_lock_wallet", deadlock_once)
+    response = deliver(client, refund_event(event_id="evt_dl", payment_intent="pi_paid", amount_refunded=1000))
+
+    assert response.status_code == 200 and response.json()["status"] == "processed"
+    assert len(calls) == 2 and balance(user) == 0
