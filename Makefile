@@ -75,7 +75,7 @@ bench-deps: install
 	@cmp -s bench/requirements.txt $(VENV)/.bench-requirements || \
 		($(BIN)/pip install -q -r bench/requirements.txt && cp bench/requirements.txt $(VENV)/.bench-requirements)
 
-# The ledger benchmarks in one bounded run (≤ 10 min); updates the README's Performance section.
+# The ledger benchmarks in one bounded run (≤ 10 min); updates docs/performance.md.
 bench: bench-deps mariadb
 	$(BIN)/python -m bench
 

@@ -1,26 +1,136 @@
-"""The data agents' endpoints: validate everything, then hold → run → capture/release."""
+"""The agents' endpoints: the price list, metering (`/billing/charges`, `/billing/holds`) and the
+data agents (`/api/<agent>`: validate everything, then hold → run → capture/release)."""
 
 import json
 
-from django.conf import settings
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status, viewsets
 from rest_framework.parsers import MultiPartParser
-from rest_framework.permissions import IsAuthenticated
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents.datasets import DatasetError, parse_csv, parse_data
-from agents.models import AgentRun, RunStatus
+from agents.models import AgentCost, AgentRun, RunStatus
 from agents.runner import submit_run
-from agents.tools import clean, master, profile
-from billing.api import IDEMPOTENCY_HEADER, idempotency_key
-from billing.errors import ApiError
-from billing.parsers import LimitedJSONParser
+from agents.selectors import active_agent
+from agents.services import InvalidRunInput, prepare_run_input, seed_agent_costs
+from billing import ledger
+from billing.permissions import CanEditAgentCosts
+from billing.serializers import ChargeReceiptSerializer, HoldSerializer
+from core.idempotency import IDEMPOTENCY_PARAMETER, idempotency_key
+from core.parsers import LimitedJSONParser
+from core.serializers import StrictCharField
 
-# Each tool's option validation, by agent (the tools themselves run in `agents.sandbox`).
-TOOL_OPTIONS = {"profile-my-data": profile, "clean-my-data": clean, "master-my-data": master}
+
+class AgentCostSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AgentCost
+        fields = ["agent_id", "name", "description", "cost_credits"]
+        ref_name = "Output"  # the schema's name for it since the first release: generated clients use it
+
+
+class AgentCostsApi(APIView):
+    """The active agents and what one run of each costs."""
+
+    permission_classes = [AllowAny]
+    authentication_classes: list = []
+
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "AgentCosts"
+
+        agents = AgentCostSerializer(many=True)
+
+    @extend_schema(responses={200: OutputSerializer})
+    def get(self, request):
+        agents = AgentCost.objects.filter(is_active=True).order_by("agent_id")
+        return Response(self.OutputSerializer({"agents": agents}).data)
+
+
+class AdminSeedCostsApi(APIView):
+    """Staff (re)create the catalogue's agents at their default prices."""
+
+    permission_classes = [CanEditAgentCosts]
+    throttle_scope = "grant"
+
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "SeedCostsInput"
+
+        reset = serializers.BooleanField(default=False, help_text="Overwrite prices staff have edited.")
+
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "SeedReport"
+
+        created = serializers.IntegerField()
+        updated = serializers.IntegerField()
+        kept = serializers.IntegerField()
+
+    @extend_schema(request=InputSerializer, responses={200: OutputSerializer})
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        report = seed_agent_costs(**serializer.validated_data, actor_id=request.user.id)
+        return Response(self.OutputSerializer(report).data)
+
+
+class ChargeInputSerializer(serializers.Serializer):
+    agent_id = StrictCharField(max_length=64)
+
+
+class HoldInputSerializer(ChargeInputSerializer):
+    pass
+
+
+def _meter(request, input_serializer: type[serializers.Serializer], verb):
+    """Parse `{"agent_id"}`, then `verb` (`ledger.charge` or `ledger.hold`) at the agent's current
+    price; the result and its status (201, or 200 for an `Idempotency-Key` replay)."""
+    serializer = input_serializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    agent = active_agent(serializer.validated_data["agent_id"])
+    result = verb(
+        user_id=request.user.id,
+        amount=agent.cost_credits,
+        agent_id=agent.agent_id,
+        idempotency_key=idempotency_key(request),
+    )
+    return result, status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED
+
+
+class ChargeCreateApi(APIView):
+    """Metering in one step for agents whose work is already done: charge the agent's current cost.
+
+    Idempotent with an `Idempotency-Key` header (a replay answers 200 with the first receipt)."""
+
+    permission_classes = [IsAuthenticated]
+    throttle_scope = "agents"
+
+    @extend_schema(
+        request=ChargeInputSerializer,
+        parameters=[IDEMPOTENCY_PARAMETER],
+        responses={200: ChargeReceiptSerializer, 201: ChargeReceiptSerializer},
+    )
+    def post(self, request):
+        result, answer = _meter(request, ChargeInputSerializer, ledger.charge)
+        return Response(ChargeReceiptSerializer(result.transaction).data, status=answer)
+
+
+class HoldCreateApi(APIView):
+    """Metering for agents run by other services: reserve the agent's current cost."""
+
+    permission_classes = [IsAuthenticated]
+    throttle_scope = "agents"
+
+    @extend_schema(
+        request=HoldInputSerializer,
+        parameters=[IDEMPOTENCY_PARAMETER],
+        responses={200: HoldSerializer, 201: HoldSerializer},
+    )
+    def post(self, request):
+        result, answer = _meter(request, HoldInputSerializer, ledger.hold)
+        return Response(HoldSerializer(result.hold).data, status=answer)
 
 
 class AgentRequestSerializer(serializers.Serializer):
@@ -44,18 +154,31 @@ class AgentRequestSerializer(serializers.Serializer):
         return attrs
 
 
-def _receipt(run: AgentRun) -> dict:
-    return {"run_id": str(run.id), "credits_charged": run.credits_charged, "balance_after": run.balance_after}
+class ReceiptSerializer(serializers.Serializer):
+    run_id = serializers.UUIDField(source="id")
+    credits_charged = serializers.IntegerField(allow_null=True)
+    balance_after = serializers.IntegerField(allow_null=True)
 
 
-def run_response_body(run: AgentRun) -> dict:
-    return {
-        "run_id": str(run.id),
-        "agent_id": run.agent_id,
-        "status": run.status,
-        "receipt": _receipt(run),
-        "result": run.result,
-    }
+class AgentRunResultSerializer(serializers.Serializer):
+    run_id = serializers.UUIDField(source="id")
+    agent_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=RunStatus.choices)
+    receipt = ReceiptSerializer(source="*")
+    result = serializers.JSONField(allow_null=True)
+
+
+class AgentRunFailedSerializer(AgentRunResultSerializer):
+    """A run that failed, timed out, passed its memory limit or expired: nothing was charged."""
+
+    error_code = serializers.SerializerMethodField()
+    detail = serializers.SerializerMethodField()
+
+    def get_error_code(self, run: AgentRun) -> str:
+        return "AGENT_RUN_FAILED"
+
+    def get_detail(self, run: AgentRun) -> str:
+        return f"{run.failure_reason} No credits were charged."
 
 
 def wants_async(request) -> bool:
@@ -66,126 +189,63 @@ def wants_async(request) -> bool:
 
 
 class AgentRunApi(APIView):
+    """Run a data agent on a table: its current cost is held, the tool runs in its own process,
+    and the hold is captured on success or released on failure (422, nothing charged)."""
+
     permission_classes = [IsAuthenticated]
     parser_classes = [LimitedJSONParser, MultiPartParser]
     throttle_scope = "agents"
     agent_id: str = ""
 
-    def _dataset(self, attrs):
-        try:
-            if "file" in attrs:
-                if attrs["file"].size > settings.AGENT_MAX_INPUT_BYTES:
-                    raise DatasetError(
-                        f"The file may be at most {settings.AGENT_MAX_INPUT_BYTES} bytes.", field="file", too_large=True
-                    )
-                raw = attrs["file"].read()
-                try:
-                    text = raw.decode("utf-8-sig")
-                except UnicodeDecodeError as exc:
-                    raise DatasetError("The file must be UTF-8 CSV text.", field="file") from exc
-                return parse_csv(text, field="file")
-            return parse_data(attrs["data"])
-        except DatasetError as exc:
-            if exc.too_large:
-                raise ApiError(error_code="PAYLOAD_TOO_LARGE", detail=str(exc), status_code=413) from exc
-            raise serializers.ValidationError({exc.field: [str(exc)]}) from exc
-
-    def _configuration(self, raw: dict, dataset) -> dict:
-        tool = TOOL_OPTIONS[self.agent_id]
-        unknown = set(raw) - set(tool.ConfigSerializer().fields)
-        if unknown:
-            raise serializers.ValidationError(
-                {"tool_configuration": {key: ["Unknown option."] for key in sorted(unknown)}}
-            )
-        config = tool.ConfigSerializer(data=raw)
-        if not config.is_valid():
-            raise serializers.ValidationError({"tool_configuration": config.errors})
-        if hasattr(tool, "validate_against"):
-            try:
-                tool.validate_against(dataset, config.validated_data)
-            except serializers.ValidationError as exc:
-                raise serializers.ValidationError({"tool_configuration": exc.detail}) from exc
-        if hasattr(tool, "candidate_pairs"):
-            self._refuse_too_many_pairs(tool.candidate_pairs(dataset, config.validated_data))
-        return dict(config.validated_data)
-
-    @staticmethod
-    def _refuse_too_many_pairs(pairs: int) -> None:
-        """Work that is predictably too big is refused before any credits are held."""
-        limit = settings.AGENT_MASTER_MAX_PAIRS
-        if pairs > limit:
-            raise ApiError(
-                error_code="PAYLOAD_TOO_LARGE",
-                detail=(
-                    f"Matching this input would compare about {pairs:,} record pairs; the limit "
-                    f"(AGENT_MASTER_MAX_PAIRS) is {limit:,}. Narrow tool_configuration.match_columns, lower "
-                    "tool_configuration.max_block_size, or split the input into smaller batches."
-                ),
-                status_code=413,
-                pairs=pairs,
-                max_pairs=limit,
-            )
-
     @extend_schema(
         request=AgentRequestSerializer,
         parameters=[
-            OpenApiParameter(IDEMPOTENCY_HEADER, str, OpenApiParameter.HEADER, required=False),
+            IDEMPOTENCY_PARAMETER,
             OpenApiParameter("Prefer", str, OpenApiParameter.HEADER, required=False, description="respond-async"),
             OpenApiParameter("async", bool, OpenApiParameter.QUERY, required=False),
         ],
-        responses={
-            200: inline_serializer(
-                "AgentRunResult",
-                {
-                    "run_id": serializers.UUIDField(),
-                    "agent_id": serializers.CharField(),
-                    "status": serializers.CharField(),
-                    "receipt": inline_serializer(
-                        "Receipt",
-                        {
-                            "run_id": serializers.UUIDField(),
-                            "credits_charged": serializers.IntegerField(),
-                            "balance_after": serializers.IntegerField(),
-                        },
-                    ),
-                    "result": serializers.JSONField(),
-                },
-            )
-        },
+        responses={200: AgentRunResultSerializer, 202: AgentRunResultSerializer, 422: AgentRunFailedSerializer},
     )
     def post(self, request):
         key = idempotency_key(request)
         serializer = AgentRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        dataset = self._dataset(serializer.validated_data)
-        configuration = self._configuration(serializer.validated_data["tool_configuration"], dataset)
+        attrs = serializer.validated_data
+        try:
+            prepared = prepare_run_input(
+                agent_id=self.agent_id,
+                tool_configuration=attrs["tool_configuration"],
+                data=attrs.get("data"),
+                csv_file=attrs.get("file"),
+            )
+        except InvalidRunInput as exc:
+            raise serializers.ValidationError(exc.errors) from exc
         run_async = wants_async(request)
         outcome = submit_run(
             user_id=request.user.id,
             agent_id=self.agent_id,
-            tool_configuration=configuration,
-            dataset=dataset,
+            tool_configuration=prepared.configuration,
+            dataset=prepared.dataset,
             idempotency_key=key,
             run_async=run_async,
         )
         run = outcome.run
         if run_async:
             run.refresh_from_db()  # an eager (broker-less) run has already finished
-        body = run_response_body(run)
         headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
         if run_async and not run.is_finished:
             headers.update({"Location": f"/api/agents/runs/{run.id}", "Preference-Applied": "respond-async"})
-            return Response(body, status=status.HTTP_202_ACCEPTED, headers=headers)
+            return Response(AgentRunResultSerializer(run).data, status=status.HTTP_202_ACCEPTED, headers=headers)
         if run.status in (RunStatus.FAILED, RunStatus.EXPIRED):
-            reason = run.error.split(": ", 1)[-1] if run.error else f"The run {run.status}."
-            body.update(error_code="AGENT_RUN_FAILED", detail=f"{reason} No credits were charged.")
-            return Response(body, status=status.HTTP_422_UNPROCESSABLE_ENTITY, headers=headers)
-        return Response(body, headers=headers)
+            return Response(
+                AgentRunFailedSerializer(run).data, status=status.HTTP_422_UNPROCESSABLE_ENTITY, headers=headers
+            )
+        return Response(AgentRunResultSerializer(run).data, headers=headers)
 
 
 class RunSerializer(serializers.ModelSerializer):
     run_id = serializers.UUIDField(source="id")
-    receipt = serializers.SerializerMethodField()
+    receipt = ReceiptSerializer(source="*")
 
     class Meta:
         model = AgentRun
@@ -202,9 +262,6 @@ class RunSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
         ]
-
-    def get_receipt(self, run: AgentRun) -> dict:
-        return _receipt(run)
 
 
 class RunDetailSerializer(RunSerializer):

@@ -1,13 +1,18 @@
-"""Tabular input for the data agents: CSV text, a list of row objects, or an uploaded CSV."""
+"""Tabular input for the data agents: CSV text, a list of row objects, or an uploaded CSV.
+
+Parsed within the limits in Django settings; the `Dataset` itself (re-exported here) is plain
+Python in `agents.tools.dataset`.
+"""
 
 import csv
 import io
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from django.conf import settings
 
-Scalar = str | int | float | bool | None
+from agents.tools.dataset import Dataset, Scalar
+
+__all__ = ["Dataset", "DatasetError", "Scalar", "parse_csv", "parse_data", "parse_rows"]
 
 
 class DatasetError(ValueError):
@@ -17,24 +22,6 @@ class DatasetError(ValueError):
         super().__init__(message)
         self.field = field
         self.too_large = too_large
-
-
-@dataclass(frozen=True)
-class Dataset:
-    columns: list[str]
-    rows: list[dict[str, Scalar]]
-    source_format: Literal["csv", "rows"]
-
-    def to_payload(self, rows: list[dict[str, Scalar]] | None = None) -> dict[str, Any]:
-        """The same format the caller sent: {"csv": "..."} or {"rows": [...]}."""
-        rows = self.rows if rows is None else rows
-        if self.source_format == "rows":
-            return {"rows": rows}
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=self.columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
-        return {"csv": out.getvalue()}
 
 
 def _check_row_limit(count: int) -> None:

@@ -9,6 +9,9 @@ from django.db.models import Q
 
 from core.fields import KEY_MAX_LENGTH, ExactCharField
 
+# What one run of an agent may cost (the database checks it too).
+MIN_COST_CREDITS, MAX_COST_CREDITS = 1, 10_000
+
 
 class AgentCost(models.Model):
     """The price of one agent run. A price is "edited" when it differs from the seeded default."""
@@ -16,7 +19,9 @@ class AgentCost(models.Model):
     agent_id = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=120)
     description = models.TextField(blank=True, default="")
-    cost_credits = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(10_000)])
+    cost_credits = models.PositiveIntegerField(
+        validators=[MinValueValidator(MIN_COST_CREDITS), MaxValueValidator(MAX_COST_CREDITS)]
+    )
     default_cost_credits = models.PositiveIntegerField(help_text="The catalogue price it was last seeded with.")
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -27,7 +32,8 @@ class AgentCost(models.Model):
         ordering = ["agent_id"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(cost_credits__gte=1, cost_credits__lte=10_000), name="agent_cost_in_range"
+                condition=Q(cost_credits__gte=MIN_COST_CREDITS, cost_credits__lte=MAX_COST_CREDITS),
+                name="agent_cost_in_range",
             ),
         ]
 
@@ -108,6 +114,11 @@ class AgentRun(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.EXPIRED)
+
+    @property
+    def failure_reason(self) -> str:
+        """Why a failed or expired run ended, in a sentence for its user (the error without its class)."""
+        return self.error.split(": ", 1)[-1] if self.error else f"The run {self.status}."
 
 
 def pack(value) -> bytes:

@@ -16,9 +16,10 @@ Protocol: frames of an 8-byte big-endian length and a body. The parent sends a p
 (tool, payload, config, memory_mb) – the trusted direction. The worker only ever answers in
 JSON, which the parent decodes with `json.loads`: nothing a worker sends is unpickled.
 
-The worker (`python -m agents.sandbox`) imports the tool modules but never calls
-`django.setup()` and never touches a database: importing DRF serializers needs no configured
-settings, and `django.conf.settings` stays lazy (DJANGO_SETTINGS_MODULE is only inherited).
+The worker (`python -m agents.sandbox`) imports the tool modules, which are plain data code
+(no Django, no DRF: an import-linter contract keeps them so); it never touches a database.
+This module itself imports only the standard library and `agents.tools.dataset` (also standard
+library only), so `config.celery` can import it before Django is set up.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from agents.tools.dataset import Dataset
 
 logger = logging.getLogger("agents.sandbox")
 
@@ -160,8 +163,6 @@ def _run_limited(tool: str, payload: dict, config: dict, memory_mb: int) -> byte
 
     The result is encoded while the limit still applies, so an oversized result is a memory error too.
     """
-    from agents.datasets import Dataset
-
     function = _resolve(tool)
     dataset = Dataset(columns=payload["columns"], rows=payload["rows"], source_format=payload["source_format"])
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)

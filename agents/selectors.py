@@ -5,12 +5,13 @@ from dataclasses import dataclass
 from django.db import connection
 
 from agents.models import AgentCost
-from billing.ledger import LedgerError
+from core.errors import DomainError
 
 
-class AgentUnavailable(LedgerError):
+class AgentUnavailable(DomainError):
+    """No active agent has this id (unknown, or switched off by staff)."""
+
     error_code = "AGENT_UNAVAILABLE"
-    status_code = 404
 
 
 @dataclass(frozen=True)

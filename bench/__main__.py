@@ -4,7 +4,7 @@ Runs, one after the other on the local MariaDB: ledger throughput (floor / ours 
 billing / naive / django-hordak at concurrency 1, 8, 32), ledger scale (10k vs 1M rows), HTTP
 load through gunicorn (empty, charge, tiny agent run), the in-process breakdown of one charge
 request and of one tiny agent run; then checks the targets, writes bench/results/summary.md
-and puts it in the README's "Performance" section.
+and puts it in docs/performance.md.
 """
 
 import argparse
@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.report import RESULTS, table
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+PERFORMANCE_DOC = ROOT / "docs" / "performance.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 BUDGET_SECONDS = 10 * 60
 
@@ -121,10 +121,10 @@ def main() -> None:
         run_steps(BUDGET_SECONDS)
     text = summary()
     (RESULTS / "summary.md").write_text(text)
-    readme = README.read_text()
+    readme = PERFORMANCE_DOC.read_text()
     if START in readme and END in readme:
         head, rest = readme.split(START, 1)
-        README.write_text(head + START + "\n" + text + END + rest.split(END, 1)[1])
+        PERFORMANCE_DOC.write_text(head + START + "\n" + text + END + rest.split(END, 1)[1])
     print("\n" + text)
 
 

@@ -240,9 +240,7 @@ def main() -> None:
         assert client.get("/bench/empty").status_code == 200
 
     dataset = parse_csv(BODY["data"]["csv"])
-    options = profile_tool.ConfigSerializer(data={})
-    options.is_valid(raise_exception=True)
-    config = dict(options.validated_data)
+    config = profile_tool.parse_options({})
     payload = {"columns": dataset.columns, "rows": dataset.rows, "source_format": dataset.source_format}
     request = pickle.dumps((TOOL, payload, config, settings.AGENT_RUN_MAX_MEMORY_MB), protocol=pickle.HIGHEST_PROTOCOL)
     # Measured in turns with the runs, for comparison.

@@ -1,114 +1,45 @@
-"""HTTP endpoints of the billing app. Views parse, call one service, serialize."""
+"""HTTP endpoints of the billing app. Views parse, call one service, serialize.
 
-import hmac
+The metering endpoints that look up an agent's price (`/billing/charges`, `/billing/holds`,
+`/billing/agent-costs`) live in `agents.api`: billing never imports agents."""
+
 import logging
 
-from django.conf import settings
-from django.db import connection
-from django.db.utils import DatabaseError
-from django.http import Http404, HttpResponse, JsonResponse
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import extend_schema, inline_serializer
-from prometheus_client import CONTENT_TYPE_LATEST
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status, viewsets
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents.models import AgentCost
-from agents.selectors import active_agent
-from agents.services import seed_agent_costs
-from billing import ledger, metrics
-from billing.approvals import change_credits
-from billing.errors import ApiError
-from billing.models import ApprovalStatus, CreditHold, CreditTransaction, TransactionKind
+from billing import ledger, services
+from billing.models import CreditTransaction, TransactionKind
 from billing.packages import all_packages
-from billing.permissions import CanEditAgentCosts, CanGrantCredits, CanSettleShortfall
-from billing.selectors import transactions_for_user, wallet_for_user, wallet_summary
-from billing.serializers import (
-    PackageSerializer,
-    StrictCharField,
-    StrictIntegerField,
-    TransactionSerializer,
-    WalletSerializer,
-)
+from billing.permissions import CanGrantCredits, CanSettleShortfall
+from billing.selectors import transactions_for_user, wallet_summary
+from billing.serializers import HoldSerializer, PackageSerializer, TransactionSerializer, WalletSerializer
 from billing.stripe_checkout import start_checkout
 from billing.stripe_webhooks import process_event, store_event, verify_event
-from core.fields import CLIENT_KEY_PREFIX
-from users.models import User
+from core.errors import error_body
+from core.idempotency import IDEMPOTENCY_PARAMETER, idempotency_key
+from core.serializers import StrictCharField, StrictIntegerField
 
 logger = logging.getLogger("billing")
-
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-# How a grant awaiting approval reports its request's state.
-APPROVAL_STATUS_NAMES = {
-    ApprovalStatus.PENDING: "pending_approval",
-    ApprovalStatus.APPROVED: "approved",
-    ApprovalStatus.REJECTED: "rejected",
-}
-
-
-def require_user(user_id: int) -> None:
-    if not User.objects.filter(pk=user_id).exists():
-        raise ApiError(error_code="USER_NOT_FOUND", detail="No user with this id.", status_code=404)
-
-
-def idempotency_key(request) -> str | None:
-    """The request's `Idempotency-Key` header (1–255 printable characters), if any, in the
-    clients' own namespace: no client key can equal a key the system writes."""
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is None:
-        return None
-    key = key.strip()
-    if not key or len(key) > 255 or not key.isprintable():
-        raise ApiError(
-            error_code="INVALID_IDEMPOTENCY_KEY",
-            detail="Idempotency-Key must be 1 to 255 printable characters.",
-        )
-    return CLIENT_KEY_PREFIX + key
-
-
-class HealthApi(APIView):
-    permission_classes = [AllowAny]
-    authentication_classes: list = []
-
-    @extend_schema(
-        responses={
-            200: inline_serializer("Health", {"status": serializers.CharField(), "database": serializers.CharField()})
-        }
-    )
-    def get(self, request):
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT 1")
-                cursor.fetchone()
-        except DatabaseError:
-            return Response({"status": "error", "database": "error"}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
-        return Response({"status": "ok", "database": "ok"})
 
 
 class PackagesApi(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list = []
 
-    @extend_schema(responses={200: inline_serializer("Packages", {"packages": PackageSerializer(many=True)})})
-    def get(self, request):
-        return Response({"packages": [package.as_dict() for package in all_packages()]})
-
-
-class AgentCostsApi(APIView):
-    permission_classes = [AllowAny]
-    authentication_classes: list = []
-
-    class OutputSerializer(serializers.ModelSerializer):
+    class OutputSerializer(serializers.Serializer):
         class Meta:
-            model = AgentCost
-            fields = ["agent_id", "name", "description", "cost_credits"]
+            ref_name = "Packages"
 
-    @extend_schema(responses={200: inline_serializer("AgentCosts", {"agents": OutputSerializer(many=True)})})
+        packages = PackageSerializer(many=True)
+
+    @extend_schema(responses={200: OutputSerializer})
     def get(self, request):
-        agents = AgentCost.objects.filter(is_active=True).order_by("agent_id")
-        return Response({"agents": self.OutputSerializer(agents, many=True).data})
+        return Response(self.OutputSerializer({"packages": all_packages()}).data)
 
 
 class WalletApi(APIView):
@@ -152,92 +83,58 @@ class AdminGrantApi(APIView):
     permission_classes = [CanGrantCredits]
     throttle_scope = "grant"
 
-    class GrantInputSerializer(serializers.Serializer):
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "GrantInput"
+
         user_id = StrictIntegerField(min_value=1)
-        credits = StrictIntegerField()
+        credits = StrictIntegerField(
+            help_text="Positive grants, negative debits; never 0; |credits| ≤ BILLING_MAX_GRANT."
+        )
         reason = StrictCharField(max_length=500, allow_blank=False, trim_whitespace=True)
 
         def validate_credits(self, value: int) -> int:
-            limit = settings.BILLING_MAX_GRANT
-            if value == 0:
-                raise serializers.ValidationError("Credits must not be zero.")
-            if abs(value) > limit:
-                raise serializers.ValidationError(f"Credits must be between -{limit} and {limit}.")
-            return value
+            try:
+                return ledger.check_staff_amount(value)
+            except ledger.InvalidAmount as exc:
+                raise serializers.ValidationError(exc.detail) from exc
 
-    class GrantResultSerializer(serializers.Serializer):
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "GrantResult"
+
         success = serializers.BooleanField()
         status = serializers.ChoiceField(choices=["completed"])
         new_balance = serializers.IntegerField()
         transaction_id = serializers.IntegerField()
 
-    class GrantPendingSerializer(serializers.Serializer):
+    class PendingOutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "GrantPending"
+
         success = serializers.BooleanField(help_text="The request was accepted; `status` says what happened.")
         status = serializers.ChoiceField(
-            choices=list(APPROVAL_STATUS_NAMES.values()),
+            choices=list(services.APPROVAL_STATUS_NAMES.values()),
             help_text="pending_approval until another Finance user decides (a replay shows the decision).",
         )
         approval_id = serializers.IntegerField()
         new_balance = serializers.IntegerField(help_text="The current balance: nothing moved on this request.")
         transaction_id = serializers.IntegerField(allow_null=True, help_text="The ledger row, once approved.")
 
-    @extend_schema(request=GrantInputSerializer, responses={200: GrantResultSerializer, 202: GrantPendingSerializer})
-    def post(self, request):
-        serializer = self.GrantInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        require_user(data["user_id"])
-        change = change_credits(
-            user_id=data["user_id"],
-            amount=data["credits"],
-            reason=data["reason"],
-            actor_id=request.user.id,
-            idempotency_key=idempotency_key(request),
-        )
-        if change.approval is not None:
-            approval = change.approval
-            pending = {
-                "success": True,
-                "status": APPROVAL_STATUS_NAMES[approval.status],
-                "approval_id": approval.id,
-                "new_balance": wallet_for_user(user_id=data["user_id"]).balance_credits,
-                "transaction_id": approval.transaction_id,
-            }
-            return Response(self.GrantPendingSerializer(pending).data, status=status.HTTP_202_ACCEPTED)
-        result = change.executed
-        done = {
-            "success": True,
-            "status": "completed",
-            "new_balance": result.balance_after,
-            "transaction_id": result.transaction.id,
-        }
-        return Response(self.GrantResultSerializer(done).data)
-
-
-class AdminSeedCostsApi(APIView):
-    permission_classes = [CanEditAgentCosts]
-    throttle_scope = "grant"
-
-    class SeedCostsInputSerializer(serializers.Serializer):
-        reset = serializers.BooleanField(default=False, help_text="Overwrite prices staff have edited.")
-
     @extend_schema(
-        request=SeedCostsInputSerializer,
-        responses={
-            200: inline_serializer(
-                "SeedReport",
-                {
-                    "created": serializers.IntegerField(),
-                    "updated": serializers.IntegerField(),
-                    "kept": serializers.IntegerField(),
-                },
-            )
-        },
+        request=InputSerializer,
+        parameters=[IDEMPOTENCY_PARAMETER],
+        responses={200: OutputSerializer, 202: PendingOutputSerializer},
     )
     def post(self, request):
-        serializer = self.SeedCostsInputSerializer(data=request.data)
+        serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        return Response(seed_agent_costs(**serializer.validated_data, actor_id=request.user.id).as_dict())
+        outcome = services.staff_change_credits(
+            **serializer.validated_data, actor_id=request.user.id, idempotency_key=idempotency_key(request)
+        )
+        if outcome.awaits_decision:
+            return Response(self.PendingOutputSerializer(outcome).data, status=status.HTTP_202_ACCEPTED)
+        return Response(self.OutputSerializer(outcome).data)
 
 
 class CheckoutApi(APIView):
@@ -245,28 +142,29 @@ class CheckoutApi(APIView):
 
     permission_classes = [IsAuthenticated]
 
-    class CheckoutInputSerializer(serializers.Serializer):
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "CheckoutInput"
+
         package_id = StrictCharField(max_length=64)
 
-    @extend_schema(
-        request=CheckoutInputSerializer,
-        responses={
-            200: inline_serializer(
-                "CheckoutStarted", {"checkout_url": serializers.URLField(), "session_id": serializers.CharField()}
-            )
-        },
-    )
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "CheckoutStarted"
+
+        checkout_url = serializers.URLField()
+        session_id = serializers.CharField(source="purchase.stripe_checkout_session_id")
+
+    @extend_schema(request=InputSerializer, parameters=[IDEMPOTENCY_PARAMETER], responses={200: OutputSerializer})
     def post(self, request):
-        serializer = self.CheckoutInputSerializer(data=request.data)
+        serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         started = start_checkout(
             user=request.user,
             package_id=serializer.validated_data["package_id"],
             idempotency_key=idempotency_key(request),
         )
-        return Response(
-            {"checkout_url": started.checkout_url, "session_id": started.purchase.stripe_checkout_session_id}
-        )
+        return Response(self.OutputSerializer(started).data)
 
 
 class StripeWebhookApi(APIView):
@@ -275,18 +173,26 @@ class StripeWebhookApi(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list = []
 
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "WebhookReceived"
+
+        received = serializers.BooleanField()
+        status = serializers.CharField()
+        duplicate = serializers.BooleanField()
+
     @extend_schema(
-        request=None,
-        responses={
-            200: inline_serializer(
-                "WebhookReceived",
-                {
-                    "received": serializers.BooleanField(),
-                    "status": serializers.CharField(),
-                    "duplicate": serializers.BooleanField(),
-                },
+        request={"application/json": {"type": "object", "description": "A Stripe event, as Stripe sends it."}},
+        parameters=[
+            OpenApiParameter(
+                "Stripe-Signature",
+                str,
+                OpenApiParameter.HEADER,
+                required=True,
+                description="Stripe's HMAC of the body with STRIPE_WEBHOOK_SECRET (`t=…,v1=…`).",
             )
-        },
+        ],
+        responses={200: OutputSerializer},
     )
     def post(self, request):
         event = verify_event(payload=request.body, signature=request.headers.get("Stripe-Signature"))
@@ -296,10 +202,10 @@ class StripeWebhookApi(APIView):
         except Exception:
             logger.exception("[Billing] Error: Webhook %s failed", stored.stripe_event_id)
             return Response(
-                {"error_code": "WEBHOOK_PROCESSING_FAILED", "detail": "Processing failed; Stripe will retry."},
+                error_body("WEBHOOK_PROCESSING_FAILED", "Processing failed; Stripe will retry."),
                 status=status.HTTP_500_INTERNAL_SERVER_ERROR,
             )
-        return Response({"received": True, "status": outcome.status, "duplicate": outcome.duplicate})
+        return Response(self.OutputSerializer(outcome).data)
 
 
 class AdminSettleShortfallApi(APIView):
@@ -308,190 +214,63 @@ class AdminSettleShortfallApi(APIView):
     permission_classes = [CanSettleShortfall]
     throttle_scope = "grant"
 
-    class SettleInputSerializer(serializers.Serializer):
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "SettleInput"
+
         user_id = StrictIntegerField(min_value=1)
         reason = StrictCharField(max_length=500)
 
-    @extend_schema(
-        request=SettleInputSerializer,
-        responses={
-            200: inline_serializer(
-                "ShortfallSettled",
-                {
-                    "collected": serializers.IntegerField(),
-                    "written_off": serializers.IntegerField(),
-                    "still_owed": serializers.IntegerField(
-                        help_text="Credits held for running work when settled: owed until the holds end."
-                    ),
-                    "new_balance": serializers.IntegerField(),
-                },
-            )
-        },
-    )
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ShortfallSettled"
+
+        collected = serializers.IntegerField()
+        written_off = serializers.IntegerField()
+        still_owed = serializers.IntegerField(
+            help_text="Credits held for running work when settled: owed until the holds end."
+        )
+        new_balance = serializers.IntegerField()
+
+    @extend_schema(request=InputSerializer, responses={200: OutputSerializer})
     def post(self, request):
-        serializer = self.SettleInputSerializer(data=request.data)
+        serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        require_user(data["user_id"])
-        result = ledger.settle_shortfall(user_id=data["user_id"], actor_id=request.user.id, reason=data["reason"])
-        wallet = wallet_for_user(user_id=data["user_id"])
-        return Response(
-            {
-                "collected": result.clawed_back,
-                "written_off": result.shortfall,
-                "still_owed": result.still_owed,
-                "new_balance": wallet.balance_credits,
-            }
-        )
+        settlement = services.settle_user_shortfall(**serializer.validated_data, actor_id=request.user.id)
+        return Response(self.OutputSerializer(settlement).data)
 
 
-class HoldSerializer(serializers.ModelSerializer):
-    hold_id = serializers.IntegerField(source="id")
-    credits = serializers.IntegerField(source="amount")
-    run_id = serializers.UUIDField(
-        source="agent_run_id", allow_null=True, help_text="The agent run this hold pays for (only it settles the hold)."
-    )
-
-    class Meta:
-        model = CreditHold
-        fields = ["hold_id", "agent_id", "credits", "status", "expires_at", "created_at", "settled_at", "run_id"]
-
-
-class HoldCreateApi(APIView):
-    """Metering for agents run by other services: reserve the agent's current cost."""
-
-    permission_classes = [IsAuthenticated]
-    throttle_scope = "agents"
-
-    class HoldInputSerializer(serializers.Serializer):
-        agent_id = StrictCharField(max_length=64)
-
-    @extend_schema(request=HoldInputSerializer, responses={201: HoldSerializer})
-    def post(self, request):
-        serializer = self.HoldInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        agent = active_agent(serializer.validated_data["agent_id"])
-        result = ledger.hold(
-            user_id=request.user.id,
-            amount=agent.cost_credits,
-            agent_id=agent.agent_id,
-            idempotency_key=idempotency_key(request),
-        )
-        return Response(
-            HoldSerializer(result.hold).data, status=status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED
-        )
-
-
-class ChargeCreateApi(APIView):
-    """Metering in one step for agents whose work is already done: charge the agent's current cost.
-
-    Idempotent with an `Idempotency-Key` header (a replay answers 200 with the first receipt)."""
-
-    permission_classes = [IsAuthenticated]
-    throttle_scope = "agents"
-
-    class ChargeInputSerializer(serializers.Serializer):
-        agent_id = StrictCharField(max_length=64)
-
-    @extend_schema(
-        request=ChargeInputSerializer,
-        responses={
-            201: inline_serializer(
-                "ChargeReceipt",
-                {
-                    "transaction_id": serializers.IntegerField(),
-                    "agent_id": serializers.CharField(),
-                    "credits_charged": serializers.IntegerField(),
-                    "balance_after": serializers.IntegerField(),
-                },
-            )
-        },
-    )
-    def post(self, request):
-        serializer = self.ChargeInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        agent = active_agent(serializer.validated_data["agent_id"])
-        result = ledger.charge(
-            user_id=request.user.id,
-            amount=agent.cost_credits,
-            agent_id=agent.agent_id,
-            idempotency_key=idempotency_key(request),
-        )
-        row = result.transaction
-        return Response(
-            {
-                "transaction_id": row.id,
-                "agent_id": row.agent_id,
-                "credits_charged": -row.amount,
-                "balance_after": row.balance_after,
-            },
-            status=status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED,
-        )
-
-
-class _OwnHoldMixin:
-    def own_hold(self, request, hold_id: int) -> CreditHold:
-        hold = CreditHold.objects.filter(pk=hold_id, wallet__user_id=request.user.id).first()
-        if hold is None:
-            raise ApiError(error_code="HOLD_NOT_FOUND", detail="No such hold.", status_code=404)
-        return hold
-
-    def own_unclaimed_hold(self, request, hold_id: int) -> CreditHold:
-        """The user's hold, unless an agent run owns it: only the run settles its hold."""
-        hold = self.own_hold(request, hold_id)
-        if hold.agent_run_id is not None:
-            raise ApiError(
-                error_code="HOLD_OWNED_BY_RUN",
-                detail=f"This hold pays for agent run {hold.agent_run_id}; the run captures or releases it.",
-                status_code=409,
-            )
-        return hold
-
-
-class HoldDetailApi(_OwnHoldMixin, APIView):
+class HoldDetailApi(APIView):
     permission_classes = [IsAuthenticated]
 
     @extend_schema(responses={200: HoldSerializer})
     def get(self, request, hold_id: int):
-        return Response(HoldSerializer(self.own_hold(request, hold_id)).data)
+        return Response(HoldSerializer(services.own_hold(user_id=request.user.id, hold_id=hold_id)).data)
 
 
-class HoldCaptureApi(_OwnHoldMixin, APIView):
+class HoldCaptureApi(APIView):
     """Charge a pending hold (once); 409 if it was already captured, released or has expired."""
 
     permission_classes = [IsAuthenticated]
     throttle_scope = "agents"
 
-    @extend_schema(
-        request=None,
-        responses={
-            200: inline_serializer(
-                "HoldCaptured",
-                {
-                    "hold_id": serializers.IntegerField(),
-                    "status": serializers.CharField(),
-                    "credits_charged": serializers.IntegerField(),
-                    "balance_after": serializers.IntegerField(),
-                    "transaction_id": serializers.IntegerField(),
-                },
-            )
-        },
-    )
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "HoldCaptured"
+
+        hold_id = serializers.IntegerField()
+        status = serializers.ChoiceField(choices=["captured"])
+        credits_charged = serializers.IntegerField()
+        balance_after = serializers.IntegerField()
+        transaction_id = serializers.IntegerField()
+
+    @extend_schema(request=None, responses={200: OutputSerializer})
     def post(self, request, hold_id: int):
-        hold = self.own_unclaimed_hold(request, hold_id)
-        result = ledger.capture(hold_id=hold.id)
-        return Response(
-            {
-                "hold_id": hold.id,
-                "status": "captured",
-                "credits_charged": -result.transaction.amount,
-                "balance_after": result.balance_after,
-                "transaction_id": result.transaction.id,
-            }
-        )
+        captured = services.capture_own_hold(user_id=request.user.id, hold_id=hold_id)
+        return Response(self.OutputSerializer(captured).data)
 
 
-class HoldReleaseApi(_OwnHoldMixin, APIView):
+class HoldReleaseApi(APIView):
     """Give a pending hold's credits back; 409 if it is no longer pending."""
 
     permission_classes = [IsAuthenticated]
@@ -499,24 +278,4 @@ class HoldReleaseApi(_OwnHoldMixin, APIView):
 
     @extend_schema(request=None, responses={200: HoldSerializer})
     def post(self, request, hold_id: int):
-        hold = self.own_unclaimed_hold(request, hold_id)
-        return Response(HoldSerializer(ledger.release(hold_id=hold.id)).data)
-
-
-def _metrics_allowed(request) -> bool:
-    token = settings.METRICS_TOKEN
-    sent = request.headers.get("Authorization", "")
-    if token and hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-        return True
-    if settings.NUM_PROXIES:
-        return False  # every request comes from the proxy's address: only the token counts
-    return request.META.get("REMOTE_ADDR") in settings.METRICS_ALLOWED_IPS
-
-
-def metrics_view(request):
-    """Prometheus exposition; only from METRICS_ALLOWED_IPS or with `Authorization: Bearer <METRICS_TOKEN>`."""
-    if not settings.METRICS_ENABLED:
-        raise Http404
-    if not _metrics_allowed(request):
-        return JsonResponse({"error_code": "PERMISSION_DENIED", "detail": "Metrics are not public."}, status=403)
-    return HttpResponse(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+        return Response(HoldSerializer(services.release_own_hold(user_id=request.user.id, hold_id=hold_id)).data)

@@ -184,10 +184,7 @@ def _ledger_row_under_key(user_id: int, idempotency_key: str | None) -> bool:
 
 def _validate(amount: int, reason: str) -> None:
     """The ledger's own rules, checked now so that no request is made that could never execute."""
-    if isinstance(amount, bool) or not isinstance(amount, int) or amount == 0:
-        raise ledger.InvalidAmount("The amount must be a non-zero whole number of credits.")
-    if abs(amount) > settings.BILLING_MAX_GRANT:
-        raise ledger.InvalidAmount(f"The amount may not exceed {settings.BILLING_MAX_GRANT} credits.")
+    ledger.check_staff_amount(amount)
     if not reason or not reason.strip():
         raise ledger.InvalidLedgerRequest("A reason is required.")
 

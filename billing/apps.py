@@ -6,7 +6,8 @@ class BillingConfig(AppConfig):
     name = "billing"
 
     def ready(self) -> None:
-        from billing import checks  # noqa: F401  (registers the secrets checks)
+        # Registers the secrets checks, and the tasks found by name (`celery_app.tasks[...]`).
+        from billing import checks, tasks  # noqa: F401
         from billing.packages import all_packages
 
         # Fail at start-up, naming the problem, if the packages file is malformed.

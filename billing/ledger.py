@@ -44,6 +44,7 @@ from billing import metrics
 from billing.models import CreditHold, CreditShortfall, CreditTransaction, HoldStatus, TransactionKind, Wallet
 from billing.signals import hold_expired
 from billing.sql import PlanStopped, Step, is_connection_error, run_plan
+from core.errors import DomainError
 
 logger = logging.getLogger("billing")
 
@@ -52,23 +53,14 @@ _RETRYABLE_MYSQL_ERRORS = {1205, 1213}
 _MAX_ATTEMPTS = 5
 
 
-class LedgerError(Exception):
-    """A refusal the caller can explain to the user; mapped to HTTP in `billing.errors`."""
+class LedgerError(DomainError):
+    """A refusal the caller can explain to the user (`core.errors` answers it over HTTP)."""
 
     error_code = "LEDGER_ERROR"
-    status_code = 400
-
-    def __init__(self, detail: str):
-        super().__init__(detail)
-        self.detail = detail
-
-    def extra(self) -> dict[str, Any]:
-        return {}
 
 
 class InsufficientCredits(LedgerError):
     error_code = "BILLING_INSUFFICIENT_CREDITS"
-    status_code = 402
 
     def __init__(self, *, required: int, available: int):
         super().__init__(f"This needs {required} credits but only {available} are available.")
@@ -83,7 +75,6 @@ class WalletInShortfall(LedgerError):
     """A refund or dispute took back credits the wallet no longer had; staff must settle it first."""
 
     error_code = "BILLING_WALLET_IN_SHORTFALL"
-    status_code = 402
 
     def __init__(self, *, shortfall: int):
         super().__init__(
@@ -106,12 +97,10 @@ class InvalidAmount(InvalidLedgerRequest):
 
 class IdempotencyConflict(LedgerError):
     error_code = "IDEMPOTENCY_KEY_REUSED"
-    status_code = 409
 
 
 class HoldNotPending(LedgerError):
     error_code = "HOLD_NOT_PENDING"
-    status_code = 409
 
 
 class HoldExpired(HoldNotPending):
@@ -120,7 +109,6 @@ class HoldExpired(HoldNotPending):
 
 class LedgerBusy(LedgerError):
     error_code = "LEDGER_BUSY"
-    status_code = 503
 
 
 @dataclass(frozen=True)
@@ -154,20 +142,24 @@ def is_retryable_error(exc: Exception) -> bool:
     """A lock-wait timeout or deadlock: the whole transaction may simply be run again. Inside a
     caller's transaction a verb reports one as `LedgerBusy` caused by it, for the caller (who
     owns the transaction) to retry."""
-    if isinstance(exc, LedgerBusy):
+    while isinstance(exc, LedgerBusy):
         exc = exc.__cause__
     return isinstance(exc, OperationalError) and bool(exc.args) and exc.args[0] in _RETRYABLE_MYSQL_ERRORS
 
 
-def _with_retries(attempt: Callable[[], T]) -> T:
+def run_with_retries(attempt: Callable[[], T]) -> T:
     """Run one whole transaction, `attempt()`, again after a lock-wait timeout or deadlock when
-    we own the transaction, within LEDGER_RETRY_BUDGET_SECONDS; `LedgerBusy` (retryable, never
-    a 500) if they persist or the connection was lost."""
+    we own the transaction (also one a ledger verb inside it reported as `LedgerBusy`), within
+    LEDGER_RETRY_BUDGET_SECONDS; `LedgerBusy` (retryable, never a 500) if they persist or the
+    connection was lost. Every money verb runs through it, and so do callers (webhooks) whose
+    transaction holds several verbs."""
     give_up_at = time.monotonic() + settings.LEDGER_RETRY_BUDGET_SECONDS
     for number in range(1, _MAX_ATTEMPTS + 1):
         try:
             return attempt()
-        except (OperationalError, InterfaceError) as exc:
+        except (OperationalError, InterfaceError, LedgerBusy) as exc:
+            if isinstance(exc, LedgerBusy) and not is_retryable_error(exc):
+                raise
             if is_connection_error(exc):
                 if not connection.in_atomic_block:
                     with contextlib.suppress(DatabaseError):
@@ -186,7 +178,7 @@ def _with_retries(attempt: Callable[[], T]) -> T:
 
 
 def _money_verb(fn: Callable[..., T]) -> Callable[..., T]:
-    """Run `fn` in its own transaction (a savepoint inside a caller's), with `_with_retries`."""
+    """Run `fn` in its own transaction (a savepoint inside a caller's), with `run_with_retries`."""
 
     @functools.wraps(fn)
     def wrapper(**kwargs: Any) -> T:
@@ -194,7 +186,7 @@ def _money_verb(fn: Callable[..., T]) -> Callable[..., T]:
             with transaction.atomic():
                 return fn(**kwargs)
 
-        return _with_retries(attempt)
+        return run_with_retries(attempt)
 
     return wrapper
 
@@ -215,6 +207,15 @@ def _require_positive(amount: Any, *, limit: int | None = None) -> int:
         raise InvalidAmount("The amount must be a positive whole number of credits.")
     if limit is not None and amount > limit:
         raise InvalidAmount(f"The amount may not exceed {limit} credits.")
+    return amount
+
+
+def check_staff_amount(amount: Any) -> int:
+    """A staff grant (> 0) or debit (< 0): a non-zero whole number of credits, |amount| at most
+    `BILLING_MAX_GRANT`; otherwise `InvalidAmount`. The API, the admin and approvals check with this."""
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount == 0:
+        raise InvalidAmount("The amount must be a non-zero whole number of credits.")
+    _require_positive(abs(amount), limit=settings.BILLING_MAX_GRANT)
     return amount
 
 
@@ -334,9 +335,7 @@ def adjust(
 ) -> LedgerResult:
     """Correct a balance by a signed `amount` (staff). A debit never takes held or missing
     credits: if it exceeds the available balance, `InsufficientCredits` and nothing changes."""
-    if isinstance(amount, bool) or not isinstance(amount, int) or amount == 0:
-        raise InvalidAmount("The amount must be a non-zero whole number of credits.")
-    _require_positive(abs(amount), limit=settings.BILLING_MAX_GRANT)
+    check_staff_amount(amount)
     if not reason or not reason.strip():
         raise InvalidLedgerRequest("A reason is required.")
     fingerprint = _fingerprint("adjust", amount=amount, reason=reason)
@@ -387,7 +386,7 @@ def charge(
         "metadata": metadata or {},
     }
     with metrics.timed("charge"):
-        result = _with_retries(lambda: _charge_once(user_id=user_id, fields=fields))
+        result = run_with_retries(lambda: _charge_once(user_id=user_id, fields=fields))
     if not result.replayed:
         _after_charge(user_id, amount, agent_id)
     return result
@@ -550,7 +549,7 @@ def hold(
     Idempotent on `idempotency_key`."""
     _require_positive(amount)
     fingerprint = _fingerprint("hold", amount=amount, agent_id=agent_id)
-    return _with_retries(
+    return run_with_retries(
         lambda: _hold_once(
             user_id=user_id,
             amount=amount,
@@ -648,7 +647,7 @@ def capture(
     if amount is not None:
         _require_positive(amount)
     with metrics.timed("capture"):
-        result = _with_retries(
+        result = run_with_retries(
             lambda: _capture_once(hold_id=hold_id, amount=amount, agent_run_id=agent_run_id, then=then or [])
         )
     _after_charge(result.user_id, -result.transaction.amount, result.transaction.agent_id)
@@ -740,7 +739,7 @@ def release(*, hold_id: int, status: str = HoldStatus.RELEASED, then: list[Step]
     `then` are statements committed with the release (the run's end), and only with it."""
     if status not in (HoldStatus.RELEASED, HoldStatus.EXPIRED):
         raise ValueError("A hold is released or expired.")
-    _with_retries(lambda: _release_once(hold_id=hold_id, status=status, then=then or []))
+    run_with_retries(lambda: _release_once(hold_id=hold_id, status=status, then=then or []))
     return CreditHold.objects.get(pk=hold_id)
 
 

@@ -1,15 +1,10 @@
-"""Prometheus metrics for the ledger, webhooks and agent runs.
-
-With PROMETHEUS_MULTIPROC_DIR set (gunicorn with several workers) the values of all worker
-processes are aggregated at scrape time; otherwise the process's own registry is served.
-"""
+"""Prometheus metrics for the ledger and the Stripe webhooks (served by `core.api.metrics_view`)."""
 
 import functools
-import os
 import time
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import Counter, Histogram
 
 CREDITS = Counter(
     "ledger_credits_total",
@@ -48,11 +43,3 @@ def timed(verb: str):
         yield
     finally:
         _charge_seconds(verb).observe(time.perf_counter() - started)
-
-
-def exposition() -> bytes:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry)
-    return generate_latest()

@@ -49,6 +49,8 @@ class TransactionKind(models.TextChoices):
     PURCHASE = "purchase", "Purchase"
     GRANT = "grant", "Grant"
     CHARGE = "charge", "Charge"
+    # Reserved by the contract's list of kinds (DESIGN.md §6), so clients may filter on it; no verb
+    # writes it: a Stripe refund or dispute takes credits back as a `clawback` row.
     REFUND = "refund", "Refund"
     CLAWBACK = "clawback", "Claw-back"
     ADJUSTMENT = "adjustment", "Adjustment"

@@ -6,7 +6,7 @@ selling a package with a wrong price later.
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,9 +26,6 @@ class CreditPackage:
     price_cents: int
     currency: str
     stripe_price_id: str | None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _is_int(value) -> bool:

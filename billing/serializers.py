@@ -1,28 +1,8 @@
+"""Output shapes shared by several endpoints (and by `agents`, for the metering endpoints)."""
+
 from rest_framework import serializers
 
-from billing.models import CreditTransaction
-
-
-class StrictIntegerField(serializers.IntegerField):
-    """An integer that is really a JSON integer: "100", 100.0 and true are refused."""
-
-    default_error_messages = {"invalid": "A whole number (JSON integer) is required."}
-
-    def to_internal_value(self, data):
-        if isinstance(data, bool) or not isinstance(data, int):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class StrictCharField(serializers.CharField):
-    """A string that is really a JSON string: 5 and true are refused, not turned into "5"/"True"."""
-
-    default_error_messages = {"invalid": "A string is required."}
-
-    def to_internal_value(self, data):
-        if not isinstance(data, str):
-            self.fail("invalid")
-        return super().to_internal_value(data)
+from billing.models import CreditHold, CreditTransaction
 
 
 class TransactionSerializer(serializers.ModelSerializer):
@@ -58,3 +38,27 @@ class PackageSerializer(serializers.Serializer):
     price_cents = serializers.IntegerField()
     currency = serializers.CharField()
     stripe_price_id = serializers.CharField(allow_null=True)
+
+
+class HoldSerializer(serializers.ModelSerializer):
+    hold_id = serializers.IntegerField(source="id")
+    credits = serializers.IntegerField(source="amount")
+    run_id = serializers.UUIDField(
+        source="agent_run_id", allow_null=True, help_text="The agent run this hold pays for (only it settles the hold)."
+    )
+
+    class Meta:
+        model = CreditHold
+        fields = ["hold_id", "agent_id", "credits", "status", "expires_at", "created_at", "settled_at", "run_id"]
+
+
+class ChargeReceiptSerializer(serializers.Serializer):
+    """A charge's ledger row as its receipt."""
+
+    transaction_id = serializers.IntegerField(source="id")
+    agent_id = serializers.CharField()
+    credits_charged = serializers.SerializerMethodField()
+    balance_after = serializers.IntegerField()
+
+    def get_credits_charged(self, row: CreditTransaction) -> int:
+        return -row.amount

@@ -5,9 +5,9 @@ import uuid
 from dataclasses import dataclass
 
 from billing import stripe_client
-from billing.errors import ApiError
 from billing.models import Purchase
 from billing.packages import get_package
+from core.errors import DomainError
 from users.models import User
 
 
@@ -28,6 +28,10 @@ def ensure_stripe_customer(*, user: User) -> str:
     return user.stripe_customer_id
 
 
+class UnknownPackage(DomainError):
+    error_code = "UNKNOWN_PACKAGE"
+
+
 def _digest(key: str | None) -> str | None:
     return hashlib.sha256(key.encode()).hexdigest() if key else None
 
@@ -40,7 +44,7 @@ def start_checkout(*, user: User, package_id: str, idempotency_key: str | None =
     """
     package = get_package(package_id)
     if package is None:
-        raise ApiError(error_code="UNKNOWN_PACKAGE", detail=f"No credit package {package_id!r}.", status_code=404)
+        raise UnknownPackage(f"No credit package {package_id!r}.")
     customer_id = ensure_stripe_customer(user=user)
     session = stripe_client.create_checkout_session(
         user_id=user.id,

@@ -11,23 +11,30 @@ import logging
 from typing import Any
 
 import stripe
+from celery import current_app as celery_app
 from django.conf import settings
 from django.db import transaction
+from djstripe import models as djstripe_models
 
-from billing.errors import ApiError
 from billing.packages import CreditPackage
+from core.errors import DomainError
 
 logger = logging.getLogger("billing")
 
 
-class StripeUnavailable(ApiError):
+class StripeUnavailable(DomainError):
+    """Stripe could not be reached or is failing; the caller may retry."""
+
+    error_code = "STRIPE_UNAVAILABLE"
+
     def __init__(self, detail: str = "Payments are temporarily unavailable; please retry shortly."):
-        super().__init__(error_code="STRIPE_UNAVAILABLE", detail=detail, status_code=503)
+        super().__init__(detail)
 
 
-class StripeRejected(ApiError):
-    def __init__(self, detail: str):
-        super().__init__(error_code="STRIPE_ERROR", detail=detail, status_code=502)
+class StripeRejected(DomainError):
+    """Stripe refused the request (its message says why); retrying the same request will not help."""
+
+    error_code = "STRIPE_ERROR"
 
 
 def _api_base() -> str | None:
@@ -48,7 +55,7 @@ def client() -> stripe.StripeClient:
 
 
 def _call(fn, *args, **kwargs):
-    """Run one Stripe call, turning SDK errors into our 503/502 API errors."""
+    """Run one Stripe call, turning SDK errors into our own (unavailable / rejected)."""
     try:
         return fn(*args, **kwargs)
     except stripe.APIConnectionError as exc:
@@ -174,11 +181,11 @@ def mirror_after_commit(*, customer: dict | None = None, session: dict | None = 
     """Refresh the mirror once the current transaction commits — on a Celery worker when a broker
     is configured, so a slow Stripe API never delays a webhook's answer; inline when there is no
     broker, or when the broker refuses the task (logged)."""
-    from billing.tasks import mirror_stripe_objects_task  # billing.tasks imports this module
 
     def enqueue() -> None:
         try:
-            mirror_stripe_objects_task.delay(customer=customer, session=session)
+            # Found by name: `billing.tasks` imports this module.
+            celery_app.tasks["billing.mirror_stripe_objects"].delay(customer=customer, session=session)
         except Exception:
             logger.warning("Could not queue the dj-stripe mirror refresh; refreshing it now", exc_info=True)
             mirror_objects(customer=customer, session=session)
@@ -192,8 +199,6 @@ def mirror_objects(*, customer: dict | None = None, session: dict | None = None)
     Best effort and after the fact: it may call Stripe's API, and a failure is logged, never
     raised, because the money has already moved (or not) on the strength of the signed event.
     """
-    from djstripe import models as djstripe_models
-
     base = _api_base()
     if base:
         stripe.api_base = base

@@ -9,33 +9,29 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import stripe
 from django.conf import settings
-from django.db import OperationalError, transaction
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from billing import ledger, metrics, stripe_client
-from billing.errors import ApiError
 from billing.models import Purchase, PurchaseStatus, StripePaymentIntentLock, StripeWebhookEvent, WebhookEventStatus
 from billing.packages import get_package
+from core.errors import DomainError
 from users.models import User
 
 logger = logging.getLogger("billing")
 
 DONE = (WebhookEventStatus.PROCESSED, WebhookEventStatus.IGNORED)
 CLAWBACK_TYPES = ("charge.refunded", "charge.dispute.created")
-_MAX_ATTEMPTS = 5
 
 
-class WebhookSignatureInvalid(ApiError):
-    def __init__(self, detail: str):
-        super().__init__(error_code="WEBHOOK_SIGNATURE_INVALID", detail=detail, status_code=400)
+class WebhookSignatureInvalid(DomainError):
+    error_code = "WEBHOOK_SIGNATURE_INVALID"
 
 
 class EventRejected(Exception):
@@ -49,6 +45,7 @@ class WebhookOutcome:
     status: str
     duplicate: bool = False
     event_type: str = ""
+    received: bool = True  # signed and stored (what processing did is `status`)
 
 
 def verify_event(*, payload: bytes, signature: str | None) -> dict:
@@ -80,24 +77,16 @@ def store_event(event: dict) -> StripeWebhookEvent:
 def process_event(*, event_pk: int) -> WebhookOutcome:
     """Process a stored event exactly once. A processing error rolls everything back, marks
     the event `failed` with the error and re-raises (the webhook answers 500 so Stripe retries).
-    Lock waits and deadlocks are retried here first."""
-    for attempt in range(1, _MAX_ATTEMPTS + 1):
-        try:
-            outcome = _process_once(event_pk)
-        except (OperationalError, ledger.LedgerBusy) as exc:
-            # A deadlock inside a ledger verb reaches us as LedgerBusy: we own the transaction, so we retry it.
-            if not ledger.is_retryable_error(exc) or attempt == _MAX_ATTEMPTS:
-                _record_failure(event_pk, exc)
-                raise
-            time.sleep(random.uniform(0, 0.05 * attempt))
-        except Exception as exc:
-            _record_failure(event_pk, exc)
-            raise
-        else:
-            status = "duplicate" if outcome.duplicate else outcome.status
-            metrics.WEBHOOK_EVENTS.labels(type=outcome.event_type, status=status).inc()
-            return outcome
-    raise AssertionError("unreachable")
+    Lock waits and deadlocks (also inside the ledger verbs it calls) are retried first, as the
+    ledger retries its own (`ledger.run_with_retries`)."""
+    try:
+        outcome = ledger.run_with_retries(lambda: _process_once(event_pk))
+    except Exception as exc:
+        _record_failure(event_pk, exc)
+        raise
+    status = "duplicate" if outcome.duplicate else outcome.status
+    metrics.WEBHOOK_EVENTS.labels(type=outcome.event_type, status=status).inc()
+    return outcome
 
 
 def _record_failure(event_pk: int, exc: Exception) -> None:

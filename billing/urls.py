@@ -8,15 +8,11 @@ router.register("transactions", api.TransactionViewSet, basename="transaction")
 
 urlpatterns = [
     path("packages", api.PackagesApi.as_view(), name="packages"),
-    path("agent-costs", api.AgentCostsApi.as_view(), name="agent-costs"),
     path("wallet", api.WalletApi.as_view(), name="wallet"),
     path("admin/grant", api.AdminGrantApi.as_view(), name="admin-grant"),
-    path("admin/seed-costs", api.AdminSeedCostsApi.as_view(), name="admin-seed-costs"),
     path("admin/settle-shortfall", api.AdminSettleShortfallApi.as_view(), name="admin-settle-shortfall"),
     path("checkout", api.CheckoutApi.as_view(), name="checkout"),
     path("webhook", api.StripeWebhookApi.as_view(), name="stripe-webhook"),
-    path("charges", api.ChargeCreateApi.as_view(), name="charges"),
-    path("holds", api.HoldCreateApi.as_view(), name="holds"),
     path("holds/<int:hold_id>", api.HoldDetailApi.as_view(), name="hold-detail"),
     path("holds/<int:hold_id>/capture", api.HoldCaptureApi.as_view(), name="hold-capture"),
     path("holds/<int:hold_id>/release", api.HoldReleaseApi.as_view(), name="hold-release"),

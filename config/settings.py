@@ -43,6 +43,7 @@ SESSION_COOKIE_HTTPONLY = True
 
 INSTALLED_APPS = [
     "core.apps.AdminConfig",  # django.contrib.admin with the two-factor, lockout-aware admin site
+    "core.apps.CoreConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -152,7 +153,7 @@ AXES_USERNAME_CALLABLE = "users.lockout.username_of_attempt"
 AXES_RESET_ON_SUCCESS = True
 AXES_HTTP_RESPONSE_CODE = 429
 # The client address as the throttles see it: the socket's, unless NUM_PROXIES proxies are trusted.
-AXES_CLIENT_IP_CALLABLE = "users.lockout.client_address"
+AXES_CLIENT_IP_CALLABLE = "core.addresses.client_address"
 # Two-factor (TOTP, django-otp) for the admin: any staff member with a registered device must
 # give its code at log-in; with FINANCE_REQUIRE_2FA=true the Finance groups cannot use the admin
 # without one.
@@ -182,11 +183,11 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     # JSON only; the agent endpoints add multipart for CSV uploads.
-    "DEFAULT_PARSER_CLASSES": ["billing.parsers.LimitedJSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.LimitedJSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "billing.pagination.StandardPagination",
+    "DEFAULT_PAGINATION_CLASS": "core.pagination.StandardPagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "billing.errors.api_exception_handler",
+    "EXCEPTION_HANDLER": "core.errors.api_exception_handler",
     # Client addresses (throttling) come from the socket unless NUM_PROXIES trusted proxies
     # stand in front: then from X-Forwarded-For, counting that many hops from the right.
     "NUM_PROXIES": NUM_PROXIES,
@@ -222,12 +223,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "billing.openapi.add_error_responses",
+        "core.openapi.add_error_responses",
     ],
     "ENUM_NAME_OVERRIDES": {
         "RunStatusEnum": "agents.models.RunStatus",
         "HoldStatusEnum": "billing.models.HoldStatus",
         "TransactionKindEnum": "billing.models.TransactionKind",
+        "HealthStateEnum": "core.api.HEALTH_STATES",
     },
 }
 
@@ -240,7 +242,6 @@ BILLING_PACKAGES_FILE = Path(
     env.str("BILLING_PACKAGES_FILE", default=str(BASE_DIR / "billing" / "credit_packages.json"))
 )
 FRONTEND_URL = env.str("FRONTEND_URL", default="http://localhost:3000")
-OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 # Staff grants/debits with |credits| above this wait for a second Finance user's approval; 0 = off.
 FINANCE_APPROVAL_THRESHOLD = env.int("FINANCE_APPROVAL_THRESHOLD", default=10_000)
 if FINANCE_APPROVAL_THRESHOLD < 0:

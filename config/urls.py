@@ -3,8 +3,9 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from agents.urls import billing_urlpatterns as agents_billing_urlpatterns
 from billing.admin_views import reports_view
-from billing.api import HealthApi, metrics_view
+from core.api import HealthApi, metrics_view
 
 urlpatterns = [
     path("health", HealthApi.as_view(), name="health"),
@@ -19,7 +20,7 @@ urlpatterns = [
 
 # The rollback switch: with billing off its routes do not exist at all (404).
 if settings.BILLING_ENABLED:
-    urlpatterns.append(path("billing/", include("billing.urls")))
+    urlpatterns += [path("billing/", include("billing.urls")), path("billing/", include(agents_billing_urlpatterns))]
 
-handler404 = "billing.errors.json_not_found"
-handler500 = "billing.errors.json_server_error"
+handler404 = "core.errors.json_not_found"
+handler500 = "core.errors.json_server_error"

@@ -19,7 +19,7 @@ from django_otp.admin import _admin_template_for_django_version
 from django_otp.forms import OTPAuthenticationFormMixin
 from rest_framework.throttling import SimpleRateThrottle
 
-from users.lockout import client_address
+from core.addresses import client_address
 
 
 def _login_rate_allows(request) -> bool:

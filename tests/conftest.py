@@ -3,7 +3,8 @@ import os
 import pytest
 import stripe
 from django.core.management import call_command
-from django.db import connection
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections, connection
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
@@ -155,3 +156,14 @@ def fake_stripe(settings, monkeypatch):
     yield fake
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def wsgi_keeps_test_connection():
+    """Django's WSGI handler closes DB connections when a request finishes; inside a test that
+    would end the test's transaction (Django's test client disconnects it for the same reason)."""
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)

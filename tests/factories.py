@@ -1,7 +1,6 @@
 import factory
 
 from agents.models import AgentCost
-from billing.models import Wallet
 from users.models import User
 
 
@@ -21,13 +20,6 @@ class UserFactory(factory.django.DjangoModelFactory):
 
 class StaffFactory(UserFactory):
     is_staff = True
-
-
-class WalletFactory(factory.django.DjangoModelFactory):
-    class Meta:
-        model = Wallet
-
-    user = factory.SubFactory(UserFactory)
 
 
 class AgentCostFactory(factory.django.DjangoModelFactory):

@@ -6,9 +6,7 @@ import json
 
 import pytest
 import schemathesis
-from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
-from django.db import close_old_connections
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.renderers import OpenApiJsonRenderer
 from hypothesis import HealthCheck, settings
@@ -43,14 +41,8 @@ COUNTS = {"calls": 0, "5xx": 0}
 
 
 @pytest.fixture(autouse=True)
-def _keep_the_test_connection():
-    """Django's WSGI handler closes DB connections when a request finishes; inside a test that
-    would end the test's transaction (Django's test client disconnects it for the same reason)."""
-    request_started.disconnect(close_old_connections)
-    request_finished.disconnect(close_old_connections)
-    yield
-    request_started.connect(close_old_connections)
-    request_finished.connect(close_old_connections)
+def _keep_the_test_connection(wsgi_keeps_test_connection):
+    pass
 
 
 @pytest.fixture

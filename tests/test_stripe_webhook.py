@@ -9,7 +9,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.db import OperationalError, connection
 from django.test import Client
 
 from billing import ledger
@@ -497,11 +497,10 @@ def test_a_failing_mirror_does_not_affect_the_grant(client, user, django_capture
     assert response.status_code == 200 and balance(user) == 1000
 
 
+@pytest.mark.django_db(transaction=True)  # the webhook owns its transaction, as in production
 def test_a_deadlock_inside_a_ledger_verb_is_retried_by_the_webhook(client, user, paid, monkeypatch):
     # Inside the webhook's transaction the ledger reports a deadlock as LedgerBusy (only the
     # transaction's owner can retry): the webhook owns it and runs the whole event again.
-    from django.db import OperationalError
-
     original, calls = ledger._lock_wallet, []
 
     def deadlock_once(user_id):

@@ -5,8 +5,6 @@ are the same account, however the address they come from changes. The address is
 socket's unless NUM_PROXIES trusted proxies stand in front (as DRF's throttles see it), so a
 forged X-Forwarded-For changes nothing."""
 
-from django.conf import settings
-
 USERNAME_MAX_LENGTH = 255  # axes stores it in a varchar(255); longer is no real account anyway
 
 
@@ -18,13 +16,3 @@ def username_of_attempt(request, credentials: dict | None) -> str | None:
             if isinstance(value, str) and value.strip():
                 return value.strip().lower()[:USERNAME_MAX_LENGTH]
     return None
-
-
-def client_address(request) -> str | None:
-    request = getattr(request, "_request", request)  # a DRF Request wraps Django's
-    meta = request.META
-    forwarded, proxies = meta.get("HTTP_X_FORWARDED_FOR"), settings.NUM_PROXIES
-    if proxies and forwarded:
-        hops = [hop.strip() for hop in forwarded.split(",")]
-        return hops[-min(proxies, len(hops))]
-    return meta.get("REMOTE_ADDR")

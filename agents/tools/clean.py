@@ -11,9 +11,8 @@ from decimal import Decimal, InvalidOperation
 
 import pandas as pd
 import phonenumbers
-from rest_framework import serializers
 
-from agents.datasets import Dataset
+from agents.tools.dataset import Dataset
 from agents.tools.inference import (
     BOOL_FALSE,
     BOOL_TRUE,
@@ -26,6 +25,18 @@ from agents.tools.inference import (
     parse_money,
     to_frame,
 )
+from agents.tools.options import (
+    Boolean,
+    Choice,
+    Either,
+    Mapping,
+    Object,
+    Options,
+    OptionsError,
+    RequiredWhen,
+    Scalar,
+    String,
+)
 
 STANDARD_KINDS = ("email", "phone", "date", "datetime", "number", "boolean")
 CASES = ("lower", "upper", "title")
@@ -33,55 +44,61 @@ STRATEGIES = ("drop", "constant", "mean", "median", "mode")
 AUTO_SHARE = 0.8  # a column is standardised as a kind when this share of its values is of that kind
 
 
-class MissingSerializer(serializers.Serializer):
-    strategy = serializers.ChoiceField(choices=STRATEGIES)
-    value = serializers.JSONField(required=False, allow_null=True)
+MISSING_RULE = Object(
+    {
+        "strategy": Choice(STRATEGIES, required=True),
+        "value": Scalar(description="The fill value of the constant strategy."),
+    },
+    rules=(RequiredWhen("value", "strategy", ("constant",), "Required for the constant strategy."),),
+)
+OPTIONS = Options(
+    {
+        "trim_whitespace": Boolean(default=True, description="Trim values and collapse runs of whitespace."),
+        "blank_as_null": Boolean(default=True, description="Turn blank values into nulls."),
+        "case": Mapping(Choice(CASES), default={}, description="{column: lower|upper|title}"),
+        "standardize": Either(
+            (Choice(("auto", "none")), Mapping(Choice(STANDARD_KINDS))),
+            message=f'Use "auto", "none" or {{column: one of {", ".join(STANDARD_KINDS)}}}.',
+            default="auto",
+            description='"auto" (by what each column holds), "none", or {column: kind}.',
+        ),
+        "phone_region": String(
+            min_length=2,
+            max_length=2,
+            pattern=r"^[A-Z]{2}$",
+            hint="Must be a two-letter region code in capitals, such as US.",
+            default="US",
+            description="Where phone numbers without a country code are from.",
+        ),
+        "coerce_types": Boolean(default=True, description="Return real numbers and booleans in JSON rows."),
+        "missing": Mapping(
+            MISSING_RULE, default={}, description='{column or "*": {"strategy": ..., "value": ...}} for missing values.'
+        ),
+        "drop_duplicates": Boolean(default=True, description="Drop rows that exactly duplicate an earlier row."),
+    }
+)
+OPTIONS_SCHEMA = OPTIONS.schema()
 
-    def validate(self, attrs):
-        if attrs["strategy"] == "constant" and attrs.get("value") is None:
-            raise serializers.ValidationError({"value": ["Required for the constant strategy."]})
-        return attrs
+
+def parse_options(raw: dict) -> dict:
+    """The options with defaults filled; `OptionsError` for unknown options or bad values."""
+    return OPTIONS.parse(raw)
 
 
-class StandardizeField(serializers.Field):
-    """ "auto", "none", or {column: kind}."""
-
-    def to_internal_value(self, data):
-        if data in ("auto", "none"):
-            return data
-        if isinstance(data, dict) and all(isinstance(k, str) and v in STANDARD_KINDS for k, v in data.items()):
-            return data
-        raise serializers.ValidationError(f'Use "auto", "none" or {{column: one of {", ".join(STANDARD_KINDS)}}}.')
-
-    def to_representation(self, value):
-        return value
-
-
-class ConfigSerializer(serializers.Serializer):
-    trim_whitespace = serializers.BooleanField(default=True)
-    blank_as_null = serializers.BooleanField(default=True)
-    case = serializers.DictField(child=serializers.ChoiceField(choices=CASES), default=dict)
-    standardize = StandardizeField(default="auto")
-    phone_region = serializers.RegexField(r"^[A-Z]{2}$", default="US")
-    coerce_types = serializers.BooleanField(default=True)
-    missing = serializers.DictField(child=MissingSerializer(), default=dict)
-    drop_duplicates = serializers.BooleanField(default=True)
-
-
-def validate_against(dataset: Dataset, config: dict) -> None:
-    """Configuration that names columns must name real ones; mean/median need numbers."""
+def validate_against(dataset: Dataset, options: dict) -> None:
+    """Options that name columns must name real ones ("*", every column, only for `missing`)."""
     known = set(dataset.columns)
     errors = {}
-    for option in ("case", "missing"):
-        unknown = sorted(set(config[option]) - known - {"*"})
+    for option, wildcard in (("case", set()), ("missing", {"*"})):
+        unknown = sorted(set(options[option]) - known - wildcard)
         if unknown:
             errors[option] = [f"Unknown column(s): {', '.join(unknown)}."]
-    if isinstance(config["standardize"], dict):
-        unknown = sorted(set(config["standardize"]) - known)
+    if isinstance(options["standardize"], dict):
+        unknown = sorted(set(options["standardize"]) - known)
         if unknown:
             errors["standardize"] = [f"Unknown column(s): {', '.join(unknown)}."]
     if errors:
-        raise serializers.ValidationError(errors)
+        raise OptionsError(errors)
 
 
 class _ChangeLog:

@@ -10,7 +10,7 @@ import re
 
 import pandas as pd
 
-from agents.datasets import Dataset
+from agents.tools.dataset import Dataset
 
 BOOL_TRUE = {"true", "yes", "y", "t"}
 BOOL_FALSE = {"false", "no", "n", "f"}

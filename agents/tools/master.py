@@ -19,44 +19,61 @@ from collections import Counter, defaultdict
 
 import pandas as pd
 from rapidfuzz import fuzz
-from rest_framework import serializers
 
-from agents.datasets import Dataset
+from agents.tools.dataset import Dataset
 from agents.tools.inference import EMAIL_PATTERN, PHONE_NAME, classify, parse_dates, to_frame
+from agents.tools.options import Choice, Integer, List, Mapping, Number, Options, OptionsError, RequiredWhen, String
 
 RULES = ("most_frequent", "most_recent", "longest", "first_non_null")
 _PUNCTUATION = re.compile(r"[^\w\s@.+-]", re.UNICODE)
 _SPACES = re.compile(r"\s+")
 
 
-class ConfigSerializer(serializers.Serializer):
-    match_columns = serializers.ListField(child=serializers.CharField(), required=False, allow_empty=False)
-    threshold = serializers.FloatField(min_value=0.0, max_value=1.0, default=0.85)
-    weights = serializers.DictField(child=serializers.FloatField(min_value=0.0, max_value=100.0), default=dict)
-    survivorship = serializers.DictField(child=serializers.ChoiceField(choices=RULES), default=dict)
-    default_rule = serializers.ChoiceField(choices=RULES, default="most_frequent")
-    recency_column = serializers.CharField(required=False)
-    max_block_size = serializers.IntegerField(min_value=2, max_value=5000, default=300)
+NEEDS_RECENCY = "Required by the most_recent rule."
+OPTIONS = Options(
+    {
+        "match_columns": List(String(), description="The columns to compare (default: all columns)."),
+        "threshold": Number(0.0, 1.0, default=0.85, description="Pairs scoring at least this are linked."),
+        "weights": Mapping(
+            Number(0.0, 100.0), default={}, description="{column: weight}; e-mail and phone weigh 2, others 1."
+        ),
+        "survivorship": Mapping(Choice(RULES), default={}, description="{column: rule} for the golden records."),
+        "default_rule": Choice(RULES, default="most_frequent", description="The rule for the other columns."),
+        "recency_column": String(description="The date column the most_recent rule compares."),
+        "max_block_size": Integer(
+            2, 5000, default=300, description="Blocks of more records than this carry no signal and are skipped."
+        ),
+    },
+    rules=(
+        RequiredWhen("recency_column", "default_rule", ("most_recent",), NEEDS_RECENCY),
+        RequiredWhen("recency_column", "survivorship", ("most_recent",), NEEDS_RECENCY),
+    ),
+)
+OPTIONS_SCHEMA = OPTIONS.schema()
 
 
-def validate_against(dataset: Dataset, config: dict) -> None:
+def parse_options(raw: dict) -> dict:
+    """The options with defaults filled; `OptionsError` for unknown options or bad values
+    (`recency_column` is required when a most_recent rule is used)."""
+    return OPTIONS.parse(raw)
+
+
+def validate_against(dataset: Dataset, options: dict) -> None:
+    """Options that name columns must name real ones."""
     known = set(dataset.columns)
     errors = {}
-    unknown = [c for c in config.get("match_columns", []) if c not in known]
+    unknown = [c for c in options.get("match_columns", []) if c not in known]
     if unknown:
         errors["match_columns"] = [f"Unknown column(s): {', '.join(unknown)}."]
     for option in ("weights", "survivorship"):
-        bad = sorted(set(config[option]) - known)
+        bad = sorted(set(options[option]) - known)
         if bad:
             errors[option] = [f"Unknown column(s): {', '.join(bad)}."]
-    recency = config.get("recency_column")
+    recency = options.get("recency_column")
     if recency is not None and recency not in known:
         errors["recency_column"] = [f"Unknown column {recency!r}."]
-    needs_recency = "most_recent" in config["survivorship"].values() or config["default_rule"] == "most_recent"
-    if needs_recency and recency is None:
-        errors["recency_column"] = ["Required by the most_recent rule."]
     if errors:
-        raise serializers.ValidationError(errors)
+        raise OptionsError(errors)
 
 
 def _column_kind(name: str, values: pd.Series) -> str:

@@ -6,10 +6,10 @@ import math
 import re
 
 import pandas as pd
-from rest_framework import serializers
 
-from agents.datasets import Dataset
+from agents.tools.dataset import Dataset
 from agents.tools.inference import classify, dominant_kind, parse_dates, to_frame
+from agents.tools.options import Integer, Number, Options
 
 ID_NAME = re.compile(r"(^|_)(id|uuid|key|code|number)$", re.IGNORECASE)
 # Text with at most this share of distinct values is categorical (e.g. cities, statuses).
@@ -18,10 +18,27 @@ CATEGORICAL_RATIO = 0.05
 COMPATIBLE_KINDS = {"float": {"integer", "float"}, "datetime": {"date", "datetime"}, "categorical": {"text"}}
 
 
-class ConfigSerializer(serializers.Serializer):
-    top_values = serializers.IntegerField(min_value=0, max_value=100, default=5)
-    high_null_ratio = serializers.FloatField(min_value=0.0, max_value=1.0, default=0.5)
-    categorical_max_distinct = serializers.IntegerField(min_value=1, max_value=10_000, default=20)
+OPTIONS = Options(
+    {
+        "top_values": Integer(0, 100, default=5, description="How many of the most frequent values to list."),
+        "high_null_ratio": Number(
+            0.0, 1.0, default=0.5, description="Warn about a column when more than this share of it is empty."
+        ),
+        "categorical_max_distinct": Integer(
+            1, 10_000, default=20, description="Text with at most this many distinct values counts as categorical."
+        ),
+    }
+)
+OPTIONS_SCHEMA = OPTIONS.schema()
+
+
+def parse_options(raw: dict) -> dict:
+    """The options with defaults filled; `OptionsError` for unknown options or bad values."""
+    return OPTIONS.parse(raw)
+
+
+def validate_against(dataset: Dataset, options: dict) -> None:
+    """Nothing in the profile's options depends on the data."""
 
 
 def _number(value: float) -> float | int | None:
