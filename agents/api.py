@@ -1,6 +1,7 @@
 """The agents' endpoints: the price list, metering (`/billing/charges`, `/billing/holds`) and the
 data agents (`/api/<agent>`: validate everything, then hold → run → capture/release)."""
 
+import copy
 import json
 
 from django_filters import rest_framework as filters
@@ -14,13 +15,15 @@ from rest_framework.views import APIView
 from agents.models import AgentCost, AgentRun, RunStatus
 from agents.runner import submit_run
 from agents.selectors import active_agent
-from agents.services import InvalidRunInput, prepare_run_input, seed_agent_costs
+from agents.services import TOOL_OPTIONS, InvalidRunInput, prepare_run_input, seed_agent_costs
 from billing import ledger
 from billing.permissions import CanEditAgentCosts
 from billing.serializers import ChargeReceiptSerializer, HoldSerializer
 from core.idempotency import IDEMPOTENCY_PARAMETER, idempotency_key
+from core.openapi import AutoSchema
 from core.parsers import LimitedJSONParser
-from core.serializers import StrictCharField
+from core.query import reject_unknown_query_parameters
+from core.serializers import StrictBooleanField, StrictCharField
 
 
 class AgentCostSerializer(serializers.ModelSerializer):
@@ -58,7 +61,7 @@ class AdminSeedCostsApi(APIView):
         class Meta:
             ref_name = "SeedCostsInput"
 
-        reset = serializers.BooleanField(default=False, help_text="Overwrite prices staff have edited.")
+        reset = StrictBooleanField(default=False, help_text="Overwrite prices staff have edited.")
 
     class OutputSerializer(serializers.Serializer):
         class Meta:
@@ -139,7 +142,7 @@ class AgentRequestSerializer(serializers.Serializer):
     file = serializers.FileField(required=False, help_text="A CSV file (multipart upload) instead of data.")
 
     def validate_tool_configuration(self, value):
-        if isinstance(value, str):  # multipart forms carry it as JSON text
+        if isinstance(value, str) and self.context.get("multipart"):  # a form carries it as JSON text
             try:
                 value = json.loads(value) if value.strip() else {}
             except json.JSONDecodeError as exc:
@@ -182,10 +185,73 @@ class AgentRunFailedSerializer(AgentRunResultSerializer):
 
 
 def wants_async(request) -> bool:
+    """`Prefer: respond-async` (other preferences are ignored, RFC 7240) or `?async=true`."""
+    reject_unknown_query_parameters(request, {"async"})
+    flag = request.query_params.get("async")
+    if flag is not None and flag not in ("true", "false"):
+        raise serializers.ValidationError({"async": ["true or false."]})
     prefer = request.headers.get("Prefer", "")
-    return "respond-async" in {p.strip().lower() for p in prefer.split(",")} or request.query_params.get(
-        "async", ""
-    ).lower() in ("true", "1", "yes")
+    return flag == "true" or "respond-async" in {p.strip().lower() for p in prefer.split(",")}
+
+
+# The request bodies of the data agents, as JSON Schema: the tool's own options (generated from the
+# same declaration that checks them, `agents.tools.options`) and the table.
+_SCALAR = {"nullable": True, "anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
+DATA_SCHEMA = {
+    "description": (
+        'The table: exactly one of {"csv": CSV text with a header row (an empty cell is null)} or '
+        '{"rows": [{column: scalar}]}. At most AGENT_MAX_ROWS rows and AGENT_MAX_INPUT_BYTES bytes (413 '
+        "beyond). Text that does not parse as such CSV is a 400 with the reason under `errors.data`."
+    ),
+    "oneOf": [
+        {
+            "type": "object",
+            "properties": {"csv": {"type": "string"}},
+            "required": ["csv"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {"rows": {"type": "array", "items": {"type": "object", "additionalProperties": _SCALAR}}},
+            "required": ["rows"],
+            "additionalProperties": False,
+        },
+    ],
+}
+UPLOAD_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "UTF-8 CSV with a header row; one file."},
+        "tool_configuration": {"type": "string", "description": "The tool's options as JSON object text."},
+    },
+    "required": ["file"],
+}
+
+
+def agent_request_body(agent_id: str) -> dict:
+    options = copy.deepcopy(TOOL_OPTIONS[agent_id].OPTIONS_SCHEMA)
+    options["description"] = (
+        "The tool's options (an unknown option is a 400). Options that name columns must name columns of the data."
+    )
+    as_json = {
+        "type": "object",
+        "properties": {"tool_configuration": options, "data": copy.deepcopy(DATA_SCHEMA)},
+        "required": ["data"],
+    }
+    return {"application/json": as_json, "multipart/form-data": copy.deepcopy(UPLOAD_SCHEMA)}
+
+
+class AgentRunSchema(AutoSchema):
+    """Each data agent's request body says exactly which options its tool takes."""
+
+    def get_request_serializer(self):
+        return agent_request_body(self.view.agent_id)
+
+    def _get_request_body(self, direction="request"):
+        body = super()._get_request_body(direction)
+        if body:
+            body["required"] = True  # without a body there is neither data nor a file: 400
+        return body
 
 
 class AgentRunApi(APIView):
@@ -195,20 +261,30 @@ class AgentRunApi(APIView):
     permission_classes = [IsAuthenticated]
     parser_classes = [LimitedJSONParser, MultiPartParser]
     throttle_scope = "agents"
+    schema = AgentRunSchema()
     agent_id: str = ""
 
     @extend_schema(
-        request=AgentRequestSerializer,
         parameters=[
             IDEMPOTENCY_PARAMETER,
-            OpenApiParameter("Prefer", str, OpenApiParameter.HEADER, required=False, description="respond-async"),
-            OpenApiParameter("async", bool, OpenApiParameter.QUERY, required=False),
+            OpenApiParameter(
+                "Prefer",
+                str,
+                OpenApiParameter.HEADER,
+                required=False,
+                description="`respond-async` runs the agent on a worker (202); other preferences are ignored.",
+            ),
+            OpenApiParameter("async", bool, OpenApiParameter.QUERY, required=False, description="As Prefer."),
         ],
         responses={200: AgentRunResultSerializer, 202: AgentRunResultSerializer, 422: AgentRunFailedSerializer},
     )
     def post(self, request):
         key = idempotency_key(request)
-        serializer = AgentRequestSerializer(data=request.data)
+        run_async = wants_async(request)
+        if len(request.FILES.getlist("file")) > 1:
+            raise serializers.ValidationError({"file": ["Upload one file."]})
+        multipart = (request.content_type or "").startswith("multipart/")
+        serializer = AgentRequestSerializer(data=request.data, context={"multipart": multipart})
         serializer.is_valid(raise_exception=True)
         attrs = serializer.validated_data
         try:
@@ -220,7 +296,6 @@ class AgentRunApi(APIView):
             )
         except InvalidRunInput as exc:
             raise serializers.ValidationError(exc.errors) from exc
-        run_async = wants_async(request)
         outcome = submit_run(
             user_id=request.user.id,
             agent_id=self.agent_id,

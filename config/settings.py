@@ -184,9 +184,13 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     # JSON only; the agent endpoints add multipart for CSV uploads.
     "DEFAULT_PARSER_CLASSES": ["core.parsers.LimitedJSONParser"],
-    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        # A list or detail request with a query parameter its schema does not name is a 400.
+        "core.query.RejectUnknownQueryParameters",
+    ],
     "DEFAULT_PAGINATION_CLASS": "core.pagination.StandardPagination",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "core.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "core.errors.api_exception_handler",
     # Client addresses (throttling) come from the socket unless NUM_PROXIES trusted proxies
     # stand in front: then from X-Forwarded-For, counting that many hops from the right.
@@ -212,12 +216,23 @@ SIMPLE_JWT = {
     "BLACKLIST_AFTER_ROTATION": True,
     "CHECK_REVOKE_TOKEN": True,
     "TOKEN_REFRESH_SERIALIZER": "users.api.RefreshSerializer",
+    "TOKEN_OBTAIN_SERIALIZER": "users.api.LogInSerializer",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Credit ledger API",
     "DESCRIPTION": "Prepaid credits bought with Stripe Checkout and spent on agent runs.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "APPEND_COMPONENTS": {
+        "securitySchemes": {
+            "stripeSignature": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "Stripe-Signature",
+                "description": "Stripe's HMAC of the request body with STRIPE_WEBHOOK_SECRET (`t=…,v1=…`).",
+            }
+        }
+    },
     # Swagger UI is served from our own static files, never from a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

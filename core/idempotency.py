@@ -1,5 +1,7 @@
 """The `Idempotency-Key` request header: read, checked and put in the clients' own namespace."""
 
+import re
+
 from drf_spectacular.utils import OpenApiParameter
 
 from core.errors import InvalidIdempotencyKey
@@ -7,15 +9,18 @@ from core.fields import CLIENT_KEY_PREFIX
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
+# Visible ASCII (RFC 9110's VCHAR), spaces only inside: what a header value carries unmangled.
+IDEMPOTENCY_KEY_PATTERN = rf"^[!-~](?:[ -~]{{0,{IDEMPOTENCY_KEY_MAX_LENGTH - 2}}}[!-~])?$"
 
 IDEMPOTENCY_PARAMETER = OpenApiParameter(
     IDEMPOTENCY_HEADER,
-    str,
+    {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
     OpenApiParameter.HEADER,
     required=False,
     description=(
-        f"1–{IDEMPOTENCY_KEY_MAX_LENGTH} printable characters, compared byte for byte. The same key replays "
-        "the first result without moving credits again; with other parameters it is 409 IDEMPOTENCY_KEY_REUSED."
+        f"1–{IDEMPOTENCY_KEY_MAX_LENGTH} visible ASCII characters (spaces only inside), compared byte for "
+        "byte. The same key replays the first result without moving credits again; with other parameters "
+        "it is 409 IDEMPOTENCY_KEY_REUSED."
     ),
 )
 
@@ -27,6 +32,8 @@ def idempotency_key(request) -> str | None:
     if key is None:
         return None
     key = key.strip()
-    if not key or len(key) > IDEMPOTENCY_KEY_MAX_LENGTH or not key.isprintable():
-        raise InvalidIdempotencyKey(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} printable characters.")
+    if not re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key):
+        raise InvalidIdempotencyKey(
+            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} visible ASCII characters."
+        )
     return CLIENT_KEY_PREFIX + key

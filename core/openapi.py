@@ -1,7 +1,17 @@
-"""Document the one error shape on every operation of the OpenAPI schema."""
+"""The OpenAPI schema: one error shape on every operation, and the request constraints DRF
+enforces but drf-spectacular does not write down, so a generated client (and schemathesis)
+knows exactly what is accepted."""
+
+from django.core.validators import RegexValidator
+from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
+from rest_framework import serializers
+
+# A CharField that trims and may not be blank refuses "" and whitespace-only text (Python's \s is
+# what str.strip() removes). JSON Schema patterns are unanchored: "contains a non-space character".
+NON_BLANK_PATTERN = r"\S"
 
 ERROR_STATUSES = {
-    "400": "Invalid input (field errors in `errors`) or malformed body",
+    "400": "Invalid input (field errors in `errors`) or malformed body (an HTML page if not even valid HTTP)",
     "401": "Missing or invalid JWT",
     "402": "Not enough credits (`required`, `available`) or the wallet is in shortfall",
     "403": "Not allowed for this user",
@@ -19,6 +29,30 @@ ERROR_STATUSES = {
 }
 
 
+class AutoSchema(SpectacularAutoSchema):
+    """drf-spectacular's AutoSchema, plus what a request's fields really accept."""
+
+    def _map_serializer_field(self, field, direction, bypass_extensions=False):
+        schema = super()._map_serializer_field(field, direction, bypass_extensions)
+        if direction != "request":
+            return schema
+        if isinstance(field, serializers.ListField) and not field.allow_empty:
+            schema.setdefault("minItems", 1)
+        if (
+            isinstance(field, serializers.CharField)
+            and schema.get("type") == "string"
+            and not field.allow_blank
+            and not field.read_only
+            and not {"pattern", "format", "enum"} & set(schema)
+            and not any(isinstance(validator, RegexValidator) for validator in field.validators)
+        ):
+            if field.trim_whitespace:
+                schema["pattern"] = NON_BLANK_PATTERN
+            else:
+                schema.setdefault("minLength", 1)
+        return schema
+
+
 def add_error_responses(result, generator, request, public):
     schemas = result.setdefault("components", {}).setdefault("schemas", {})
     schemas["Error"] = {
@@ -31,11 +65,15 @@ def add_error_responses(result, generator, request, public):
         "required": ["error_code", "detail"],
         "additionalProperties": True,
     }
-    reference = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    # gunicorn answers what is not valid HTTP (a request line over 4094 bytes, a NUL in a header)
+    # itself, with an HTML page, before the application sees the request.
+    not_http = {"text/html": {"schema": {"type": "string"}}}
     for path_item in result.get("paths", {}).values():
         for operation in path_item.values():
             responses = operation.setdefault("responses", {})
             for status, description in ERROR_STATUSES.items():
-                documented = responses.setdefault(status, {"description": description, **reference})
+                content = {**error, **not_http} if status == "400" else error
+                documented = responses.setdefault(status, {"description": description, "content": content})
                 documented["description"] = documented.get("description") or description
     return result

@@ -1,11 +1,20 @@
 from django.conf import settings
 from django.urls import path
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.response import Response
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
-from users.api import LogoutApi, MeApi, PasswordChangeApi, RegisterApi
+from users.api import (
+    LogInSerializer,
+    LogoutApi,
+    MeApi,
+    PasswordChangeApi,
+    RefreshInputSerializer,
+    RegisterApi,
+    TokenPairSerializer,
+)
 
 
 class ThrottledTokenView(TokenObtainPairView):
@@ -14,6 +23,7 @@ class ThrottledTokenView(TokenObtainPairView):
 
     throttle_scope = "auth"
 
+    @extend_schema(request=LogInSerializer, responses={200: TokenPairSerializer})
     def post(self, request, *args, **kwargs):
         try:
             response = super().post(request, *args, **kwargs)
@@ -31,6 +41,7 @@ class ThrottledTokenView(TokenObtainPairView):
         return response
 
 
+@extend_schema_view(post=extend_schema(request=RefreshInputSerializer, responses={200: TokenPairSerializer}))
 class ThrottledRefreshView(TokenRefreshView):
     throttle_scope = "auth"
 

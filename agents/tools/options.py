@@ -293,6 +293,10 @@ class RequiredWhen:
 
     def schema(self, declared: Option) -> dict[str, Any]:
         """Either `field` is given or `option` holds none of `values`."""
+        return {"anyOf": [{"required": [self.field]}, self.otherwise(declared)]}
+
+    def otherwise(self, declared: Option) -> dict[str, Any]:
+        """The schema of "`option` holds none of `values`"."""
         if isinstance(declared, Mapping):
             excluded: dict[str, Any] = {"additionalProperties": {"not": {"enum": list(self.values)}}}
             default = declared.default if isinstance(declared.default, dict) else {}
@@ -303,7 +307,7 @@ class RequiredWhen:
         otherwise: dict[str, Any] = {"properties": {self.option: excluded}}
         if default_applies:
             otherwise["required"] = [self.option]
-        return {"anyOf": [{"required": [self.field]}, otherwise]}
+        return otherwise
 
 
 @dataclass(frozen=True)
@@ -353,9 +357,30 @@ class Object(Option):
         required = [name for name, option in self.fields.items() if option.required]
         if required:
             schema["required"] = required
-        if self.rules:
-            schema["allOf"] = [rule.schema(self.fields[rule.option]) for rule in self.rules]
+        conditions = [self._rules_schema(field) for field in dict.fromkeys(rule.field for rule in self.rules)]
+        if len(conditions) == 1:
+            schema.update(conditions[0])
+        elif conditions:
+            schema["allOf"] = conditions
         return schema
+
+    def _rules_schema(self, field: str) -> dict[str, Any]:
+        """The rules that require `field`, as one condition: (field ∨ A) ∧ (field ∨ B) is
+        field ∨ (A ∧ B). (One `anyOf` rather than an `allOf` of them: schemathesis 4.1's
+        coverage phase recurses without end on an `allOf` of several `anyOf`s.)"""
+        rules = [rule for rule in self.rules if rule.field == field]
+        if len(rules) == 1:
+            return rules[0].schema(self.fields[rules[0].option])
+        together: dict[str, Any] = {"properties": {}}
+        for rule in rules:
+            otherwise = rule.otherwise(self.fields[rule.option])
+            if rule.option in together["properties"]:
+                return {"allOf": [rule.schema(self.fields[rule.option]) for rule in rules]}
+            together["properties"].update(otherwise["properties"])
+            together.setdefault("required", []).extend(otherwise.get("required", []))
+        if not together["required"]:
+            del together["required"]
+        return {"anyOf": [{"required": [field]}, together]}
 
 
 @dataclass(frozen=True)
