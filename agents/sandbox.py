@@ -170,9 +170,28 @@ def _run_limited(tool: str, payload: dict, config: dict, memory_mb: int) -> byte
     resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
     try:
         result = function(dataset, config)
-        return json.dumps({"ok": True, "result": result, "rss_kb": _statm_kb()[1]}, default=str).encode()
+        return _strict_json({"ok": True, "result": result, "rss_kb": _statm_kb()[1]})
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _strict_json(response: dict[str, Any]) -> bytes:
+    """JSON as the API must serve it: a non-finite number a tool produced (an overflowing mean,
+    an infinite input) becomes null, never `Infinity`/`NaN` that no strict client can read."""
+    try:
+        return json.dumps(response, default=str, allow_nan=False).encode()
+    except ValueError:
+        return json.dumps(_finite(response), default=str, allow_nan=False).encode()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _handle(request: bytes) -> tuple[bytes | dict[str, Any], bool]:

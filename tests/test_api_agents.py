@@ -57,6 +57,22 @@ def test_profile_reports_nulls_and_duplicate_rows(user_client, user):
     assert columns["age"]["type"] == "integer"
 
 
+@pytest.mark.parametrize("agent_id", ["profile-my-data", "clean-my-data"])
+def test_numbers_that_overflow_a_float_make_a_paid_result_with_nulls_not_a_500(user_client, user, agent_id):
+    # The mean of 1.5e308 and 1.5e308 is infinite: JSON cannot carry it, and a run that charged must
+    # still answer (and stay readable) rather than fail after the capture.
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    rows = [{"a": 1.5e308, "b": "x"}, {"a": 1.5e308, "b": None}, {"a": None, "b": "y"}]
+    options = {"missing": {"a": {"strategy": "mean"}}} if agent_id == "clean-my-data" else {}
+    response = user_client.post(
+        f"/api/{agent_id}", {"tool_configuration": options, "data": {"rows": rows}}, format="json"
+    )
+    assert response.status_code == 200, response.content[:300]
+    assert "Infinity" not in response.content.decode() and "NaN" not in response.content.decode()
+    detail = user_client.get(f"/api/agents/runs/{response.json()['run_id']}")
+    assert detail.status_code == 200 and detail.json()["result"] == response.json()["result"]
+
+
 def test_clean_returns_the_same_format_and_a_change_log(user_client, user):
     ledger.grant(user_id=user.id, amount=100, reason="seed")
     rows = [{"name": "  Ada  Lovelace "}, {"name": "Ada Lovelace"}, {"name": "   "}]

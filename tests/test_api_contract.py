@@ -1,6 +1,6 @@
 """Every documented operation, called for real, answers exactly as the OpenAPI schema says: its
 status code is documented, and its body validates against that status's schema (schemathesis's
-validator; the fuzzing side is test_schema_fuzz). A frontend's generated client relies on it."""
+validator; the fuzzing side is test_schema_conformance). A frontend's generated client relies on it."""
 
 import io
 import json

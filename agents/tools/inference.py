@@ -31,8 +31,6 @@ DATETIME_FORMATS = (
 )
 PHONE_NAME = re.compile(r"phone|mobile|tel|fax", re.IGNORECASE)
 
-KINDS = ("boolean", "integer", "float", "email", "date", "datetime", "text")
-
 
 def to_frame(dataset: Dataset) -> pd.DataFrame:
     """All values as text (or None), columns in input order: what the tools work on."""

@@ -42,9 +42,13 @@ def validate_against(dataset: Dataset, options: dict) -> None:
 
 
 def _number(value: float) -> float | int | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    """A statistic as JSON can carry it: None for NaN and ±infinity (e.g. the mean of values that
+    overflow a float)."""
+    if value is None:
         return None
     value = float(value)
+    if not math.isfinite(value):
+        return None
     return int(value) if value.is_integer() else round(value, 6)
 
 
