@@ -52,6 +52,7 @@ class PayloadTooLarge(DomainError):
 
 # Every error code a domain error can carry, and the status it is answered with.
 STATUS_BY_CODE: dict[str, int] = {
+    "LEDGER_ERROR": 400,
     "INVALID_REQUEST": 400,
     "INVALID_AMOUNT": 400,
     "INVALID_IDEMPOTENCY_KEY": 400,
