@@ -186,7 +186,6 @@ class AgentRunFailedSerializer(AgentRunResultSerializer):
 
 def wants_async(request) -> bool:
     """`Prefer: respond-async` (other preferences are ignored, RFC 7240) or `?async=true`."""
-    reject_unknown_query_parameters(request, {"async"})
     flag = request.query_params.get("async")
     if flag is not None and flag not in ("true", "false"):
         raise serializers.ValidationError({"async": ["true or false."]})
@@ -280,6 +279,7 @@ class AgentRunApi(APIView):
     )
     def post(self, request):
         key = idempotency_key(request)
+        reject_unknown_query_parameters(request, {"async"})
         run_async = wants_async(request)
         if len(request.FILES.getlist("file")) > 1:
             raise serializers.ValidationError({"file": ["Upload one file."]})

@@ -156,8 +156,8 @@ def prepare_run_input(
         tool.validate_against(dataset, configuration)
     except OptionsError as exc:
         raise InvalidRunInput({"tool_configuration": exc.errors}) from exc
-    if agent_id == "master-my-data":
-        _refuse_too_many_pairs(master.candidate_pairs(dataset, configuration))
+    if hasattr(tool, "candidate_pairs"):  # a tool whose work grows with pairs of records says how many
+        _refuse_too_many_pairs(tool.candidate_pairs(dataset, configuration))
     return RunInput(dataset=dataset, configuration=configuration)
 
 

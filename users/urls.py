@@ -6,6 +6,7 @@ from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.response import Response
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
+from core.errors import error_body
 from users.api import (
     LogInSerializer,
     LogoutApi,
@@ -31,13 +32,8 @@ class ThrottledTokenView(TokenObtainPairView):
             if not getattr(request, "axes_locked_out", False):
                 raise
             minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
-            return Response(
-                {
-                    "error_code": "ACCOUNT_LOCKED",
-                    "detail": f"Too many failed log-ins for this account; try again in {minutes} minutes.",
-                },
-                status=status.HTTP_429_TOO_MANY_REQUESTS,
-            )
+            detail = f"Too many failed log-ins for this account; try again in {minutes} minutes."
+            return Response(error_body("ACCOUNT_LOCKED", detail), status=status.HTTP_429_TOO_MANY_REQUESTS)
         return response
 
 
