@@ -1,12 +1,15 @@
 """clean-my-data: configurable clean-up steps with a change log per step and column.
 
-Steps run in this order: trim whitespace → blanks to nulls → case → standardise
-(emails, phones, dates, numbers, booleans) → missing values → drop exact duplicates.
-Type coercion only changes how the cleaned values are returned as JSON rows.
+Steps run in this order: trim whitespace → blanks (and declared placeholders such as N/A) to
+nulls → case → standardise (emails, phones, dates, numbers, booleans; optionally nulling values
+that are not of their column's kind) → missing values → drop exact duplicates. Type coercion only
+changes how the cleaned values are returned as JSON rows.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from decimal import Decimal, InvalidOperation
 
 import pandas as pd
@@ -17,6 +20,7 @@ from agents.tools.inference import (
     BOOL_FALSE,
     BOOL_TRUE,
     EMAIL_PATTERN,
+    FLOAT_PATTERN,
     MONEY_PATTERN,
     PHONE_NAME,
     classify,
@@ -29,6 +33,7 @@ from agents.tools.options import (
     Boolean,
     Choice,
     Either,
+    List,
     Mapping,
     Object,
     Options,
@@ -42,6 +47,12 @@ STANDARD_KINDS = ("email", "phone", "date", "datetime", "number", "boolean")
 CASES = ("lower", "upper", "title")
 STRATEGIES = ("drop", "constant", "mean", "median", "mode")
 AUTO_SHARE = 0.8  # a column is standardised as a kind when this share of its values is of that kind
+PHONE_SAMPLE = 1000  # distinct values tried as phone numbers before an "auto" column is called a phone column
+NUMBER_TEXT = re.compile(rf"(?:{MONEY_PATTERN})|\s*(?:{FLOAT_PATTERN})\s*")  # 1,234.50, $12, 1.2E+3
+NUMBER_NOISE = re.compile(r"[\s,$€£]")
+MAX_NUMBER_EXPONENT = 30  # 1E+400 stays as written rather than becoming 400 digits of text
+BOOLEAN_DIGITS = {"1": "true", "0": "false"}  # only in a column standardised as boolean
+WORD = re.compile(r"\S+")
 
 
 MISSING_RULE = Object(
@@ -55,7 +66,18 @@ OPTIONS = Options(
     {
         "trim_whitespace": Boolean(default=True, description="Trim values and collapse runs of whitespace."),
         "blank_as_null": Boolean(default=True, description="Turn blank values into nulls."),
-        "case": Mapping(Choice(CASES), default={}, description="{column: lower|upper|title}"),
+        "null_values": List(
+            String(max_length=100),
+            description="Placeholders that mean missing, such as N/A, NULL or -: turned into nulls like blank "
+            "values (compared trimmed, ignoring case). None unless given.",
+        ),
+        "case": Mapping(
+            Choice(CASES),
+            default={},
+            description="{column: lower|upper|title}. title re-cases only values written all in capitals or all in "
+            "lower case, giving each word the spelling it has in the column's mixed-case values (McDonald, LLC) "
+            "or else a capital first letter; mixed-case values are kept as written.",
+        ),
         "standardize": Either(
             (Choice(("auto", "none")), Mapping(Choice(STANDARD_KINDS))),
             message=f'Use "auto", "none" or {{column: one of {", ".join(STANDARD_KINDS)}}}.',
@@ -69,6 +91,11 @@ OPTIONS = Options(
             hint="Must be a two-letter region code in capitals, such as US.",
             default="US",
             description="Where phone numbers without a country code are from.",
+        ),
+        "invalid_as_null": Boolean(
+            description="Turn values that are not of their standardised column's kind (a number column's "
+            '"twelve", a date column\'s "TBD") into nulls, logged as invalid_as_null, so that a missing rule can '
+            "fill them. False unless given."
         ),
         "coerce_types": Boolean(default=True, description="Return real numbers and booleans in JSON rows."),
         "missing": Mapping(
@@ -117,13 +144,16 @@ class _ChangeLog:
         return [{"step": step, "column": column, "count": n} for (step, column), n in self.counts.items()]
 
 
-def _standard_kind(name: str, values: pd.Series) -> str | None:
+def _standard_kind(name: str, values: pd.Series, region: str) -> str | None:
     """Which standard form an "auto" column should take, if any."""
     present = values.dropna()
     if present.empty:
         return None
-    if PHONE_NAME.search(name):
-        return "phone"
+    if PHONE_NAME.search(name):  # and the values agree: "hotel" and "satellite" contain "tel"
+        distinct = present.drop_duplicates()
+        sample = distinct.sample(min(len(distinct), PHONE_SAMPLE), random_state=0)
+        if sample.map(lambda value: _e164(value, region) is not None).mean() >= AUTO_SHARE:
+            return "phone"
     kinds = classify(present)
     share = kinds.value_counts(normalize=True)
     if share.get("email", 0) >= AUTO_SHARE:
@@ -139,46 +169,77 @@ def _standard_kind(name: str, values: pd.Series) -> str | None:
     return None
 
 
+def _recase(values: pd.Series, case: str) -> pd.Series:
+    present = values.dropna()
+    if case != "title":
+        return values.where(values.isna(), getattr(present.str, case)())
+    # Only values written in one case are re-cased: "McDonald", "van Dyke" and "Acme LLC" are as meant,
+    # and their words show how the column spells them ("MCDONALD" → "McDonald", not "Mcdonald").
+    uniform = present.str.isupper() | present.str.islower()
+    spellings = Counter(word for value in present[~uniform] for word in value.split())
+    spelling: dict[str, str] = {}
+    for word, _ in spellings.most_common():
+        spelling.setdefault(word.casefold(), word)
+
+    def title(value: str) -> str:
+        return WORD.sub(lambda word: spelling.get(word[0].casefold(), word[0].title()), value)
+
+    return values.where(values.isna() | ~uniform.reindex(values.index, fill_value=False), present[uniform].map(title))
+
+
 def _canonical_number(text: str | None) -> str | None:
+    """A plain decimal ("1234.50" from "$1,234.50" or "1.2345E+3"); the text itself when it is none."""
     if text is None:
         return None
     try:
-        return str(Decimal(text.strip().replace(",", "").lstrip("$€£").strip()))
+        number = Decimal(NUMBER_NOISE.sub("", text))
     except InvalidOperation:
         return text
+    if not number.is_finite() or abs(number.adjusted()) > MAX_NUMBER_EXPONENT:
+        return text
+    return f"{number:f}"
 
 
-def _standardize(values: pd.Series, kind: str, region: str) -> pd.Series:
+def _standardize(values: pd.Series, kind: str, region: str) -> tuple[pd.Series, pd.Series]:
+    """The values in the kind's standard form, and which of them are of that kind (nulls are)."""
     present = values.dropna()
     if kind == "email":
         out = present.str.strip().str.lower()
-        return values.where(values.isna(), out.where(out.str.fullmatch(EMAIL_PATTERN), present))
-    if kind == "phone":
+        recognised = out.str.fullmatch(EMAIL_PATTERN)
+        out = out.where(recognised, present)
+    elif kind == "phone":
         formatted = {value: _e164(value, region) for value in present.unique()}
-        return values.map(lambda v: formatted.get(v, v) if v is not None else None)
-    if kind in ("date", "datetime"):
+        out = present.map(formatted)
+        recognised = out.notna()
+        out = out.where(recognised, present)
+    elif kind in ("date", "datetime"):
         parsed, _ = parse_dates(present)
-        fmt = "%Y-%m-%d" if kind == "date" else "%Y-%m-%dT%H:%M:%S"
-        out = parsed.dt.strftime(fmt)
-        return values.where(values.isna() | parsed.reindex(values.index).isna(), out.reindex(values.index))
-    if kind == "number":
-        is_number = present.str.fullmatch(MONEY_PATTERN)
-        out = present.where(~is_number, present[is_number].map(_canonical_number))
-        return values.where(values.isna(), out)
-    if kind == "boolean":
+        recognised = parsed.notna()
+        out = parsed.dt.strftime("%Y-%m-%d" if kind == "date" else "%Y-%m-%dT%H:%M:%S").where(recognised, present)
+    elif kind == "number":
+        recognised = present.str.fullmatch(NUMBER_TEXT)
+        out = present.where(~recognised, present[recognised].map(_canonical_number))
+    elif kind == "boolean":
         lowered = present.str.strip().str.lower()
-        out = lowered.map(lambda v: "true" if v in BOOL_TRUE else "false" if v in BOOL_FALSE else None)
-        return values.where(values.isna(), out.where(out.notna(), present))
-    raise ValueError(kind)
+        out = lowered.map(lambda v: "true" if v in BOOL_TRUE else "false" if v in BOOL_FALSE else BOOLEAN_DIGITS.get(v))
+        recognised = out.notna()
+        out = out.where(recognised, present)
+    else:
+        raise ValueError(kind)
+    return (
+        values.where(values.isna(), out.reindex(values.index)),
+        recognised.astype(bool).reindex(values.index, fill_value=True),
+    )
 
 
-def _e164(value: str, region: str) -> str:
+def _e164(value: str, region: str) -> str | None:
+    """The number in E.164, or None when it is not a possible phone number."""
     try:
         number = phonenumbers.parse(value, region)
     except phonenumbers.NumberParseException:
-        return value
+        return None
     if not phonenumbers.is_possible_number(number):
-        return value
+        return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
@@ -213,6 +274,7 @@ def run(dataset: Dataset, config: dict) -> dict:
     frame = to_frame(dataset)
     log = _ChangeLog()
     rows_in = len(frame)
+    placeholders = {value.strip().casefold() for value in config.get("null_values", [])}
 
     for column in dataset.columns:
         values = frame[column]
@@ -224,26 +286,33 @@ def run(dataset: Dataset, config: dict) -> dict:
             blank = values.notna() & (values.str.strip() == "")
             log.add("blank_as_null", column, blank.sum())
             values = values.mask(blank, None)
+        if placeholders:
+            placeholder = values.notna() & values.str.strip().str.casefold().isin(placeholders)
+            log.add("null_values", column, placeholder.sum())
+            values = values.mask(placeholder, None)
         frame[column] = values
 
     for column, case in config["case"].items():
         values = frame[column]
-        cased = getattr(values.str, case)()
-        cased = values.where(values.isna(), cased)
+        cased = _recase(values, case)
         log.diff(f"case_{case}", column, values, cased)
         frame[column] = cased
 
     standardize = config["standardize"]
     kinds: dict[str, str | None] = {}
     if standardize == "auto":
-        kinds = {column: _standard_kind(column, frame[column]) for column in dataset.columns}
+        kinds = {column: _standard_kind(column, frame[column], config["phone_region"]) for column in dataset.columns}
     elif isinstance(standardize, dict):
         kinds = dict(standardize)
     for column, kind in kinds.items():
         if kind is None:
             continue
-        standardized = _standardize(frame[column], kind, config["phone_region"])
+        standardized, recognised = _standardize(frame[column], kind, config["phone_region"])
         log.diff(f"standardize_{kind}", column, frame[column], standardized)
+        if config.get("invalid_as_null", False):
+            invalid = standardized.notna() & ~recognised
+            log.add("invalid_as_null", column, invalid.sum())
+            standardized = standardized.mask(invalid, None)
         frame[column] = standardized
 
     # Drops first, so that means, medians and modes describe the rows that are returned.

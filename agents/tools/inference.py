@@ -7,7 +7,9 @@ profile, a clean-up and a match.
 from __future__ import annotations
 
 import re
+import string
 
+import numpy as np
 import pandas as pd
 
 from agents.tools.dataset import Dataset
@@ -18,6 +20,7 @@ INT_PATTERN = r"[+-]?\d+"
 FLOAT_PATTERN = r"[+-]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?"
 MONEY_PATTERN = r"[+-]?\s*[$€£]?\s*(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?\s*"
 EMAIL_PATTERN = r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}"
+# `_could_be_date` is a quick test every match passes: keep the two in step.
 DATE_LIKE = re.compile(r"\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}|[A-Za-z]{3,9}\.? \d{1,2},? \d{4}|\d{1,2} [A-Za-z]{3,9} \d{4}")
 DATE_FORMATS = ("%Y-%m-%d", "%m/%d/%Y", "%Y/%m/%d", "%d.%m.%Y", "%b %d, %Y", "%B %d, %Y", "%d %b %Y", "%d/%m/%Y")
 DATETIME_FORMATS = (
@@ -30,6 +33,11 @@ DATETIME_FORMATS = (
     "%m/%d/%Y %H:%M",
 )
 PHONE_NAME = re.compile(r"phone|mobile|tel|fax", re.IGNORECASE)
+BOOLEANS = BOOL_TRUE | BOOL_FALSE
+# One pass instead of three: a full match takes the first alternative that fits.
+SIMPLE_KINDS = re.compile(f"(?P<integer>{INT_PATTERN})|(?P<float>{FLOAT_PATTERN})|(?P<email>{EMAIL_PATTERN})")
+MAYBE_DATE = "maybe-date"
+ASCII_LETTERS = frozenset(string.ascii_letters)
 
 
 def to_frame(dataset: Dataset) -> pd.DataFrame:
@@ -69,29 +77,51 @@ def parse_dates(values: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 def classify(values: pd.Series) -> pd.Series:
     """The kind of each non-null text value (index preserved)."""
-    text = values.dropna().astype(str).str.strip()
-    kinds = pd.Series("text", index=text.index, dtype=object)
-    lowered = text.str.lower()
-    is_bool = lowered.isin(BOOL_TRUE | BOOL_FALSE)
-    is_int = ~is_bool & text.str.fullmatch(INT_PATTERN)
-    is_float = ~is_bool & ~is_int & text.str.fullmatch(FLOAT_PATTERN)
-    is_email = text.str.fullmatch(EMAIL_PATTERN)
-    kinds[is_bool] = "boolean"
-    kinds[is_int] = "integer"
-    kinds[is_float] = "float"
-    kinds[is_email] = "email"
-    rest = kinds == "text"
-    if rest.any():
-        dates, timed = parse_dates(text[rest])
-        found = dates.notna()
-        kinds.loc[found[found & ~timed].index] = "date"
-        kinds.loc[found[found & timed].index] = "datetime"
+    text = values.dropna().astype(str)
+    # Columns repeat their values: each distinct one is classified once.
+    codes, distinct = pd.factorize(text.to_numpy())
+    return pd.Series(classify_distinct(distinct)[codes], index=text.index, dtype=object)
+
+
+def classify_distinct(texts: np.ndarray) -> np.ndarray:
+    """`classify` for an array of texts (str) the caller has already made distinct."""
+    kinds = np.array(list(map(_kind, map(str.strip, texts))), dtype=object)
+    maybe_date = np.flatnonzero(kinds == MAYBE_DATE)
+    kinds[maybe_date] = "text"
+    if len(maybe_date):
+        dates, timed = parse_dates(pd.Series(texts[maybe_date], dtype=object))
+        found, timed = dates.notna().to_numpy(), timed.to_numpy()
+        kinds[maybe_date[found & ~timed]] = "date"
+        kinds[maybe_date[found & timed]] = "datetime"
     return kinds
+
+
+def _kind(text: str) -> str:
+    """boolean, integer, float or email (first that fits, in that order), else text; text that
+    `parse_dates` would try is MAYBE_DATE."""
+    if text.lower() in BOOLEANS:
+        return "boolean"
+    match = SIMPLE_KINDS.fullmatch(text)
+    if match:
+        return match.lastgroup
+    return MAYBE_DATE if _could_be_date(text) and DATE_LIKE.search(text) else "text"
+
+
+def _could_be_date(text: str) -> bool:
+    """True for text holding a DATE_LIKE match (two of `-/.`, or a space and ASCII letters): most
+    ids, phones and amounts fail it and skip the slower search."""
+    separators = text.count("-") + text.count("/") + text.count(".")
+    return separators >= 2 or (" " in text and not ASCII_LETTERS.isdisjoint(text))
 
 
 def dominant_kind(kinds: pd.Series) -> str:
     """One kind for a column: integers inside floats are floats, dates inside datetimes are datetimes."""
-    present = set(kinds.unique())
+    return dominant_kind_of_counts(kinds.value_counts())
+
+
+def dominant_kind_of_counts(kind_counts: pd.Series) -> str:
+    """`dominant_kind` from the kinds' `value_counts()`."""
+    present = set(kind_counts.index)
     if not present:
         return "empty"
     if present <= {"integer"}:
@@ -100,7 +130,7 @@ def dominant_kind(kinds: pd.Series) -> str:
         return "float"
     if present <= {"date", "datetime"}:
         return "datetime" if "datetime" in present else "date"
-    return str(kinds.value_counts().idxmax())
+    return str(kind_counts.idxmax())
 
 
 def parse_money(values: pd.Series) -> pd.Series:

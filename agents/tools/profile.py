@@ -1,14 +1,20 @@
-"""profile-my-data: what each column holds and how clean the table is."""
+"""profile-my-data: what each column holds and how clean the table is.
+
+Columns repeat their values, so each distinct value is stripped, classified and parsed once and
+the per-row figures are rebuilt from `pd.factorize` codes; the figures equal pandas' on the rows.
+"""
 
 from __future__ import annotations
 
 import math
 import re
+from operator import itemgetter
 
+import numpy as np
 import pandas as pd
 
 from agents.tools.dataset import Dataset
-from agents.tools.inference import classify, dominant_kind, parse_dates, to_frame
+from agents.tools.inference import classify_distinct, dominant_kind_of_counts, parse_dates, to_frame
 from agents.tools.options import Integer, Number, Options
 
 ID_NAME = re.compile(r"(^|_)(id|uuid|key|code|number)$", re.IGNORECASE)
@@ -65,41 +71,82 @@ def _numeric_stats(numbers: pd.Series) -> dict:
     }
 
 
-def _profile_column(name: str, values: pd.Series, row_count: int, config: dict) -> tuple[dict, list[str]]:
-    present = values.dropna()
-    blank = present.str.strip() == ""
-    filled = present[~blank]
-    kinds = classify(filled)
-    kind_counts = {k: int(n) for k, n in kinds.value_counts().items()}
-    column_type = dominant_kind(kinds)
-    distinct = int(filled.nunique())
+def _factorized_columns(dataset: Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each column's `pd.factorize` codes and distinct values, as text the way `to_frame` gives it
+    (str, or None as code -1). CSV cells already are that text, so only native JSON values go
+    through `to_frame`, whose per-column type inference decides how they read (1 as "1.0" beside 2.5)."""
+    rows = dataset.rows
+    columns = [
+        pd.factorize(np.fromiter(map(itemgetter(name), rows), dtype=object, count=len(rows)))
+        for name in dataset.columns
+    ]
+    if all(set(map(type, distinct)) <= {str} for _, distinct in columns):
+        return columns
+    frame = to_frame(dataset)
+    return [pd.factorize(frame[name].to_numpy(dtype=object)) for name in dataset.columns]
+
+
+def _rows_of(selected: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Positions into the selected distinct values, one per row holding one of them, in row order."""
+    position = np.full(len(selected), -1)
+    position[selected] = np.arange(selected.sum())
+    rows = position[codes]
+    return rows[rows >= 0]
+
+
+def _value_counts(counts: np.ndarray, values: np.ndarray) -> pd.Series:
+    """`Series.value_counts()` from the counts of values in first-seen order (as `pd.factorize`
+    gives them): the same sort on the same order, so ties come out alike."""
+    return pd.Series(counts, index=values).sort_values(ascending=False)
+
+
+def _profile_column(name: str, codes: np.ndarray, uniques: np.ndarray, config: dict) -> tuple[dict, list[str]]:
+    row_count = len(codes)
+    present_codes = codes[codes >= 0]
+    counts = np.bincount(present_codes, minlength=len(uniques))
+    not_blank = np.fromiter(map(bool, map(str.strip, uniques)), dtype=bool, count=len(uniques))
+    distinct_values = uniques[not_blank]
+    distinct_counts = counts[not_blank]
+    filled_rows = _rows_of(not_blank, present_codes)
+    filled_count = len(filled_rows)
+
+    kind_of = classify_distinct(distinct_values)
+    kind_codes, kind_names = pd.factorize(kind_of)
+    kinds = _value_counts(np.bincount(kind_codes[filled_rows], minlength=len(kind_names)), kind_names)
+    kind_counts = {k: int(n) for k, n in kinds.items()}
+    column_type = dominant_kind_of_counts(kinds)
+    distinct = len(distinct_values)
     if (
         column_type == "text"
-        and 0 < distinct < len(filled) / 2
-        and (distinct <= config["categorical_max_distinct"] or distinct <= CATEGORICAL_RATIO * len(filled))
+        and 0 < distinct < filled_count / 2
+        and (distinct <= config["categorical_max_distinct"] or distinct <= CATEGORICAL_RATIO * filled_count)
     ):
         column_type = "categorical"
 
-    counts = filled.value_counts()
-    top = counts.head(config["top_values"])
-    lengths = filled.str.len()
+    top = _value_counts(distinct_counts, distinct_values).head(config["top_values"])
+    lengths = np.fromiter(map(len, distinct_values), dtype=np.int64, count=distinct)
     profile = {
         "name": name,
         "type": column_type,
-        "null_count": int(len(values) - len(present)),
-        "empty_count": int(blank.sum()),
+        "null_count": int(row_count - len(present_codes)),
+        "empty_count": int(counts[~not_blank].sum()),
         "distinct_count": distinct,
         "type_counts": kind_counts,
         "top_values": [{"value": value, "count": int(count)} for value, count in top.items()],
-        "length": {"min": int(lengths.min()), "max": int(lengths.max()), "mean": _number(lengths.mean())}
-        if len(filled)
+        "length": {
+            "min": int(lengths.min()),
+            "max": int(lengths.max()),
+            "mean": _number(int(lengths @ distinct_counts) / filled_count),
+        }
+        if filled_count
         else None,
     }
     if column_type in ("integer", "float"):
-        numeric = pd.to_numeric(filled[kinds.isin(["integer", "float"])], errors="coerce")
-        profile.update(_numeric_stats(numeric))
+        numeric = np.isin(kind_of, ["integer", "float"])
+        parsed = pd.to_numeric(pd.Series(distinct_values[numeric], dtype=object), errors="coerce").to_numpy()
+        profile.update(_numeric_stats(pd.Series(parsed[_rows_of(numeric, filled_rows)])))
     if column_type in ("date", "datetime"):
-        dates, _ = parse_dates(filled[kinds.isin(["date", "datetime"])])
+        dates, _ = parse_dates(pd.Series(distinct_values[np.isin(kind_of, ["date", "datetime"])], dtype=object))
         dates = dates.dropna()
         fmt = "%Y-%m-%d" if column_type == "date" else "%Y-%m-%dT%H:%M:%S"
         profile["min"], profile["max"] = dates.min().strftime(fmt), dates.max().strftime(fmt)
@@ -115,9 +162,9 @@ def _profile_column(name: str, values: pd.Series, row_count: int, config: dict) 
         warnings.append(f"Column {name!r} mixes types ({mix}).")
     if distinct == 1 and row_count > 1:
         warnings.append(f"Column {name!r} is constant.")
-    unique_ratio = distinct / len(filled) if len(filled) else 0
+    unique_ratio = distinct / filled_count if filled_count else 0
     if (
-        len(filled) > 1
+        filled_count > 1
         and column_type in ("integer", "text")
         and (unique_ratio == 1 or (unique_ratio >= 0.98 and ID_NAME.search(name)))
     ):
@@ -126,14 +173,17 @@ def _profile_column(name: str, values: pd.Series, row_count: int, config: dict) 
 
 
 def run(dataset: Dataset, config: dict) -> dict:
-    frame = to_frame(dataset)
-    row_count = len(frame)
+    # Without columns there is no row to profile (as a pandas frame of such rows has none).
+    row_count = len(dataset.rows) if dataset.columns else 0
     columns, warnings = [], []
-    for name in dataset.columns:
-        profile, column_warnings = _profile_column(name, frame[name], row_count, config)
+    factorized = _factorized_columns(dataset)
+    for name, (codes, uniques) in zip(dataset.columns, factorized, strict=True):
+        profile, column_warnings = _profile_column(name, codes, uniques, config)
         columns.append(profile)
         warnings.extend(column_warnings)
-    duplicate_rows = int(frame.fillna("\x00").duplicated().sum()) if row_count else 0
+    # Rows alike in every column's codes are alike in text; a null (code -1) is a value of its own.
+    row_codes = pd.DataFrame({name: codes for name, (codes, _) in zip(dataset.columns, factorized, strict=True)})
+    duplicate_rows = int(row_codes.duplicated().sum()) if row_count else 0
     if duplicate_rows:
         warnings.append(f"{duplicate_rows} row(s) exactly duplicate an earlier row.")
     return {"row_count": row_count, "duplicate_rows": duplicate_rows, "columns": columns, "warnings": warnings}
