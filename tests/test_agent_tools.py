@@ -222,7 +222,7 @@ def test_master_finds_the_planted_clusters_with_precision_and_recall_above_0_9(f
         f"master-my-data on customers.csv: precision {precision:.3f}, recall {recall:.3f} "
         f"({len(true_pairs)} true pairs, {len(result['clusters'])} clusters)"
     )
-    assert precision >= 0.9 and recall >= 0.9
+    assert precision >= 0.99 and recall >= 0.98  # measured: 1.000 and 0.992
     assert all(0 < c["score"] <= 1 for c in result["clusters"])
     assert len(result["golden_records"]) == len(result["clusters"])
 

@@ -52,7 +52,8 @@ def test_defaults_fill_every_option_that_has_one():
         "weights": {},
         "survivorship": {},
         "default_rule": "most_frequent",
-        "max_block_size": 300,
+        "max_block_size": 60,
+        "explain": False,
     }
 
 

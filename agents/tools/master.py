@@ -1,47 +1,64 @@
-"""master-my-data: entity resolution — block, fuzzy-match, cluster, build golden records.
+"""master-my-data: entity resolution — block, compare, weigh, cluster, build golden records.
 
-1. Normalise each match column by what it holds (e-mails lower-cased, phones to their last
-   ten digits, dates to ISO, text case-folded without punctuation).
-2. Block: records are only compared when they share a blocking key (an exact normalised
-   e-mail/phone/date, or the first or last three letters of a text value), so the work grows
-   with the data, not with its square. Oversized blocks carry no signal and are skipped.
-3. Score each candidate pair with rapidfuzz: the weighted mean similarity of the match columns
-   both records fill (at least two of them when two or more are configured).
-4. Pairs scoring at least `threshold` are linked; connected records form a cluster.
-5. One golden record per cluster, column by column, by a survivorship rule.
+1. Each match column becomes a field of a kind (name, text, id, date, email, phone), normalised.
+2. Blocking: one pass per field and key (exact value, phonetic key, first token, transposition-
+   proof keys …); a pair is compared when any pass puts it in one block. Oversized blocks carry
+   no signal and are skipped.
+3. Each candidate pair gets a comparison level per field, and a match probability from
+   Fellegi–Sunter weights learned on the data itself (`agents.tools.linkage`).
+4. Pairs reaching `threshold` are linked; within each linked component, clusters form by
+   average linkage, so one weak link does not chain unrelated records.
+5. One golden record per cluster, column by column, by a survivorship rule; with `explain`, each
+   cluster lists its scored pairs and what each field contributed.
 """
 
 from __future__ import annotations
 
-import itertools
-import re
-from collections import Counter, defaultdict
+import math
+from collections import Counter
 
+import numpy as np
 import pandas as pd
-from rapidfuzz import fuzz
 
+from agents.tools import linkage
 from agents.tools.dataset import Dataset
-from agents.tools.inference import EMAIL_PATTERN, PHONE_NAME, classify, parse_dates, to_frame
-from agents.tools.options import Choice, Integer, List, Mapping, Number, Options, OptionsError, RequiredWhen, String
+from agents.tools.inference import parse_dates, to_frame
+from agents.tools.options import (
+    Boolean,
+    Choice,
+    Integer,
+    List,
+    Mapping,
+    Number,
+    Options,
+    OptionsError,
+    RequiredWhen,
+    String,
+)
 
 RULES = ("most_frequent", "most_recent", "longest", "first_non_null")
-_PUNCTUATION = re.compile(r"[^\w\s@.+-]", re.UNICODE)
-_SPACES = re.compile(r"\s+")
 
 
 NEEDS_RECENCY = "Required by the most_recent rule."
 OPTIONS = Options(
     {
         "match_columns": List(String(), description="The columns to compare (default: all columns)."),
-        "threshold": Number(0.0, 1.0, default=0.85, description="Pairs scoring at least this are linked."),
+        "threshold": Number(
+            0.0, 1.0, default=0.85, description="Pairs whose match probability reaches this are linked."
+        ),
         "weights": Mapping(
-            Number(0.0, 100.0), default={}, description="{column: weight}; e-mail and phone weigh 2, others 1."
+            Number(0.0, 100.0),
+            default={},
+            description="{column: factor} scaling the evidence learned for a column (default 1; 0 ignores it).",
         ),
         "survivorship": Mapping(Choice(RULES), default={}, description="{column: rule} for the golden records."),
         "default_rule": Choice(RULES, default="most_frequent", description="The rule for the other columns."),
         "recency_column": String(description="The date column the most_recent rule compares."),
         "max_block_size": Integer(
-            2, 5000, default=300, description="Blocks of more records than this carry no signal and are skipped."
+            2, 5000, default=60, description="Blocks of more records than this carry no signal and are skipped."
+        ),
+        "explain": Boolean(
+            default=False, description="List each cluster's scored pairs and what each field contributed."
         ),
     },
     rules=(
@@ -76,67 +93,6 @@ def validate_against(dataset: Dataset, options: dict) -> None:
         raise OptionsError(errors)
 
 
-def _column_kind(name: str, values: pd.Series) -> str:
-    if PHONE_NAME.search(name):
-        return "phone"
-    kinds = classify(values.dropna())
-    if kinds.empty:
-        return "text"
-    top = kinds.value_counts(normalize=True)
-    if top.get("email", 0) >= 0.8:
-        return "email"
-    if top.get("date", 0) + top.get("datetime", 0) >= 0.8:
-        return "date"
-    return "text"
-
-
-def _normalise(values: pd.Series, kind: str) -> pd.Series:
-    present = values.dropna().astype(str)
-    if kind == "email":
-        out = present.str.strip().str.lower()
-        out = out.where(out.str.fullmatch(EMAIL_PATTERN))
-    elif kind == "phone":
-        digits = present.str.replace(r"\D", "", regex=True).str[-10:]
-        out = digits.where(digits.str.len() >= 7)
-    elif kind == "date":
-        parsed, _ = parse_dates(present)
-        out = parsed.dt.strftime("%Y-%m-%d")
-    else:
-        out = present.str.casefold().str.replace(_PUNCTUATION, " ", regex=True)
-        out = out.str.replace(_SPACES, " ", regex=True).str.strip()
-        out = out.where(out != "")
-    return out.reindex(values.index)
-
-
-def _blocking_keys(column: str, kind: str, value: str) -> list[tuple]:
-    if kind in ("email", "phone", "date"):
-        return [(column, value)]
-    return [(column, "^", value[:3]), (column, "$", value[-3:])] if len(value) >= 3 else [(column, "=", value)]
-
-
-def _similarity(kind: str, a: str, b: str) -> float:
-    if a == b:
-        return 1.0
-    if kind == "text":
-        return max(fuzz.ratio(a, b), fuzz.token_sort_ratio(a, b)) / 100
-    return fuzz.ratio(a, b) / 100  # e-mail/phone/date typos still count a little
-
-
-class _UnionFind:
-    def __init__(self):
-        self.parent: dict[int, int] = {}
-
-    def find(self, x: int) -> int:
-        self.parent.setdefault(x, x)
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a: int, b: int) -> None:
-        self.parent[self.find(a)] = self.find(b)
-
-
 def _survivor(values: list, rule: str, recency: list) -> object:
     present = [(i, v) for i, v in enumerate(values) if v is not None and str(v).strip() != ""]
     if not present:
@@ -153,76 +109,97 @@ def _survivor(values: list, rule: str, recency: list) -> object:
     return next(v for _, v in present if counts[str(v).strip()] == best)  # ties: first non-null
 
 
-def _blocks(frame: pd.DataFrame, columns: list[str], kinds: dict[str, str]) -> tuple[dict, dict[tuple, list[int]]]:
-    """The normalised match columns and the blocks of rows that share a blocking key."""
-    normalised = {c: _normalise(frame[c], kinds[c]).tolist() for c in columns}
-    blocks: dict[tuple, list[int]] = defaultdict(list)
-    for column in columns:
-        for row, value in enumerate(normalised[column]):
-            if isinstance(value, str):
-                for key in _blocking_keys(column, kinds[column], value):
-                    blocks[key].append(row)
-    return normalised, blocks
-
-
-def _compared_blocks(blocks: dict[tuple, list[int]], max_block_size: int) -> list[list[int]]:
-    return [members for members in blocks.values() if 2 <= len(members) <= max_block_size]
+def _fields(frame: pd.DataFrame, columns: list[str]) -> list[linkage.Field]:
+    return [linkage.make_field(column, frame[column]) for column in columns]
 
 
 def candidate_pairs(dataset: Dataset, config: dict) -> int:
-    """How many record pairs `run` would compare, at most (a pair in two blocks counts twice);
-    computed from the blocks alone, so a run too big to afford is refused before it starts."""
+    """How many record pairs `run` would compare, at most (a pair found by two blocking passes
+    counts twice); computed from the blocks alone, so a run too big to afford is refused first."""
     frame = to_frame(dataset)
-    columns = config.get("match_columns") or dataset.columns
-    kinds = {c: _column_kind(c, frame[c]) for c in columns}
-    _, blocks = _blocks(frame, columns, kinds)
-    return sum(len(m) * (len(m) - 1) // 2 for m in _compared_blocks(blocks, config["max_block_size"]))
+    fields = _fields(frame, config.get("match_columns") or dataset.columns)
+    return linkage.estimate_pairs(fields, config["max_block_size"])
+
+
+def _clusters(records: int, pairs: np.ndarray, log_odds: np.ndarray, threshold: float, fields, model, weights):
+    """Clusters (sorted row lists) and every scored pair inside them: {(a, b): row in `scored`}."""
+    threshold_bits = math.log2(threshold / (1 - threshold)) if 0 < threshold < 1 else (-60 if threshold <= 0 else 60)
+    scored = {(int(a), int(b)): i for i, (a, b) in enumerate(pairs.tolist())}
+    extra = []  # unscored pairs inside small components: scored now, so that clusters are judged whole
+    groups = linkage.bounded_components(records, pairs, log_odds, threshold_bits)
+    for members in groups:
+        if len(members) <= linkage.COMPLETE_COMPONENTS_UP_TO:
+            left, right = np.triu_indices(len(members), 1)
+            extra.extend((int(members[a]), int(members[b])) for a, b in zip(left, right, strict=True))
+    extra = np.array([p for p in extra if p not in scored], dtype=np.int64).reshape(-1, 2)
+    if len(extra):
+        gamma = linkage.compare(fields, extra)
+        _, bits = linkage.score(model, fields, extra, gamma, weights)
+        extra_odds = math.log2(model.prior / (1 - model.prior)) + bits.sum(axis=1)
+    else:
+        gamma, bits, extra_odds = None, None, np.zeros(0)
+    odds = {pair: float(log_odds[i]) for pair, i in scored.items()}
+    odds.update({(int(a), int(b)): float(o) for (a, b), o in zip(extra.tolist(), extra_odds, strict=True)})
+    clusters = []
+    for members in groups:
+        clusters.extend(linkage.average_linkage(members, odds, threshold_bits))
+    clusters.sort(key=lambda rows: rows[0])
+    return clusters, odds, (extra, gamma, bits)
 
 
 def run(dataset: Dataset, config: dict) -> dict:
     frame = to_frame(dataset)
     columns = config.get("match_columns") or dataset.columns
-    kinds = {c: _column_kind(c, frame[c]) for c in columns}
-    normalised, blocks = _blocks(frame, columns, kinds)
-    weights = {c: config["weights"].get(c, 2.0 if kinds[c] in ("email", "phone") else 1.0) for c in columns}
-    min_shared = 2 if len(columns) >= 2 else 1
+    fields = _fields(frame, columns)
+    records = len(frame)
+    weights = np.array([config["weights"].get(c, 1.0) for c in columns], dtype=float)
 
-    scores: dict[tuple[int, int], float] = {}
-    for members in _compared_blocks(blocks, config["max_block_size"]):
-        for a, b in itertools.combinations(members, 2):
-            if (a, b) in scores:
-                continue
-            total = weight = 0.0
-            shared = 0
-            for column in columns:
-                va, vb = normalised[column][a], normalised[column][b]
-                if isinstance(va, str) and isinstance(vb, str):
-                    total += weights[column] * _similarity(kinds[column], va, vb)
-                    weight += weights[column]
-                    shared += 1
-            scores[(a, b)] = total / weight if shared >= min_shared and weight else 0.0
+    pairs = linkage.candidate_pairs(fields, records, config["max_block_size"])
+    gamma = linkage.compare(fields, pairs)
+    model = linkage.estimate_model(fields, gamma, records)
+    _, bits = linkage.score(model, fields, pairs, gamma, weights)
+    log_odds = math.log2(model.prior / (1 - model.prior)) + bits.sum(axis=1)
+    clusters_rows, odds, (extra, extra_gamma, extra_bits) = _clusters(
+        records, pairs, log_odds, config["threshold"], fields, model, weights
+    )
 
-    links = _UnionFind()
-    edges: dict[int, list[float]] = defaultdict(list)
-    linked = [(a, b, score) for (a, b), score in scores.items() if score >= config["threshold"]]
-    for a, b, _ in linked:
-        links.union(a, b)
-    for a, _, score in linked:
-        edges[links.find(a)].append(score)
-    members_of: dict[int, list[int]] = defaultdict(list)
-    for row in list(links.parent):
-        members_of[links.find(row)].append(row)
+    explain = config["explain"]
+    if explain:
+        where = {(int(a), int(b)): ("candidate", i) for i, (a, b) in enumerate(pairs.tolist())}
+        where.update({(int(a), int(b)): ("extra", i) for i, (a, b) in enumerate(extra.tolist())})
+
+    def explanation(rows: list[int]) -> list[dict]:
+        out = []
+        for i, a in enumerate(rows):
+            for b in rows[i + 1 :]:
+                source, index = where[(a, b)]
+                levels, contributions = (gamma, bits) if source == "candidate" else (extra_gamma, extra_bits)
+                out.append(
+                    {
+                        "row_ids": [a, b],
+                        "score": round(float(linkage._sigmoid2(np.array(odds[(a, b)]))), 4),
+                        "fields": {
+                            column: {
+                                "level": "missing" if levels[index, f] < 0 else linkage.LEVELS[levels[index, f]],
+                                "weight": round(float(contributions[index, f]), 2),
+                            }
+                            for f, column in enumerate(columns)
+                        },
+                    }
+                )
+        return out
 
     recency_column = config.get("recency_column")
     recency = parse_dates(frame[recency_column].dropna())[0].reindex(frame.index) if recency_column else None
     rows = frame.astype(object).where(frame.notna(), None)
     clusters, golden_records = [], []
-    for root, members in sorted(members_of.items(), key=lambda item: min(item[1])):
-        if len(members) < 2:
-            continue
-        members.sort()
+    for members in clusters_rows:
         cluster_id = len(clusters)
-        clusters.append({"cluster_id": cluster_id, "row_ids": members, "score": round(min(edges[root]), 4)})
+        within = [odds[(a, b)] for i, a in enumerate(members) for b in members[i + 1 :] if (a, b) in odds]
+        cluster = {"cluster_id": cluster_id, "row_ids": members, "score": _probability(min(within))}
+        if explain:
+            cluster["pairs"] = explanation(members)
+        clusters.append(cluster)
         recency_values = [None if recency is None or pd.isna(recency[m]) else recency[m] for m in members]
         record = {
             column: _survivor(
@@ -233,14 +210,25 @@ def run(dataset: Dataset, config: dict) -> dict:
             for column in dataset.columns
         }
         golden_records.append({"cluster_id": cluster_id, "row_ids": members, "record": record})
-    return {
-        "clusters": clusters,
-        "golden_records": golden_records,
-        "summary": {
-            "records": len(frame),
-            "clusters": len(clusters),
-            "records_in_clusters": sum(len(c["row_ids"]) for c in clusters),
-            "pairs_compared": len(scores),
-            "match_columns": {c: kinds[c] for c in columns},
-        },
+    summary = {
+        "records": records,
+        "clusters": len(clusters),
+        "records_in_clusters": sum(len(c["row_ids"]) for c in clusters),
+        "pairs_compared": len(pairs),
+        "match_columns": {f.name: f.kind for f in fields},
+        "method": "fellegi_sunter",
+        "blocking_passes": [f"{f.name}:{key}" for f, key in linkage.blocking_passes(fields)],
+        "match_prior": round(model.prior, 6),
+        "em_iterations": model.iterations,
     }
+    if explain:
+        summary["field_weights"] = {
+            f.name: {level: round(float(model.bits()[i, j]), 2) for j, level in enumerate(linkage.LEVELS)}
+            for i, f in enumerate(fields)
+        }
+    return {"clusters": clusters, "golden_records": golden_records, "summary": summary}
+
+
+def _probability(log_odds: float) -> float:
+    """A match probability from log2 odds, as the JSON score (never exactly 0)."""
+    return max(round(1 / (1 + 2 ** -max(min(log_odds, 60), -60)), 4), 0.0001)
