@@ -12,7 +12,7 @@ TEST_DATABASE_URL ?= mysql://root@127.0.0.1:3306/test
 PYTEST_DB_FLAGS ?= $(if $(filter true,$(CI)),--create-db,--reuse-db)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps test-system-deps bench-deps apt-packages run test lint mariadb redis bench bench-profile bench-export bench-ledger bench-scale bench-http bench-profile-charge clean
+.PHONY: install system-deps test-system-deps bench-deps apt-packages run test lint mariadb redis bench bench-profile bench-export bench-ledger bench-scale bench-http bench-profile-charge bench-quality clean
 
 install: system-deps $(STAMP)
 
@@ -96,6 +96,10 @@ bench-http: bench-deps mariadb
 
 bench-profile-charge: bench-deps mariadb
 	$(BIN)/python -m bench.profile_charge
+
+# The data agents: linkage on FEBRL and customers.csv next to recordlinkage, profiling, cleaning.
+bench-quality: bench-deps mariadb
+	$(BIN)/python -m bench.quality
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

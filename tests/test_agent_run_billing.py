@@ -289,7 +289,7 @@ def test_master_refuses_predictably_too_big_work_with_413_before_holding(user, s
     settings.AGENT_MASTER_MAX_PAIRS = 1_000
     ledger.grant(user_id=user.id, amount=500, reason="seed")
     rows = "\n".join(f"Person {i},same@example.com" for i in range(100))  # one block: 4,950 pairs
-    body = {"tool_configuration": {}, "data": {"csv": "name,email\n" + rows}}
+    body = {"tool_configuration": {"max_block_size": 300}, "data": {"csv": "name,email\n" + rows}}
 
     response = bearer_client(user).post("/api/master-my-data", body, format="json")
 
