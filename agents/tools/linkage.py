@@ -41,7 +41,7 @@ LEVELS = ("different", "similar", "close", "exact")  # index = level; missing is
 EXACT = 3
 SAMPLE_SHARE = 0.8  # a column is of a kind when this share of its sampled values is
 KIND_SAMPLE = 5000
-U_SAMPLE_PAIRS = 200_000
+U_SAMPLE_PAIRS = 50_000
 # Prior probabilities of each level for unrelated records (u) and for true matches (m), and how
 # many pairs' worth of evidence each prior counts for.
 U_PRIOR = {

@@ -124,9 +124,14 @@ def candidate_pairs(dataset: Dataset, config: dict) -> int:
 def _clusters(records: int, pairs: np.ndarray, log_odds: np.ndarray, threshold: float, fields, model, weights):
     """Clusters (sorted row lists) and every scored pair inside them: {(a, b): row in `scored`}."""
     threshold_bits = math.log2(threshold / (1 - threshold)) if 0 < threshold < 1 else (-60 if threshold <= 0 else 60)
-    scored = {(int(a), int(b)): i for i, (a, b) in enumerate(pairs.tolist())}
-    extra = []  # unscored pairs inside small components: scored now, so that clusters are judged whole
     groups = linkage.bounded_components(records, pairs, log_odds, threshold_bits)
+    # Only pairs inside a linked component matter from here on.
+    in_component = np.zeros(records, dtype=bool)
+    if groups:
+        in_component[np.concatenate(groups)] = True
+    inside = np.flatnonzero(in_component[pairs[:, 0]] & in_component[pairs[:, 1]])
+    scored = {(int(a), int(b)): int(i) for (a, b), i in zip(pairs[inside].tolist(), inside, strict=True)}
+    extra = []  # unscored pairs inside small components: scored now, so that clusters are judged whole
     for members in groups:
         if len(members) <= linkage.COMPLETE_COMPONENTS_UP_TO:
             left, right = np.triu_indices(len(members), 1)
