@@ -408,10 +408,8 @@ def estimate_model(fields: list[Field], gamma: np.ndarray, records: int) -> Mode
     return Model(np.log2(m), log_u, prior, iterations, exact_value)
 
 
-def score(
-    model: Model, fields: list[Field], pairs: np.ndarray, gamma: np.ndarray, weights: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each pair's match probability and per-field evidence in bits (fields weighted)."""
+def field_bits(model: Model, fields: list[Field], pairs: np.ndarray, gamma: np.ndarray, weights: np.ndarray):
+    """Each pair's evidence per field in bits (weighted; 0 where missing): for explanations."""
     present = gamma >= 0
     bits = np.take_along_axis(model.bits().T, np.where(present, gamma, 0).astype(np.int64), axis=0)
     for column, fld in enumerate(fields):  # exact agreement on a rare value weighs more
@@ -419,9 +417,24 @@ def score(
         if exact.any():
             codes = fld.codes[pairs[exact, 0]]
             bits[exact, column] = model.log_m[column, EXACT] - model.exact_value_log_u[column][codes]
-    bits = np.where(present, bits, 0.0) * weights
-    log_odds = math.log2(model.prior / (1 - model.prior)) + bits.sum(axis=1)
-    return _sigmoid2(log_odds), bits
+    return np.where(present, bits, 0.0) * weights
+
+
+def log_odds(model: Model, fields: list[Field], pairs: np.ndarray, gamma: np.ndarray, weights: np.ndarray):
+    """Each pair's log2 odds of being a match: the prior plus every field's evidence; one field at
+    a time, so that memory grows by a vector, not a pairs × fields matrix of floats."""
+    total = np.full(len(pairs), math.log2(model.prior / (1 - model.prior)))
+    bits = model.bits()
+    for column, fld in enumerate(fields):
+        levels = gamma[:, column]
+        contribution = bits[column][np.maximum(levels, 0)]
+        exact = levels == EXACT
+        if exact.any():  # exact agreement on a rare value weighs more
+            codes = fld.codes[pairs[exact, 0]]
+            contribution[exact] = model.log_m[column, EXACT] - model.exact_value_log_u[column][codes]
+        contribution[levels < 0] = 0.0
+        total += contribution * weights[column]
+    return total
 
 
 # --- clusters -------------------------------------------------------------------------------------

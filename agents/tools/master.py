@@ -137,19 +137,17 @@ def _clusters(records: int, pairs: np.ndarray, log_odds: np.ndarray, threshold: 
             left, right = np.triu_indices(len(members), 1)
             extra.extend((int(members[a]), int(members[b])) for a, b in zip(left, right, strict=True))
     extra = np.array([p for p in extra if p not in scored], dtype=np.int64).reshape(-1, 2)
-    if len(extra):
-        gamma = linkage.compare(fields, extra)
-        _, bits = linkage.score(model, fields, extra, gamma, weights)
-        extra_odds = math.log2(model.prior / (1 - model.prior)) + bits.sum(axis=1)
-    else:
-        gamma, bits, extra_odds = None, None, np.zeros(0)
+    extra_odds = linkage.log_odds(model, fields, extra, linkage.compare(fields, extra), weights)
     odds = {pair: float(log_odds[i]) for pair, i in scored.items()}
     odds.update({(int(a), int(b)): float(o) for (a, b), o in zip(extra.tolist(), extra_odds, strict=True)})
     clusters = []
     for members in groups:
-        clusters.extend(linkage.average_linkage(members, odds, threshold_bits))
+        if len(members) <= linkage.COMPLETE_COMPONENTS_UP_TO:
+            clusters.extend(linkage.average_linkage(members, odds, threshold_bits))
+        else:  # still this large after linking it 40 bits more strictly: records alike throughout
+            clusters.append(members.tolist())
     clusters.sort(key=lambda rows: rows[0])
-    return clusters, odds, (extra, gamma, bits)
+    return clusters, odds
 
 
 def run(dataset: Dataset, config: dict) -> dict:
@@ -162,37 +160,31 @@ def run(dataset: Dataset, config: dict) -> dict:
     pairs = linkage.candidate_pairs(fields, records, config["max_block_size"])
     gamma = linkage.compare(fields, pairs)
     model = linkage.estimate_model(fields, gamma, records)
-    _, bits = linkage.score(model, fields, pairs, gamma, weights)
-    log_odds = math.log2(model.prior / (1 - model.prior)) + bits.sum(axis=1)
-    clusters_rows, odds, (extra, extra_gamma, extra_bits) = _clusters(
-        records, pairs, log_odds, config["threshold"], fields, model, weights
-    )
-
+    log_odds = linkage.log_odds(model, fields, pairs, gamma, weights)
+    del gamma
+    clusters_rows, odds = _clusters(records, pairs, log_odds, config["threshold"], fields, model, weights)
     explain = config["explain"]
-    if explain:
-        where = {(int(a), int(b)): ("candidate", i) for i, (a, b) in enumerate(pairs.tolist())}
-        where.update({(int(a), int(b)): ("extra", i) for i, (a, b) in enumerate(extra.tolist())})
 
     def explanation(rows: list[int]) -> list[dict]:
-        out = []
-        for i, a in enumerate(rows):
-            for b in rows[i + 1 :]:
-                source, index = where[(a, b)]
-                levels, contributions = (gamma, bits) if source == "candidate" else (extra_gamma, extra_bits)
-                out.append(
-                    {
-                        "row_ids": [a, b],
-                        "score": round(float(linkage._sigmoid2(np.array(odds[(a, b)]))), 4),
-                        "fields": {
-                            column: {
-                                "level": "missing" if levels[index, f] < 0 else linkage.LEVELS[levels[index, f]],
-                                "weight": round(float(contributions[index, f]), 2),
-                            }
-                            for f, column in enumerate(columns)
-                        },
+        """Every pair in the cluster, compared again (a handful), with each field's level and weight."""
+        within = np.array([(a, b) for i, a in enumerate(rows) for b in rows[i + 1 :]], dtype=np.int64)
+        levels = linkage.compare(fields, within)
+        contributions = linkage.field_bits(model, fields, within, levels, weights)
+        pair_odds = linkage.log_odds(model, fields, within, levels, weights)
+        return [
+            {
+                "row_ids": [a, b],
+                "score": _probability(float(pair_odds[index])),
+                "fields": {
+                    column: {
+                        "level": "missing" if levels[index, f] < 0 else linkage.LEVELS[levels[index, f]],
+                        "weight": round(float(contributions[index, f]), 2),
                     }
-                )
-        return out
+                    for f, column in enumerate(columns)
+                },
+            }
+            for index, (a, b) in enumerate(within.tolist())
+        ]
 
     recency_column = config.get("recency_column")
     recency = parse_dates(frame[recency_column].dropna())[0].reindex(frame.index) if recency_column else None
