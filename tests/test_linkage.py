@@ -24,6 +24,8 @@ def test_dates_transposed_day_month_and_year_typos_are_close_not_different():
 def test_ids_one_typo_or_two_transposed_digits_are_close():
     ids = field("id", "5304218", "5302418", "5304219", "5304-218", "9911873")
     assert levels(ids, [(0, 3), (0, 1), (0, 2), (0, 4)]) == [3, 2, 2, 0]
+    short = field("id", "1", "2", "12", "13")  # one digit apart is a different record number, not a typo
+    assert levels(short, [(0, 1), (2, 3)]) == [0, 0]
 
 
 def test_names_close_by_spelling_or_sound():

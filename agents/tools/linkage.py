@@ -255,7 +255,7 @@ def _levels(kind: str, left: np.ndarray, right: np.ndarray, fld: Field, li: np.n
         edits = cpdist(left, right, scorer=OSA.distance, workers=-1)
         longest = np.maximum(np.char.str_len(left.astype(str)), np.char.str_len(right.astype(str)))
         level[(edits == 2) & (longest >= 6)] = 1
-        level[edits == 1] = 2  # one typo or two transposed digits
+        level[(edits == 1) & (longest >= 3)] = 2  # one typo or two transposed digits, in a real id
     elif kind == "date":
         a, b = _digits(left), _digits(right)  # records × 8 character codes: YYYYMMDD
         year = (a[:, :4] == b[:, :4]).all(axis=1)
