@@ -125,11 +125,11 @@ def _clusters(records: int, pairs: np.ndarray, log_odds: np.ndarray, threshold: 
     """Clusters (sorted row lists) and every scored pair inside them: {(a, b): row in `scored`}."""
     threshold_bits = math.log2(threshold / (1 - threshold)) if 0 < threshold < 1 else (-60 if threshold <= 0 else 60)
     groups = linkage.bounded_components(records, pairs, log_odds, threshold_bits)
-    # Only pairs inside a linked component matter from here on.
-    in_component = np.zeros(records, dtype=bool)
-    if groups:
-        in_component[np.concatenate(groups)] = True
-    inside = np.flatnonzero(in_component[pairs[:, 0]] & in_component[pairs[:, 1]])
+    # Only pairs inside one linked component matter from here on.
+    component = np.full(records, -1)
+    for number, members in enumerate(groups):
+        component[members] = number
+    inside = np.flatnonzero((component[pairs[:, 0]] >= 0) & (component[pairs[:, 0]] == component[pairs[:, 1]]))
     scored = {(int(a), int(b)): int(i) for (a, b), i in zip(pairs[inside].tolist(), inside, strict=True)}
     extra = []  # unscored pairs inside small components: scored now, so that clusters are judged whole
     for members in groups:
@@ -188,7 +188,7 @@ def run(dataset: Dataset, config: dict) -> dict:
 
     recency_column = config.get("recency_column")
     recency = parse_dates(frame[recency_column].dropna())[0].reindex(frame.index) if recency_column else None
-    rows = frame.astype(object).where(frame.notna(), None)
+    rows = frame.astype(object).where(frame.notna(), None).to_numpy().tolist()
     clusters, golden_records = [], []
     for members in clusters_rows:
         cluster_id = len(clusters)
@@ -200,11 +200,11 @@ def run(dataset: Dataset, config: dict) -> dict:
         recency_values = [None if recency is None or pd.isna(recency[m]) else recency[m] for m in members]
         record = {
             column: _survivor(
-                [rows.at[m, column] for m in members],
+                [rows[m][index] for m in members],
                 config["survivorship"].get(column, config["default_rule"]),
                 recency_values,
             )
-            for column in dataset.columns
+            for index, column in enumerate(dataset.columns)
         }
         golden_records.append({"cluster_id": cluster_id, "row_ids": members, "record": record})
     summary = {
