@@ -363,14 +363,11 @@ def _unique_rows(gamma: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return patterns, counts, inverse.ravel()
 
 
-def _evidence(patterns: np.ndarray, bits: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+def _evidence(patterns: np.ndarray, bits: np.ndarray) -> np.ndarray:
     """Σ over fields of log2(m/u) at each pattern's level (missing fields add nothing)."""
     present = patterns >= 0
     per_field = np.take_along_axis(bits.T, np.where(present, patterns, 0).astype(np.int64), axis=0)
-    per_field = np.where(present, per_field, 0.0)
-    if weights is not None:
-        per_field = per_field * weights
-    return per_field.sum(axis=1)
+    return np.where(present, per_field, 0.0).sum(axis=1)
 
 
 def _sigmoid2(x: np.ndarray) -> np.ndarray:
@@ -408,32 +405,29 @@ def estimate_model(fields: list[Field], gamma: np.ndarray, records: int) -> Mode
     return Model(np.log2(m), log_u, prior, iterations, exact_value)
 
 
+def _contribution(model: Model, fld: Field, column: int, pairs: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """One field's evidence in bits for each pair (unweighted; 0 where missing)."""
+    contribution = model.bits()[column][np.maximum(levels, 0)]
+    exact = levels == EXACT
+    if exact.any():  # exact agreement on a rare value weighs more
+        codes = fld.codes[pairs[exact, 0]]
+        contribution[exact] = model.log_m[column, EXACT] - model.exact_value_log_u[column][codes]
+    contribution[levels < 0] = 0.0
+    return contribution
+
+
 def field_bits(model: Model, fields: list[Field], pairs: np.ndarray, gamma: np.ndarray, weights: np.ndarray):
     """Each pair's evidence per field in bits (weighted; 0 where missing): for explanations."""
-    present = gamma >= 0
-    bits = np.take_along_axis(model.bits().T, np.where(present, gamma, 0).astype(np.int64), axis=0)
-    for column, fld in enumerate(fields):  # exact agreement on a rare value weighs more
-        exact = gamma[:, column] == EXACT
-        if exact.any():
-            codes = fld.codes[pairs[exact, 0]]
-            bits[exact, column] = model.log_m[column, EXACT] - model.exact_value_log_u[column][codes]
-    return np.where(present, bits, 0.0) * weights
+    columns = [_contribution(model, fld, c, pairs, gamma[:, c]) for c, fld in enumerate(fields)]
+    return np.stack(columns, axis=1) * weights
 
 
 def log_odds(model: Model, fields: list[Field], pairs: np.ndarray, gamma: np.ndarray, weights: np.ndarray):
     """Each pair's log2 odds of being a match: the prior plus every field's evidence; one field at
     a time, so that memory grows by a vector, not a pairs × fields matrix of floats."""
     total = np.full(len(pairs), math.log2(model.prior / (1 - model.prior)))
-    bits = model.bits()
     for column, fld in enumerate(fields):
-        levels = gamma[:, column]
-        contribution = bits[column][np.maximum(levels, 0)]
-        exact = levels == EXACT
-        if exact.any():  # exact agreement on a rare value weighs more
-            codes = fld.codes[pairs[exact, 0]]
-            contribution[exact] = model.log_m[column, EXACT] - model.exact_value_log_u[column][codes]
-        contribution[levels < 0] = 0.0
-        total += contribution * weights[column]
+        total += _contribution(model, fld, column, pairs, gamma[:, column]) * weights[column]
     return total
 
 
