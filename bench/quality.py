@@ -246,9 +246,11 @@ def main() -> None:
     use_bench_database()
     from django.test import Client
 
+    from agents import sandbox
     from bench.http_load import prepare
 
     client = Client(HTTP_AUTHORIZATION=f"Bearer {prepare()}")
+    sandbox.warm()  # as gunicorn and Celery do at boot: no run waits for a tool worker's interpreter
     figures = {}
     print("Linkage (pairwise; dev = tuned on, held = not)", flush=True)
     figures["linkage"] = linkage_table(client, args.scale)

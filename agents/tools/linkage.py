@@ -480,6 +480,8 @@ def average_linkage(members: np.ndarray, log_odds: dict[tuple[int, int], float],
     whose pairs average the most evidence, while that average reaches the threshold. Pairs never
     scored (in components too large to score whole) do not count. O(k³) for k members."""
     k = len(members)
+    if k == 2:  # a component of two is one link that reached the threshold
+        return [[int(m) for m in members]]
     total, count = np.zeros((k, k)), np.zeros((k, k))
     rows = [int(m) for m in members]
     for i, a in enumerate(rows):

@@ -104,9 +104,12 @@ def _survivor(values: list, rule: str, recency: list) -> object:
     if rule == "most_recent":
         dated = [(recency[i], i, v) for i, v in present if recency[i] is not None]
         return max(dated)[2] if dated else present[0][1]
-    counts = Counter(str(v).strip() for _, v in present)
+    keys = [str(v).strip() for _, v in present]
+    if len(set(keys)) == 1:  # the usual case: the records agree
+        return present[0][1]
+    counts = Counter(keys)
     best = max(counts.values())
-    return next(v for _, v in present if counts[str(v).strip()] == best)  # ties: first non-null
+    return next(v for (_, v), key in zip(present, keys, strict=True) if counts[key] == best)  # ties: first non-null
 
 
 def _fields(frame: pd.DataFrame, columns: list[str]) -> list[linkage.Field]:
