@@ -38,9 +38,9 @@ from agents.datasets import Dataset
 from agents.models import AgentRun, RunStatus, pack, unpack
 from agents.selectors import AgentUnavailable, active_agent
 from billing import ledger
+from billing.ledger.sql import PlanStopped, Step, run_plan
 from billing.models import CreditHold, CreditTransaction, HoldStatus, TransactionKind
 from billing.signals import hold_expired
-from billing.sql import PlanStopped, Step, run_plan
 
 logger = logging.getLogger("agents")
 

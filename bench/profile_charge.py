@@ -50,14 +50,14 @@ def timed(name: str, fn, calls: int) -> dict:
 
 
 def bare_compound_statement(user_id: int):
-    """Our charge's compound statement (`ledger._charge_plan` as `billing.sql.compound_sql` sends
+    """Our charge's compound statement (`spending._charge_plan` as `billing.ledger.sql.compound_sql` sends
     it) from a bare mysqlclient connection (no Django), as `run_plan` reads its results."""
     import MySQLdb
     from MySQLdb.constants import CLIENT
 
     from bench.db import BENCH_DATABASE, SERVER
-    from billing import ledger
-    from billing.sql import compound_sql
+    from billing.ledger import spending
+    from billing.ledger.sql import compound_sql
 
     connection = MySQLdb.connect(db=BENCH_DATABASE, client_flag=CLIENT.FOUND_ROWS, **SERVER)  # as Django connects
     connection.autocommit(True)
@@ -71,12 +71,12 @@ def bare_compound_statement(user_id: int):
         "request_fingerprint": "",
         "metadata": {},
     }
-    sql = compound_sql(ledger._charge_plan(user_id=user_id, fields=fields, at=None), own_transaction=True)
+    sql = compound_sql(spending._charge_plan(user_id=user_id, fields=fields, at=None), own_transaction=True)
 
     def charge() -> None:
         at = time.strftime("%Y-%m-%d %H:%M:%S")
         cursor.execute(
-            sql, [p for step in ledger._charge_plan(user_id=user_id, fields=fields, at=at) for p in step.params]
+            sql, [p for step in spending._charge_plan(user_id=user_id, fields=fields, at=at) for p in step.params]
         )
         results = []
         while True:

@@ -54,6 +54,7 @@ class TransactionKind(models.TextChoices):
     REFUND = "refund", "Refund"
     CLAWBACK = "clawback", "Claw-back"
     ADJUSTMENT = "adjustment", "Adjustment"
+    EXPIRY = "expiry", "Expiry"
 
 
 class ImmutableQuerySet(models.QuerySet):
@@ -131,6 +132,104 @@ class CreditTransaction(models.Model):
         raise TypeError("Ledger rows are immutable: write a correcting transaction instead.")
 
 
+class LotCategory(models.TextChoices):
+    PAID = "paid", "Paid"
+    PROMOTIONAL = "promotional", "Promotional"
+
+
+class LotSource(models.TextChoices):
+    PURCHASE = "purchase", "Purchase"
+    GRANT = "grant", "Staff grant"
+    ADJUSTMENT = "adjustment", "Staff adjustment"
+    RESTORED_CLAWBACK = "restored_clawback", "Restored claw-back"
+    OPENING = "opening", "Opening balance (before lots)"
+
+
+class CreditLot(models.Model):
+    """Credits that came in together (a purchase, a grant …): what is left of them, until when,
+    and what was paid for them. A lot is never deleted; `remaining_credits` moves only through
+    ledger verbs, each recording its draws. Pending holds pin `held_credits` of it.
+
+    Invariants (the ledger keeps them; `reconcile_ledger` checks them): per wallet,
+    balance == Σ remaining and held == Σ held; per lot, remaining == original − Σ draws and
+    held == Σ pins of pending holds."""
+
+    wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="lots")
+    category = models.CharField(max_length=16, choices=LotCategory.choices)
+    source = models.CharField(max_length=24, choices=LotSource.choices)
+    original_credits = models.BigIntegerField()
+    remaining_credits = models.BigIntegerField()
+    held_credits = models.BigIntegerField(default=0, help_text="Pinned by pending holds.")
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
+    priority = models.IntegerField(default=0, help_text="Lower is spent first.")
+    cost_basis_cents = models.BigIntegerField(
+        default=0, help_text="What was paid for all of the lot's original credits, in cents (0 when promotional)."
+    )
+    currency = models.CharField(max_length=3, blank=True, default="")
+    transaction = models.OneToOneField(
+        "billing.CreditTransaction",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="lot",
+        help_text="The ledger row that brought the credits in (none for an opening lot).",
+    )
+    purchase = models.ForeignKey(
+        "billing.Purchase", on_delete=models.PROTECT, null=True, blank=True, related_name="lots"
+    )
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "credit_lots"
+        constraints = [
+            models.CheckConstraint(condition=Q(original_credits__gt=0), name="lot_original_positive"),
+            models.CheckConstraint(
+                condition=Q(held_credits__gte=0, remaining_credits__gte=F("held_credits"))
+                & Q(remaining_credits__lte=F("original_credits")),
+                name="lot_held_remaining_within_original",
+            ),
+            models.CheckConstraint(condition=Q(category__in=LotCategory.values), name="lot_category_valid"),
+            models.CheckConstraint(
+                condition=Q(cost_basis_cents__gte=0) & (Q(category=LotCategory.PAID) | Q(cost_basis_cents=0)),
+                name="lot_cost_basis_paid_only",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["wallet", "remaining_credits"], name="lot_wallet_open_idx"),
+            models.Index(fields=["expires_at"], name="lot_expiry_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Lot {self.pk}: {self.remaining_credits}/{self.original_credits} {self.category}"
+
+    @property
+    def available_credits(self) -> int:
+        return self.remaining_credits - self.held_credits
+
+
+class CreditDraw(models.Model):
+    """Credits a debit (charge, capture, claw-back, debit adjustment, expiry) took from one lot."""
+
+    transaction = models.ForeignKey("billing.CreditTransaction", on_delete=models.PROTECT, related_name="draws")
+    lot = models.ForeignKey(CreditLot, on_delete=models.PROTECT, related_name="draws")
+    credits = models.BigIntegerField()
+
+    objects = ImmutableQuerySet.as_manager()
+
+    class Meta:
+        db_table = "credit_draws"
+        constraints = [
+            models.CheckConstraint(condition=Q(credits__gt=0), name="draw_credits_positive"),
+            models.UniqueConstraint(fields=["transaction", "lot"], name="uniq_draw_transaction_lot"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.credits} from lot {self.lot_id}"
+
+
 class HoldStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     CAPTURED = "captured", "Captured"
@@ -168,6 +267,24 @@ class CreditHold(models.Model):
 
     def __str__(self) -> str:
         return f"Hold {self.pk}: {self.amount} ({self.status})"
+
+
+class CreditHoldLot(models.Model):
+    """Credits a hold reserved from one lot: capture draws exactly these, release frees them."""
+
+    hold = models.ForeignKey(CreditHold, on_delete=models.PROTECT, related_name="pins")
+    lot = models.ForeignKey(CreditLot, on_delete=models.PROTECT, related_name="pins")
+    credits = models.BigIntegerField()
+
+    class Meta:
+        db_table = "credit_hold_lots"
+        constraints = [
+            models.CheckConstraint(condition=Q(credits__gt=0), name="pin_credits_positive"),
+            models.UniqueConstraint(fields=["hold", "lot"], name="uniq_pin_hold_lot"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.credits} of lot {self.lot_id} for hold {self.hold_id}"
 
 
 class StripePaymentIntentLock(models.Model):
@@ -239,6 +356,9 @@ class Purchase(models.Model):
     disputed_cents = models.BigIntegerField(default=0)
     clawed_back_credits = models.BigIntegerField(
         default=0, help_text="Credits taken back for refunds/disputes, including any recorded shortfall."
+    )
+    credits_expire_in_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="From the package when bought: the credits expire this long after payment."
     )
     failure_reason = models.CharField(max_length=500, blank=True, default="")
     reversed_stripe_ids = models.JSONField(

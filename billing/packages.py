@@ -16,6 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 _PACKAGE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _CURRENCY = re.compile(r"^[a-z]{3}$")
 _FIELDS = {"package_id", "name", "credits", "price_cents", "currency", "stripe_price_id"}
+_OPTIONAL = {"expires_in_days"}
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class CreditPackage:
     price_cents: int
     currency: str
     stripe_price_id: str | None
+    expires_in_days: int | None = None  # the credits expire this long after payment; None: never
 
 
 def _is_int(value) -> bool:
@@ -45,7 +47,7 @@ def parse_packages(raw: str, *, source: str = "credit_packages.json") -> tuple[C
         where = f"{source}: package #{index}"
         if not isinstance(item, dict):
             raise ImproperlyConfigured(f"{where}: expected an object")
-        missing, unknown = _FIELDS - item.keys(), item.keys() - _FIELDS
+        missing, unknown = _FIELDS - item.keys(), item.keys() - _FIELDS - _OPTIONAL
         if missing:
             raise ImproperlyConfigured(f"{where}: missing field(s) {', '.join(sorted(missing))}")
         if unknown:
@@ -68,6 +70,9 @@ def parse_packages(raw: str, *, source: str = "credit_packages.json") -> tuple[C
         price_id = item["stripe_price_id"]
         if price_id is not None and (not isinstance(price_id, str) or not price_id.startswith("price_")):
             raise ImproperlyConfigured(f"{where}: stripe_price_id must be null or a Stripe price id ('price_…')")
+        days = item.get("expires_in_days")
+        if days is not None and (not _is_int(days) or not 1 <= days <= 36500):
+            raise ImproperlyConfigured(f"{where}: expires_in_days must be null or a whole number of days (1–36500)")
         packages.append(CreditPackage(**item))
     return tuple(packages)
 

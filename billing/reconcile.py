@@ -117,6 +117,64 @@ def _check_wallets(first: int, last: int) -> Iterator[Drift]:
             )
 
 
+_LOT_CHECKS = (
+    (
+        "lots",
+        "SELECT w.id, w.balance_credits, w.held_credits, COALESCE(SUM(l.remaining_credits), 0), "
+        "COALESCE(SUM(l.held_credits), 0) FROM credit_wallets w LEFT JOIN credit_lots l ON l.wallet_id = w.id "
+        "WHERE w.id BETWEEN %s AND %s GROUP BY w.id, w.balance_credits, w.held_credits "
+        "HAVING w.balance_credits <> COALESCE(SUM(l.remaining_credits), 0) "
+        "OR w.held_credits <> COALESCE(SUM(l.held_credits), 0)",
+        lambda r: (f"wallet {r[0]}", f"balance {r[1]}, held {r[2]} ≠ Σ lot remaining {r[3]}, Σ lot held {r[4]}"),
+    ),
+    (
+        "lot",
+        "SELECT l.id, l.wallet_id, l.original_credits, l.remaining_credits, "
+        "(SELECT COALESCE(SUM(d.credits), 0) FROM credit_draws d WHERE d.lot_id = l.id) "
+        "FROM credit_lots l WHERE l.wallet_id BETWEEN %s AND %s AND l.remaining_credits <> l.original_credits - "
+        "(SELECT COALESCE(SUM(d.credits), 0) FROM credit_draws d WHERE d.lot_id = l.id)",
+        lambda r: (f"lot {r[0]} (wallet {r[1]})", f"remaining {r[3]} ≠ original {r[2]} − Σ draws {r[4]}"),
+    ),
+    (
+        "lot",
+        "SELECT l.id, l.wallet_id, l.held_credits, (SELECT COALESCE(SUM(p.credits), 0) FROM credit_hold_lots p "
+        "JOIN credit_holds h ON h.id = p.hold_id WHERE p.lot_id = l.id AND h.status = 'pending') "
+        "FROM credit_lots l WHERE l.wallet_id BETWEEN %s AND %s AND l.held_credits <> "
+        "(SELECT COALESCE(SUM(p.credits), 0) FROM credit_hold_lots p "
+        "JOIN credit_holds h ON h.id = p.hold_id WHERE p.lot_id = l.id AND h.status = 'pending')",
+        lambda r: (f"lot {r[0]} (wallet {r[1]})", f"held {r[2]} ≠ Σ pins of pending holds {r[3]}"),
+    ),
+    (
+        "draws",
+        "SELECT t.id, t.wallet_id, t.amount, (SELECT COALESCE(SUM(d.credits), 0) FROM credit_draws d "
+        "WHERE d.transaction_id = t.id) FROM credit_transactions t WHERE t.wallet_id BETWEEN %s AND %s "
+        "AND t.amount < 0 AND t.created_at > (SELECT MIN(o.created_at) FROM credit_lots o "
+        "WHERE o.wallet_id = t.wallet_id) AND -t.amount <> "
+        "(SELECT COALESCE(SUM(d.credits), 0) FROM credit_draws d WHERE d.transaction_id = t.id)",
+        lambda r: (f"transaction {r[0]} (wallet {r[1]})", f"debit of {-r[2]} but Σ draws {r[3]}"),
+    ),
+    (
+        "draws",
+        "SELECT t.id, t.wallet_id, t.amount FROM credit_transactions t WHERE t.wallet_id BETWEEN %s AND %s "
+        "AND t.amount > 0 AND t.created_at > (SELECT MIN(o.created_at) FROM credit_lots o "
+        "WHERE o.wallet_id = t.wallet_id) AND NOT EXISTS "
+        "(SELECT 1 FROM credit_lots l WHERE l.transaction_id = t.id AND l.original_credits = t.amount)",
+        lambda r: (f"transaction {r[0]} (wallet {r[1]})", f"{r[2]} credits in without a lot of that size"),
+    ),
+)
+
+
+def _check_lots(first: int, last: int) -> Iterator[Drift]:
+    """balance == Σ lot remaining and held == Σ lot held per wallet; remaining == original − Σ
+    draws and held == Σ pins of pending holds per lot; every debit drawn in full and every
+    credit a lot, since the wallet's first lot (rows older than lots have neither)."""
+    with connection.cursor() as cursor:
+        for check, sql, describe in _LOT_CHECKS:
+            cursor.execute(sql, [first, last])
+            for row in cursor.fetchall():
+                yield Drift(check, *describe(row))
+
+
 def _check_purchases() -> Iterator[Drift]:
     for purchase in Purchase.objects.filter(status=PurchaseStatus.PAID).filter(
         Q(transaction__isnull=True)
@@ -175,6 +233,7 @@ def reconcile(*, batch: int = BATCH, progress: Callable[[int, int], None] | None
     checked = 0
     for first, last in _wallet_batches(batch):
         drift.extend(_check_wallets(first, last))
+        drift.extend(_check_lots(first, last))
         checked += Wallet.objects.filter(id__gte=first, id__lte=last).count()
         if progress:
             progress(checked, total)

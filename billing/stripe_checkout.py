@@ -61,6 +61,7 @@ def start_checkout(*, user: User, package_id: str, idempotency_key: str | None =
             "credits": package.credits,
             "amount_cents": package.price_cents,
             "currency": package.currency,
+            "credits_expire_in_days": package.expires_in_days,
         },
     )
     return CheckoutStarted(purchase=purchase, checkout_url=session.url)

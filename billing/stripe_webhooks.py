@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import stripe
 from django.conf import settings
@@ -174,6 +175,7 @@ def _purchase_for_session(session: dict) -> Purchase:
             "credits": package.credits,
             "amount_cents": package.price_cents,
             "currency": package.currency,
+            "credits_expire_in_days": package.expires_in_days,
             "created_by_checkout": False,
         },
     )
@@ -196,6 +198,7 @@ def _fulfil(stored: StripeWebhookEvent) -> str:
     if purchase.transaction_id is not None:
         return WebhookEventStatus.PROCESSED  # another event for this session already granted it
     payment_intent_id = _object_id(session.get("payment_intent"))
+    paid_at = timezone.now()
     result = ledger.purchase(
         user_id=purchase.user_id,
         amount=purchase.credits,
@@ -203,11 +206,17 @@ def _fulfil(stored: StripeWebhookEvent) -> str:
         payment_intent_id=payment_intent_id,
         stripe_event_id=stored.stripe_event_id,
         package_id=purchase.package_id,
+        purchase_id=purchase.id,
+        amount_cents=purchase.amount_cents,
+        currency=purchase.currency,
+        expires_at=paid_at + timedelta(days=purchase.credits_expire_in_days)
+        if purchase.credits_expire_in_days
+        else None,
     )
     purchase.status = PurchaseStatus.PAID
     purchase.transaction = result.transaction
     purchase.stripe_payment_intent_id = payment_intent_id
-    purchase.paid_at = timezone.now()
+    purchase.paid_at = paid_at
     purchase.save(update_fields=["status", "transaction", "stripe_payment_intent_id", "paid_at", "updated_at"])
     _apply_waiting_clawbacks(purchase)
     session_id = purchase.stripe_checkout_session_id

@@ -1,12 +1,18 @@
 from celery import shared_task
 
 from billing import stripe_client
+from billing.expiry import expire_due_credits
 from billing.holds import expire_due_holds
 
 
 @shared_task(name="billing.expire_holds")
 def expire_holds_task() -> int:
     return expire_due_holds()
+
+
+@shared_task(name="billing.expire_credits")
+def expire_credits_task() -> int:
+    return expire_due_credits()
 
 
 @shared_task(name="billing.mirror_stripe_objects")

@@ -328,6 +328,8 @@ CELERY_TASK_SOFT_TIME_LIMIT = int(AGENT_RUN_TIMEOUT_SECONDS) + 30
 CELERY_TASK_TIME_LIMIT = int(AGENT_RUN_TIMEOUT_SECONDS) + 60
 # reconcile_ledger reports a hold still pending longer than this past its expiry.
 EXPIRE_HOLDS_EVERY_SECONDS = env.float("EXPIRE_HOLDS_EVERY_SECONDS", default=60.0)
+EXPIRE_CREDITS_EVERY_SECONDS = env.float("EXPIRE_CREDITS_EVERY_SECONDS", default=60.0)
 CELERY_BEAT_SCHEDULE = {
     "expire-holds": {"task": "billing.expire_holds", "schedule": EXPIRE_HOLDS_EVERY_SECONDS},
+    "expire-credits": {"task": "billing.expire_credits", "schedule": EXPIRE_CREDITS_EVERY_SECONDS},
 }

@@ -68,6 +68,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "HOLD_EXPIRED": 409,
     "HOLD_OWNED_BY_RUN": 409,
     "PAYLOAD_TOO_LARGE": 413,
+    "LEDGER_INCONSISTENT": 500,  # lots disagree with the balance: nothing written, reconcile_ledger says where
     "STRIPE_ERROR": 502,
     "LEDGER_BUSY": 503,
     "STRIPE_UNAVAILABLE": 503,

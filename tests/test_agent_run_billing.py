@@ -13,8 +13,8 @@ from agents import runner
 from agents.datasets import Dataset
 from agents.models import AgentRun, RunStatus
 from billing import ledger
-from billing import sql as billing_sql
 from billing.holds import expire_due_holds
+from billing.ledger import sql as billing_sql
 from billing.models import CreditHold, CreditTransaction, HoldStatus, TransactionKind, Wallet
 from billing.reconcile import reconcile
 from tests.concurrency import in_threads

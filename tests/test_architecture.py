@@ -37,7 +37,7 @@ def copy_of_the_code(tmp_path):
 @pytest.mark.parametrize(
     ("module", "line", "broken"),
     [
-        ("billing/ledger.py", "from agents.models import AgentRun", "Layers"),
+        ("billing/ledger/spending.py", "from agents.models import AgentRun", "Layers"),
         ("core/errors.py", "import billing.ledger", "Layers"),
         ("users/models.py", "from billing.models import Wallet", "Layers"),
         ("agents/tools/profile.py", "from django.conf import settings", "plain data code"),

@@ -7,7 +7,8 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Sum
 
 from billing import ledger
-from billing import sql as billing_sql
+from billing.ledger import spending
+from billing.ledger import sql as billing_sql
 from billing.models import CreditHold, CreditTransaction, HoldStatus, TransactionKind, Wallet
 
 pytestmark = pytest.mark.django_db
@@ -343,16 +344,16 @@ def test_a_failure_after_the_debit_inside_an_outer_transaction_undoes_only_the_c
 
 
 def _fail_the_ledger_row(monkeypatch) -> None:
-    original = ledger._charge_plan
+    original = spending._charge_plan
 
     def failing_plan(**kwargs):
-        debit, row = original(**kwargs)
+        debit, row, *lot_steps = original(**kwargs)
         broken = billing_sql.Step(
             row.sql.replace("INTO credit_transactions", "INTO no_such_table"),
             row.params,
             must_change_one_row=False,
             returns=True,
         )
-        return [debit, broken]
+        return [debit, broken, *lot_steps]
 
-    monkeypatch.setattr(ledger, "_charge_plan", failing_plan)
+    monkeypatch.setattr(spending, "_charge_plan", failing_plan)

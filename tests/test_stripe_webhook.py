@@ -13,6 +13,7 @@ from django.db import OperationalError, connection
 from django.test import Client
 
 from billing import ledger
+from billing.ledger import refunds
 from billing.models import (
     CreditShortfall,
     CreditTransaction,
@@ -501,7 +502,7 @@ def test_a_failing_mirror_does_not_affect_the_grant(client, user, django_capture
 def test_a_deadlock_inside_a_ledger_verb_is_retried_by_the_webhook(client, user, paid, monkeypatch):
     # Inside the webhook's transaction the ledger reports a deadlock as LedgerBusy (only the
     # transaction's owner can retry): the webhook owns it and runs the whole event again.
-    original, calls = ledger._lock_wallet, []
+    original, calls = refunds._lock_wallet, []
 
     def deadlock_once(user_id):
         calls.append(user_id)
@@ -509,7 +510,7 @@ def test_a_deadlock_inside_a_ledger_verb_is_retried_by_the_webhook(client, user,
             raise OperationalError(1213, "Deadlock found when trying to get lock; try restarting transaction")
         return original(user_id)
 
-    monkeypatch.setattr(ledger, "_lock_wallet", deadlock_once)
+    monkeypatch.setattr(refunds, "_lock_wallet", deadlock_once)
     response = deliver(client, refund_event(event_id="evt_dl", payment_intent="pi_paid", amount_refunded=1000))
 
     assert response.status_code == 200 and response.json()["status"] == "processed"

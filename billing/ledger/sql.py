@@ -72,6 +72,16 @@ def compound_supported() -> bool:
     return db.vendor == "mysql" and db.mysql_is_mariadb and db.mysql_version >= (10, 5)
 
 
+def remember_inserted_id(name: str, table: str) -> tuple[list[Step], str]:
+    """Steps to put right after an INSERT into `table`, and the SQL that reads the id it
+    generated in the plan's later steps (whose own INSERTs would change LAST_INSERT_ID()).
+    On MariaDB a session variable; on SQLite, whose plans run alone (one writer at a time),
+    the table's highest id."""
+    if transaction.get_connection().vendor == "mysql":
+        return [Step(f"SET @{name} = LAST_INSERT_ID()", must_change_one_row=False)], f"@{name}"
+    return [], f"(SELECT MAX(id) FROM {table})"
+
+
 def run_plan(steps: list[Step]) -> list[tuple]:
     """Run `steps` in one transaction; the rows of the returning steps, in order.
 

@@ -1,0 +1,86 @@
+"""The only code that changes wallet balances.
+
+Every verb here:
+- runs in one database transaction and locks the wallet row before it reads or changes the
+  balance — charge, hold, capture and release by a conditional UPDATE inside their one plan
+  of statements (`billing.ledger.sql`: one round trip on MariaDB), the rarer verbs by
+  `SELECT … FOR UPDATE` — so concurrent calls on one wallet serialise and no update is lost;
+- writes exactly one immutable `CreditTransaction` carrying `balance_after` for every
+  change of the balance (holds move `held_credits` only and write a `CreditHold`);
+- is idempotent on its `idempotency_key`: the same key replays the first result, the
+  same key with different parameters raises `IdempotencyConflict`;
+- retries lock-wait timeouts and deadlocks itself when it owns the transaction, and
+  raises `LedgerBusy` (retryable, never a 500) if they persist or the connection is lost.
+
+One lock order everywhere: wallet → hold → lots → agent run (→ shortfalls for claw-backs). Holds
+are settled by `capture`/`release`/`expire_hold`, which lock the wallet first, then the
+hold; an agent run's row is written by statements (`then=`) committed in the same plan,
+after both, and `expire_holds` ends a run through the `hold_expired` signal inside the
+release's transaction. A running job's lease (`extend_hold`) locks its hold alone. No verb
+locks two wallets.
+
+The modules:
+- `crediting` — credits coming in: `grant`, `adjust`, `purchase`;
+- `spending` — credits going out for work: `charge`, `hold`, `capture`, `release`,
+  `expire_hold`, `extend_hold` (the agent-run path, one plan each);
+- `refunds` — `clawback`, `restore_clawback`, `settle_shortfall`;
+- `expiry` — `expire_lot`: a lot's unheld remainder past its expiry leaves the balance;
+- `lots` — lots and the burn order: which credits a debit or a hold takes (SQL, written once);
+- `posting` — what they share: checks, the wallet lock, idempotency replays, posting a row;
+- `retry` — the transaction retried after deadlocks and lock waits (`run_with_retries`);
+- `sql` — plans: a verb as a list of statements run in one transaction;
+- `errors`, `results` — what a verb raises and returns (no HTTP in either).
+"""
+
+from billing.ledger.crediting import adjust, grant, purchase
+from billing.ledger.errors import (
+    HoldExpired,
+    HoldNotPending,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidAmount,
+    InvalidLedgerRequest,
+    LedgerBusy,
+    LedgerError,
+    LedgerInconsistent,
+    WalletInShortfall,
+)
+from billing.ledger.expiry import expire_lot
+from billing.ledger.posting import check_staff_amount
+from billing.ledger.refunds import clawback, restore_clawback, settle_shortfall
+from billing.ledger.results import ClawbackResult, HoldResult, LedgerResult, RestoreResult
+from billing.ledger.retry import is_retryable_error, run_with_retries
+from billing.ledger.spending import capture, charge, expire_hold, extend_hold, hold, release
+
+__all__ = [
+    "ClawbackResult",
+    "HoldExpired",
+    "HoldNotPending",
+    "HoldResult",
+    "IdempotencyConflict",
+    "InsufficientCredits",
+    "InvalidAmount",
+    "InvalidLedgerRequest",
+    "LedgerBusy",
+    "LedgerError",
+    "LedgerInconsistent",
+    "LedgerResult",
+    "RestoreResult",
+    "WalletInShortfall",
+    "adjust",
+    "capture",
+    "charge",
+    "check_staff_amount",
+    "clawback",
+    "expire_hold",
+    "expire_lot",
+    "extend_hold",
+    "grant",
+    "hold",
+    "is_retryable_error",
+    "purchase",
+    "release",
+    "restore_clawback",
+    "run_with_retries",
+    "settle_shortfall",
+]

@@ -1,0 +1,73 @@
+"""The ledger's refusals: plain exceptions with an error code and the figures a caller can show.
+They know nothing of HTTP; `core.errors` maps them to status codes in one table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.errors import DomainError
+
+
+class LedgerError(DomainError):
+    """A refusal the caller can explain to the user (`core.errors` answers it over HTTP)."""
+
+    error_code = "LEDGER_ERROR"
+
+
+class InsufficientCredits(LedgerError):
+    error_code = "BILLING_INSUFFICIENT_CREDITS"
+
+    def __init__(self, *, required: int, available: int):
+        super().__init__(f"This needs {required} credits but only {available} are available.")
+        self.required = required
+        self.available = available
+
+    def extra(self) -> dict[str, Any]:
+        return {"required": self.required, "available": self.available}
+
+
+class WalletInShortfall(LedgerError):
+    """A refund or dispute took back credits the wallet no longer had; staff must settle it first."""
+
+    error_code = "BILLING_WALLET_IN_SHORTFALL"
+
+    def __init__(self, *, shortfall: int):
+        super().__init__(
+            f"This account owes {shortfall} credits from a refunded or disputed purchase; "
+            "charges are paused until support settles it."
+        )
+        self.shortfall = shortfall
+
+    def extra(self) -> dict[str, Any]:
+        return {"shortfall": self.shortfall}
+
+
+class InvalidLedgerRequest(LedgerError):
+    error_code = "INVALID_REQUEST"
+
+
+class InvalidAmount(InvalidLedgerRequest):
+    error_code = "INVALID_AMOUNT"
+
+
+class IdempotencyConflict(LedgerError):
+    error_code = "IDEMPOTENCY_KEY_REUSED"
+
+
+class HoldNotPending(LedgerError):
+    error_code = "HOLD_NOT_PENDING"
+
+
+class HoldExpired(HoldNotPending):
+    error_code = "HOLD_EXPIRED"
+
+
+class LedgerBusy(LedgerError):
+    error_code = "LEDGER_BUSY"
+
+
+class LedgerInconsistent(LedgerError):
+    """The wallet's lots do not back what its balance says: nothing was written. Never expected;
+    `reconcile_ledger` names the drift."""
+
+    error_code = "LEDGER_INCONSISTENT"

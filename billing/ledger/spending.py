@@ -1,0 +1,435 @@
+"""Credits going out for work: charge, and hold → capture / release (the agent-run path).
+
+Each is one plan of statements (`billing.ledger.sql`), one round trip on MariaDB."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, NoReturn, TypeVar
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from billing import metrics
+from billing.ledger import lots
+from billing.ledger.errors import HoldExpired, HoldNotPending, InvalidAmount, LedgerBusy, LedgerInconsistent
+from billing.ledger.posting import (
+    _charge_fingerprint,
+    _count_after_commit,
+    _explain_refusal,
+    _fingerprint,
+    _is_duplicate_key,
+    _loaded_row,
+    _log_after_commit,
+    _replay_for_user,
+    _require_positive,
+    _uuid_hex,
+)
+from billing.ledger.results import Captured, HoldResult, LedgerResult
+from billing.ledger.retry import run_with_retries
+from billing.ledger.sql import PlanStopped, Step, remember_inserted_id, run_plan
+from billing.models import CreditHold, CreditTransaction, HoldStatus, TransactionKind
+from billing.signals import hold_expired
+
+T = TypeVar("T")
+
+
+def charge(
+    *,
+    user_id: int,
+    amount: int,
+    agent_id: str,
+    idempotency_key: str | None = None,
+    agent_run_id: Any = None,
+    metadata: dict | None = None,
+) -> LedgerResult:
+    """Take `amount` available credits for one use of `agent_id`; never overdraws.
+
+    One plan (`_charge_plan`): the conditional debit and the ledger row, one round trip on
+    MariaDB. A refusal is explained afterwards from a read (too few credits, a shortfall, no
+    wallet yet); a reused idempotency key replays the first row. Idempotent on the key."""
+    _require_positive(amount)
+    fields = {
+        "kind": TransactionKind.CHARGE,
+        "amount": -amount,
+        "agent_id": agent_id,
+        "agent_run_id": agent_run_id,
+        "idempotency_key": idempotency_key,
+        "request_fingerprint": _charge_fingerprint(amount, agent_id),
+        "metadata": metadata or {},
+    }
+    with metrics.timed("charge"):
+        result = run_with_retries(lambda: _charge_once(user_id=user_id, fields=fields))
+    if not result.replayed:
+        _after_charge(user_id, amount, agent_id)
+    return result
+
+
+def _after_charge(user_id: int, amount: int, agent_id: str) -> None:
+    _log_after_commit("[Billing] Charged %s credits from user %s for agent %s", amount, user_id, agent_id)
+    _count_after_commit(TransactionKind.CHARGE, amount, agent_id)
+
+
+_TXN_COLUMNS = ("kind", "amount", "agent_id", "agent_run_id", "idempotency_key", "request_fingerprint", "metadata")
+
+
+def _charge_plan(*, user_id: int, fields: dict[str, Any], at: Any) -> list[Step]:
+    amount = -fields["amount"]
+    run_id = fields["agent_run_id"]
+    values = [
+        str(fields["kind"]),
+        fields["amount"],
+        fields["agent_id"],
+        _uuid_hex(run_id),
+        fields["idempotency_key"],
+        fields["request_fingerprint"],
+        json.dumps(fields["metadata"]),
+    ]
+    remember, row = remember_inserted_id("ledger_row", "credit_transactions")
+    return [
+        Step(
+            "UPDATE credit_wallets SET balance_credits = balance_credits - %s, updated_at = %s "
+            "WHERE user_id = %s AND shortfall_credits = 0 AND balance_credits - held_credits >= %s",
+            [amount, at, user_id, amount],
+        ),
+        Step(
+            "INSERT INTO credit_transactions (wallet_id, balance_after, created_at, reason, {columns}) "
+            "SELECT id, balance_credits, %s, '', {values} FROM credit_wallets WHERE user_id = %s "
+            "RETURNING id, wallet_id, balance_after".format(
+                columns=", ".join(_TXN_COLUMNS), values=", ".join(["%s"] * len(_TXN_COLUMNS))
+            ),
+            [at, *values, user_id],
+            must_change_one_row=False,
+            returns=True,
+        ),
+        *remember,
+        *lots.draw_steps(wallet=_wallet_of_user(user_id), row=row, amount=amount, at=at),
+    ]
+
+
+def _wallet_of_user(user_id: int) -> str:
+    return f"(SELECT id FROM credit_wallets WHERE user_id = {int(user_id)})"
+
+
+def _charge_once(*, user_id: int, fields: dict[str, Any]) -> LedgerResult:
+    db = transaction.get_connection()
+
+    def charged(rows: list[tuple], now: datetime) -> LedgerResult:
+        ((row_id, wallet_id, balance_after),) = rows
+        return LedgerResult(
+            _loaded_row(db.alias, id=row_id, wallet_id=wallet_id, balance_after=balance_after, created_at=now, **fields)
+        )
+
+    return _take_available(
+        user_id=user_id,
+        amount=-fields["amount"],
+        model=CreditTransaction,
+        key=fields["idempotency_key"],
+        fingerprint=fields["request_fingerprint"],
+        plan=lambda now: _charge_plan(user_id=user_id, fields=fields, at=db.ops.adapt_datetimefield_value(now)),
+        done=charged,
+        replayed=lambda existing: LedgerResult(existing, replayed=True),
+    )
+
+
+def _take_available(
+    *,
+    user_id: int,
+    amount: int,
+    model,
+    key: str | None,
+    fingerprint: str,
+    plan: Callable[[datetime], list[Step]],
+    done: Callable[[list[tuple], datetime], T],
+    replayed: Callable[[Any], T],
+    then_steps: int = 0,
+) -> T:
+    """Run a plan whose first step takes `amount` available credits (a debit or a hold).
+
+    The rule lives in that step's WHERE clause; when it takes nothing, the refusal is explained
+    afterwards from a read — or the first result under the same idempotency key is replayed.
+    A plan that stopped in one of the caller's statements (the last `then_steps`) re-raises
+    `PlanStopped`; one whose lots did not cover the amount raises `LedgerInconsistent`."""
+    for _ in range(3):
+        now = timezone.now()
+        steps = plan(now)
+        try:
+            rows = run_plan(steps)
+        except PlanStopped as stopped:
+            if stopped.step >= len(steps) - then_steps:
+                raise  # one of the caller's statements refused: nothing was taken
+            if stopped.step > 0:
+                raise LedgerInconsistent(
+                    f"The lots of user {user_id}'s wallet do not cover {amount} credits."
+                ) from None
+            if existing := _replay_for_user(model, user_id, key, fingerprint):
+                return replayed(existing)
+            _explain_refusal(user_id=user_id, amount=amount)
+            continue  # the wallet was just created, or credits arrived meanwhile: try again
+        except IntegrityError as exc:
+            if key and _is_duplicate_key(exc) and (existing := _replay_for_user(model, user_id, key, fingerprint)):
+                return replayed(existing)
+            raise
+        return done(rows, now)
+    raise LedgerBusy("The wallet changed while the request was checked; retry the request.")
+
+
+def hold(
+    *,
+    user_id: int,
+    amount: int,
+    agent_id: str,
+    idempotency_key: str | None = None,
+    expires_at: datetime | None = None,
+    agent_run_id: Any = None,
+    then: list[Step] | None = None,
+) -> HoldResult:
+    """Reserve `amount` available credits: `held_credits` grows, the balance does not.
+
+    A hold taken for an agent run carries its `agent_run_id`; only the run settles it. `then`
+    are statements committed together with the hold, and only with it (the run's row).
+    Idempotent on `idempotency_key`."""
+    _require_positive(amount)
+    fingerprint = _fingerprint("hold", amount=amount, agent_id=agent_id)
+    return run_with_retries(
+        lambda: _hold_once(
+            user_id=user_id,
+            amount=amount,
+            agent_id=agent_id,
+            key=idempotency_key,
+            fingerprint=fingerprint,
+            expires_at=expires_at,
+            agent_run_id=agent_run_id,
+            then=then or [],
+        )
+    )
+
+
+def _hold_once(*, user_id, amount, agent_id, key, fingerprint, expires_at, agent_run_id, then) -> HoldResult:
+    db = transaction.get_connection()
+
+    remember, hold_ref = remember_inserted_id("ledger_hold", "credit_holds")
+
+    def plan(now: datetime) -> list[Step]:
+        at = db.ops.adapt_datetimefield_value(now)
+        return [
+            Step(
+                "UPDATE credit_wallets SET held_credits = held_credits + %s, updated_at = %s "
+                "WHERE user_id = %s AND shortfall_credits = 0 AND balance_credits - held_credits >= %s",
+                [amount, at, user_id, amount],
+            ),
+            Step(
+                "INSERT INTO credit_holds (wallet_id, amount, status, agent_id, idempotency_key, "
+                "request_fingerprint, expires_at, created_at, settled_at, agent_run_id) "
+                "SELECT id, %s, %s, %s, %s, %s, %s, %s, NULL, %s FROM credit_wallets WHERE user_id = %s "
+                "RETURNING id, wallet_id",
+                [
+                    amount,
+                    HoldStatus.PENDING.value,
+                    agent_id,
+                    key,
+                    fingerprint,
+                    db.ops.adapt_datetimefield_value(expires_at or now + settings.BILLING_HOLD_TTL),
+                    at,
+                    _uuid_hex(agent_run_id),
+                    user_id,
+                ],
+                must_change_one_row=False,
+                returns=True,
+            ),
+            *remember,
+            *lots.pin_steps(wallet=_wallet_of_user(user_id), hold=hold_ref, amount=amount, at=at),
+            *then,
+        ]
+
+    def held(rows: list[tuple], now: datetime) -> HoldResult:
+        (hold_id, wallet_id), *_ = rows
+        created = CreditHold(
+            id=hold_id,
+            wallet_id=wallet_id,
+            amount=amount,
+            status=HoldStatus.PENDING,
+            agent_id=agent_id,
+            idempotency_key=key,
+            request_fingerprint=fingerprint,
+            expires_at=expires_at or now + settings.BILLING_HOLD_TTL,
+            created_at=now,
+            agent_run_id=agent_run_id,
+        )
+        created._state.adding, created._state.db = False, db.alias
+        return HoldResult(created)
+
+    return _take_available(
+        user_id=user_id,
+        amount=amount,
+        model=CreditHold,
+        key=key,
+        fingerprint=fingerprint,
+        plan=plan,
+        done=held,
+        replayed=lambda existing: HoldResult(existing, replayed=True),
+        then_steps=len(then),
+    )
+
+
+def _lock_wallet_of_hold(hold_id: int, at: Any) -> Step:
+    # Lock order: the wallet first, then the hold (every verb, `expire_holds` too).
+    return Step(
+        "UPDATE credit_wallets SET updated_at = %s WHERE id = (SELECT wallet_id FROM credit_holds WHERE id = %s)",
+        [at, hold_id],
+    )
+
+
+def capture(
+    *,
+    hold_id: int,
+    amount: int | None = None,
+    agent_run_id: Any = None,
+    then: list[Step] | None = None,
+) -> LedgerResult:
+    """Turn a pending hold into one `charge` row of `amount` (default: all of it); any
+    remainder is released. A hold is captured at most once (`HoldNotPending`). A hold past its
+    expiry is released as `expired` at once and `HoldExpired` raised. `then` are statements
+    committed with the charge (the run's receipt), and only with it."""
+    if amount is not None:
+        _require_positive(amount)
+    with metrics.timed("capture"):
+        result = run_with_retries(
+            lambda: _capture_once(hold_id=hold_id, amount=amount, agent_run_id=agent_run_id, then=then or [])
+        )
+    _after_charge(result.user_id, -result.transaction.amount, result.transaction.agent_id)
+    return result
+
+
+def _capture_once(*, hold_id: int, amount: int | None, agent_run_id: Any, then: list[Step]) -> Captured:
+    db = transaction.get_connection()
+    now = timezone.now()
+    at = db.ops.adapt_datetimefield_value(now)
+    hold_amount = "(SELECT amount FROM credit_holds WHERE id = %s)"
+    remember, row_ref = remember_inserted_id("ledger_row", "credit_transactions")
+    plan = [
+        _lock_wallet_of_hold(hold_id, at),
+        Step(
+            "UPDATE credit_holds SET status = %s, settled_at = %s "
+            "WHERE id = %s AND status = %s AND expires_at > %s AND amount >= %s",
+            [HoldStatus.CAPTURED.value, at, hold_id, HoldStatus.PENDING.value, at, amount or 0],
+        ),
+        Step(
+            f"UPDATE credit_wallets SET balance_credits = balance_credits - COALESCE(%s, {hold_amount}), "
+            f"held_credits = held_credits - {hold_amount} "
+            "WHERE id = (SELECT wallet_id FROM credit_holds WHERE id = %s)",
+            [amount, hold_id, hold_id, hold_id],
+        ),
+        Step(
+            "INSERT INTO credit_transactions (wallet_id, balance_after, created_at, reason, kind, amount, agent_id, "
+            "agent_run_id, hold_id, request_fingerprint, metadata) "
+            "SELECT w.id, w.balance_credits, %s, '', %s, -COALESCE(%s, h.amount), h.agent_id, %s, h.id, '', '{}' "
+            "FROM credit_holds h JOIN credit_wallets w ON w.id = h.wallet_id WHERE h.id = %s "
+            "RETURNING id, wallet_id, amount, balance_after, agent_id",
+            [at, TransactionKind.CHARGE.value, amount, _uuid_hex(agent_run_id), hold_id],
+            must_change_one_row=False,
+            returns=True,
+        ),
+        *remember,
+        *lots.capture_steps(hold_id=hold_id, row=row_ref, amount=amount, at=at),
+        Step(
+            "SELECT user_id FROM credit_wallets WHERE id = (SELECT wallet_id FROM credit_holds WHERE id = %s)",
+            [hold_id],
+            must_change_one_row=False,
+            returns=True,
+        ),
+        *then,
+    ]
+    try:
+        (row_id, wallet_id, charged, balance_after, agent_id), (user_id,), *_ = run_plan(plan)
+    except PlanStopped as stopped:
+        if stopped.step >= len(plan) - len(then):
+            raise  # one of the caller's statements refused: nothing was captured
+        if stopped.step > 2:
+            raise LedgerInconsistent(f"The lots pinned by hold {hold_id} do not cover its capture.") from None
+        _explain_unsettled(hold_id, amount=amount)
+        raise
+    row = _loaded_row(
+        db.alias,
+        id=row_id,
+        wallet_id=wallet_id,
+        kind=TransactionKind.CHARGE,
+        amount=charged,
+        balance_after=balance_after,
+        agent_id=agent_id,
+        agent_run_id=None if agent_run_id is None else uuid.UUID(str(agent_run_id)),
+        hold_id=hold_id,
+        created_at=now,
+    )
+    return Captured(row, user_id=user_id)
+
+
+def _explain_unsettled(hold_id: int, *, amount: int | None = None) -> NoReturn:
+    """A capture or release plan changed nothing: say why. A pending hold past its expiry is
+    released as `expired` here, so its credits never wait for the sweep."""
+    found = CreditHold.objects.filter(pk=hold_id).first()
+    if found is None:
+        raise CreditHold.DoesNotExist(f"No hold {hold_id}.")
+    if found.status != HoldStatus.PENDING:
+        raise HoldNotPending(f"Hold {hold_id} is already {found.status}.")
+    if found.expires_at <= timezone.now():
+        with contextlib.suppress(HoldNotPending):
+            expire_hold(hold_id=hold_id)
+        raise HoldExpired(f"Hold {hold_id} expired at {found.expires_at.isoformat()}; its credits are released.")
+    if amount is not None and amount > found.amount:
+        raise InvalidAmount(f"The amount may not exceed the {found.amount} credits held.")
+    raise LedgerBusy("The hold changed while it was settled; retry the request.")
+
+
+def release(*, hold_id: int, status: str = HoldStatus.RELEASED, then: list[Step] | None = None) -> CreditHold:
+    """Give a pending hold's credits back to the available balance; the balance is unchanged.
+    `then` are statements committed with the release (the run's end), and only with it."""
+    if status not in (HoldStatus.RELEASED, HoldStatus.EXPIRED):
+        raise ValueError("A hold is released or expired.")
+    run_with_retries(lambda: _release_once(hold_id=hold_id, status=status, then=then or []))
+    return CreditHold.objects.get(pk=hold_id)
+
+
+def _release_once(*, hold_id: int, status: str, then: list[Step]) -> None:
+    db = transaction.get_connection()
+    at = db.ops.adapt_datetimefield_value(timezone.now())
+    plan = [
+        _lock_wallet_of_hold(hold_id, at),
+        Step(
+            "UPDATE credit_holds SET status = %s, settled_at = %s WHERE id = %s AND status = %s",
+            [str(status), at, hold_id, HoldStatus.PENDING.value],
+        ),
+        Step(
+            "UPDATE credit_wallets SET held_credits = held_credits - (SELECT amount FROM credit_holds WHERE id = %s) "
+            "WHERE id = (SELECT wallet_id FROM credit_holds WHERE id = %s)",
+            [hold_id, hold_id],
+        ),
+        lots.unpin_step(hold_id=hold_id),
+        *then,
+    ]
+    try:
+        run_plan(plan)
+    except PlanStopped as stopped:
+        if stopped.step >= len(plan) - len(then):
+            raise
+        _explain_unsettled(hold_id)
+
+
+def expire_hold(*, hold_id: int) -> CreditHold:
+    """Release a pending hold as `expired` and tell `hold_expired`'s listeners (agent runs end
+    as `expired`) in the same transaction: wallet → hold → run, the one lock order."""
+    with transaction.atomic():
+        expired = release(hold_id=hold_id, status=HoldStatus.EXPIRED)
+        hold_expired.send(sender=CreditHold, hold=expired)
+    return expired
+
+
+def extend_hold(*, hold_id: int, until: datetime) -> bool:
+    """A running job's lease: move a pending hold's expiry to `until`. False
+    when the hold is no longer pending. Locks the hold row alone."""
+    return CreditHold.objects.filter(pk=hold_id, status=HoldStatus.PENDING).update(expires_at=until) == 1
