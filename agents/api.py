@@ -5,7 +5,7 @@ import copy
 import json
 
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status, viewsets
 from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -14,11 +14,11 @@ from rest_framework.views import APIView
 
 from agents.models import AgentCost, AgentRun, RunStatus
 from agents.runner import submit_run
-from agents.selectors import active_agent
+from agents.selectors import active_agent, funding_draws, with_funding
 from agents.services import TOOL_OPTIONS, InvalidRunInput, prepare_run_input, seed_agent_costs
 from billing import ledger
 from billing.permissions import CanEditAgentCosts
-from billing.serializers import ChargeReceiptSerializer, HoldSerializer
+from billing.serializers import ChargeReceiptSerializer, DrawSerializer, HoldSerializer
 from core.idempotency import IDEMPOTENCY_PARAMETER, idempotency_key
 from core.openapi import AutoSchema
 from core.parsers import LimitedJSONParser
@@ -161,6 +161,13 @@ class ReceiptSerializer(serializers.Serializer):
     run_id = serializers.UUIDField(source="id")
     credits_charged = serializers.IntegerField(allow_null=True)
     balance_after = serializers.IntegerField(allow_null=True)
+    funded_by = serializers.SerializerMethodField(
+        help_text="The lots the charge took its credits from, in burn order; empty when nothing was charged."
+    )
+
+    @extend_schema_field(DrawSerializer(many=True))
+    def get_funded_by(self, run: AgentRun) -> list:
+        return DrawSerializer(funding_draws(run), many=True).data
 
 
 class AgentRunResultSerializer(serializers.Serializer):
@@ -365,7 +372,7 @@ class AgentRunViewSet(viewsets.ReadOnlyModelViewSet):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return AgentRun.objects.none()
-        runs = AgentRun.objects.filter(user_id=self.request.user.id).order_by("-created_at")
+        runs = with_funding(AgentRun.objects.filter(user_id=self.request.user.id).order_by("-created_at"))
         return runs.defer("input_blob") if self.action == "retrieve" else runs.defer("input_blob", "result_blob")
 
     def get_serializer_class(self):

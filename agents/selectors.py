@@ -1,10 +1,13 @@
-"""Read-only lookups of agent prices, on every metered request's path."""
+"""Read-only lookups: agent prices (on every metered request's path) and what paid for a run."""
 
 from dataclasses import dataclass
 
 from django.db import connection
+from django.db.models import Prefetch, QuerySet, prefetch_related_objects
 
-from agents.models import AgentCost
+from agents.models import AgentCost, AgentRun, RunStatus
+from billing.models import CreditDraw, CreditTransaction, TransactionKind
+from billing.selectors import draws_prefetch
 from core.errors import DomainError
 
 
@@ -40,3 +43,26 @@ def active_agent(agent_id: str) -> AgentPrice:
     if agent is None:
         raise AgentUnavailable(f"The agent {agent_id!r} is not available.")
     return agent
+
+
+def _charge_rows() -> Prefetch:
+    """A run's charge row is the capture of its hold; its draws say which lots paid for the run."""
+    return Prefetch(
+        "hold__transactions",
+        queryset=CreditTransaction.objects.filter(kind=TransactionKind.CHARGE).prefetch_related(draws_prefetch()),
+        to_attr="charge_rows",
+    )
+
+
+def with_funding(runs: QuerySet[AgentRun]) -> QuerySet[AgentRun]:
+    """Runs with the draws of their charge row (`funding_draws`): three queries for any number of runs."""
+    return runs.select_related("hold").prefetch_related(_charge_rows())
+
+
+def funding_draws(run: AgentRun) -> list[CreditDraw]:
+    """The lots that paid for `run` — the draws of its charge row, in burn order; none for a run
+    that was not charged (failed, unfinished, or run without billing enforcement)."""
+    if run.status != RunStatus.SUCCEEDED or run.hold_id is None:
+        return []
+    prefetch_related_objects([run], "hold", _charge_rows())  # no query when `with_funding` fetched them
+    return [draw for row in run.hold.charge_rows for draw in row.draws.all()]

@@ -2,10 +2,12 @@
 
     make bench-scale          (or: python -m bench.ledger_scale [--charges N])
 
-On the local MariaDB (database `ledger_bench`): the ledger table is emptied, filled to 10,000
-rows (one wallet's consistent history of +1 grants), and `billing.ledger.charge` is timed on that
-wallet; then the table is filled to 1,000,000 rows and timed again, with a wallet read
-(`wallet_summary`, what GET /billing/wallet serves) timed alongside. Before each timing the bulk
+On the local MariaDB (database `ledger_bench`): the ledger is emptied, filled to 10,000 rows (one
+wallet's consistent history of +1 grants, written in bulk without lots; then one opening lot covers
+the balance, as migration 0012 gave every wallet with credits, so the ledger reconciles), the wallet
+is granted funds, and `billing.ledger.charge` is timed on it; then the ledger is emptied again,
+filled to 1,000,000 rows the same way and timed again, with a wallet read (`wallet_summary`, what
+GET /billing/wallet serves) timed alongside. Before each timing the bulk
 fill's pages are written out and MariaDB is left to settle, so that the fill's background work is
 not timed; calls are timed in alternating rounds and the best round's median is compared.
 Results: bench/results/ledger_scale.json and .md.
@@ -15,7 +17,7 @@ import argparse
 import statistics
 import time
 
-from bench.db import settle, use_bench_database
+from bench.db import empty_ledger, open_history_lot, settle, use_bench_database
 from bench.report import table, write
 
 SIZES = (10_000, 1_000_000)
@@ -23,25 +25,9 @@ ROUNDS = 5
 CHUNK = 100_000
 
 
-def empty_ledger() -> None:
-    """Empty the ledger and zero every wallet (bench database only). TRUNCATE, not DELETE: a
-    million deleted rows would keep InnoDB purging through the next measurement."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT COUNT(*) FROM credit_transactions")
-        print(f"emptying the bench ledger ({cursor.fetchone()[0]:,} rows)…", flush=True)
-        cursor.execute("SET SESSION foreign_key_checks = 0")  # TRUNCATE refuses referenced tables otherwise
-        try:
-            for table in ("credit_shortfalls", "credit_purchases", "agent_runs", "credit_transactions", "credit_holds"):
-                cursor.execute(f"TRUNCATE TABLE {table}")
-        finally:
-            cursor.execute("SET SESSION foreign_key_checks = 1")
-        cursor.execute("UPDATE credit_wallets SET balance_credits = 0, held_credits = 0, shortfall_credits = 0")
-
-
 def fill_to(wallet_id: int, rows: int) -> None:
-    """Append +1 grants to the wallet until the ledger holds `rows` rows; balance_after stays a chain."""
+    """Append +1 grants to the wallet until the ledger holds `rows` rows; balance_after stays a chain.
+    No lots: `open_history_lot` covers the balance afterwards."""
     from django.db import connection, transaction
 
     with connection.cursor() as cursor:
@@ -56,7 +42,7 @@ def fill_to(wallet_id: int, rows: int) -> None:
                 cursor.execute(
                     "INSERT INTO credit_transactions (wallet_id, kind, amount, balance_after, reason, "
                     "request_fingerprint, metadata, created_at) "
-                    f"SELECT %s, 'grant', 1, %s + seq, 'bench fill', '', '{{}}', NOW(6) FROM seq_1_to_{batch}",
+                    f"SELECT %s, 'grant', 1, %s + seq, 'bench fill', '', '{{}}', UTC_TIMESTAMP(6) FROM seq_1_to_{batch}",
                     [wallet_id, balance],
                 )
                 cursor.execute(
@@ -112,10 +98,12 @@ def main() -> None:
     logging.getLogger("billing").setLevel(logging.WARNING)  # no line per charge on the console
     user, _ = User.objects.get_or_create(email="bench-scale@example.com")
     wallet, _ = Wallet.objects.get_or_create(user=user)
-    empty_ledger()
     rows = []
     for size in SIZES:
+        # From empty each time: rows added after the wallet's first lot would need lots of their own.
+        empty_ledger()
         fill_to(wallet.id, size)
+        open_history_lot(wallet.id)
         with connection.cursor() as cursor:
             # Write the bulk fill's dirty pages out now: a real ledger grows over months, not in
             # 20 seconds, and InnoDB would otherwise evict them one by one inside the timing.

@@ -1,19 +1,27 @@
 """Benchmark: charges per second — the raw-SQL floor, our ledger, and a naive ORM peer.
 
-    make bench-ledger          (or: python -m bench.ledger_throughput [--charges N])
+    make bench-ledger          (or: python -m bench.ledger_throughput [--charges N] [--lots 1,20])
 
 On the local MariaDB (database `ledger_bench`), in one run, at concurrency 1, 8 and 32 (forked
 processes by default, as the service runs; `--workers threads` for threads of one process), on
 distinct wallets and on one hot wallet:
 - floor: raw SQL over mysqlclient, per charge one transaction with the minimum statements
   (conditional UPDATE of the wallet, INSERT of the ledger row, COMMIT);
-- ours:  `billing.ledger.charge`, and `hold` → `capture`;
+- ours:  `billing.ledger.charge`, and `hold` → `capture`, on wallets holding 1 lot and on wallets
+  holding 20 lots (of equal size, alternately promotional and paid, their priorities shuffled, so
+  that the burn order has to sort them), measured in alternating turns;
 - run billing: what an agent run costs the ledger without its tool — `agents.runner.start_run`
   (price lookup, then hold + the run's row in one plan) and `runner._succeed(run, result)`
   (capture + the run's receipt in one plan) — next to the one-step charge;
 - naive: ORM read-modify-write without locks, as several OSS billing projects do; the credits
-  it loses under concurrency are counted.
-Statements per charge, per run's billing and per wallet read are counted by MariaDB itself (`Questions`).
+  it loses under concurrency are counted;
+- django-hordak: a row-locked balance check, then `transfer_to`.
+Statements per charge, per run's billing and per wallet read are counted by MariaDB itself
+(`Questions`), with 1 and with 20 lots.
+The ledger is emptied first and every wallet funded as the ledger sees credits (grant rows and
+lots, `bench.db.fund_wallets`). The floor and the naive peer draw no lots (and the naive peer
+loses updates), so they charge wallets of their own whose charge rows are deleted once measured
+(`bench.db.undo_peer_charges`): afterwards `manage.py reconcile_ledger` finds no drift.
 Results: bench/results/ledger_throughput.json and .md.
 """
 
@@ -22,10 +30,14 @@ import multiprocessing
 import threading
 import time
 
-from bench.db import SERVER, settle, use_bench_database
+from bench.db import SERVER, empty_ledger, fund_wallets, settle, undo_peer_charges, use_bench_database
 from bench.report import table, write
 
 CONCURRENCY = (1, 8, 32)
+# Ours is measured on wallets holding this many lots each (more than one: mixed, see `fund`).
+LOTS = (1, 20)
+# Users whose wallets the floor and the naive peer charge (ours: "bench", "bench-lots20" …).
+PEERS = "bench-peer"
 # The fast implementations run more charges per configuration, so each measures for a second or more.
 FAST_SCALE = 4
 # A run's billing and the one-step charge are measured in this many alternating turns.
@@ -41,32 +53,34 @@ RUN_AGENT = "profile-my-data"
 RUN_RESULT = {"row_count": 2}
 
 
-def prepare_wallets(count: int) -> list[int]:
-    """`count` users with well-funded wallets, reset to the same balance; returns user ids."""
+def prepare_wallets(count: int, prefix: str = "bench") -> list[int]:
+    """`count` users (`<prefix>-<n>@example.com`) with a wallet each; returns user ids."""
     from billing.models import Wallet
     from users.models import User
 
     ids = []
     for n in range(count):
-        user, _ = User.objects.get_or_create(email=f"bench-{n}@example.com")
+        user, _ = User.objects.get_or_create(email=f"{prefix}-{n}@example.com")
         Wallet.objects.get_or_create(user=user)
         ids.append(user.id)
     return ids
 
 
-def fund(user_ids: list[int]) -> None:
-    from django.db import connection
+def pool_prefix(lots: int) -> str:
+    """The users whose wallets ours charges when they hold `lots` lots."""
+    return "bench" if lots == 1 else f"bench-lots{lots}"
 
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE credit_wallets SET balance_credits = balance_credits + %s WHERE user_id IN ({})".format(
-                ",".join(["%s"] * len(user_ids))
-            ),
-            [START_BALANCE, *user_ids],
-        )
+
+def fund(user_ids: list[int], lots: int = 1) -> None:
+    """START_BALANCE more on each user's wallet, as grant rows and `lots` lots (bench.db.fund_wallets):
+    one promotional lot, or `lots` equal lots alternately promotional and paid with shuffled priorities."""
+    fund_wallets(
+        list(wallet_ids(user_ids).values()), START_BALANCE, lots=lots, category="mixed" if lots > 1 else "promotional"
+    )
 
 
 def wallet_ids(user_ids: list[int]) -> dict[int, int]:
+    """user id → wallet id."""
     from billing.models import Wallet
 
     return dict(Wallet.objects.filter(user_id__in=user_ids).values_list("user_id", "id"))
@@ -129,17 +143,20 @@ def run_concurrently(workers: str, count: int, per_worker: int, work, max_second
 
 
 class Floor:
-    """Raw SQL: conditional UPDATE + INSERT … SELECT + COMMIT, one connection per thread."""
+    """Raw SQL: conditional UPDATE + INSERT … SELECT + COMMIT, one connection per thread. It
+    draws no lots: give it wallets of its own, and `undo_peer_charges` them afterwards."""
 
     name = "floor (raw SQL)"
     charges_scale = FAST_SCALE
+    lots = None
 
-    def __init__(self, wallets: dict[int, int]):
+    def __init__(self, user_ids: list[int]):
         import MySQLdb
 
         from bench.db import BENCH_DATABASE
 
-        self.wallets = wallets
+        self.users = user_ids
+        self.wallets = wallet_ids(user_ids)
         self.local = threading.local()
         self.connect = lambda: MySQLdb.connect(db=BENCH_DATABASE, **SERVER)
 
@@ -169,6 +186,9 @@ class Ours:
     name = "ours (ledger.charge)"
     charges_scale = FAST_SCALE
 
+    def __init__(self, user_ids: list[int], lots: int):
+        self.users, self.lots = user_ids, lots
+
     def charge(self, user_id: int) -> None:
         from billing import ledger
 
@@ -178,6 +198,9 @@ class Ours:
 class OursHoldCapture:
     name = "ours (hold → capture)"
     charges_scale = 1
+
+    def __init__(self, user_ids: list[int], lots: int):
+        self.users, self.lots = user_ids, lots
 
     def charge(self, user_id: int) -> None:
         from billing import ledger
@@ -194,12 +217,10 @@ class RunBilling:
     name = "run billing (start_run → _succeed)"
     charges_scale = 1
 
-    def __init__(self):
-        from django.core.management import call_command
-
+    def __init__(self, user_ids: list[int], lots: int):
         from agents.selectors import active_agent
 
-        call_command("seed_agent_costs", verbosity=0)
+        self.users, self.lots = user_ids, lots
         self.cost = active_agent(RUN_AGENT).cost_credits
 
     def charge(self, user_id: int) -> None:
@@ -214,6 +235,10 @@ class Naive:
 
     name = "naive ORM peer"
     charges_scale = 1  # at most ~800 charges/s here: 1280 take over a second
+    lots = None  # it draws none: give it wallets of its own, and `undo_peer_charges` them afterwards
+
+    def __init__(self, user_ids: list[int]):
+        self.users = user_ids
 
     def charge(self, user_id: int) -> None:
         from billing.models import CreditTransaction, Wallet
@@ -236,6 +261,7 @@ class Hordak:
 
     name = "django-hordak"
     charges_scale = 1
+    lots = None  # its own accounts and legs, not our wallets
 
     def __init__(self, user_ids: list[int]):
         from django.db import transaction
@@ -243,6 +269,7 @@ class Hordak:
         from hordak.models import Account, Leg
         from hordak.models import Transaction as HordakTransaction
 
+        self.users = user_ids
         self.Money = Money
         # Every run starts from freshly funded accounts: hordak's balance is a sum over the
         # account's legs, so legs left by earlier runs would slow it down run after run.
@@ -299,13 +326,14 @@ def statements(fn) -> int:
 
 def measure(
     implementation,
-    user_ids: list[int],
     threads: int,
     charges: int,
     hot: bool,
     workers: str = "processes",
     max_seconds: float = MAX_SECONDS,
 ) -> dict:
+    """`implementation` charging its own users' wallets (`.users`) from `threads` workers."""
+    user_ids = implementation.users
     per_thread = max(charges // threads, 1)
     read = implementation.balances if hasattr(implementation, "balances") else balances
     before = read(user_ids)
@@ -321,6 +349,7 @@ def measure(
         "implementation": implementation.name,
         "concurrency": threads,
         "wallets": "hot (1)" if hot else f"distinct ({min(threads, len(user_ids))})",
+        "lots": implementation.lots,
         "charges": done,
         "seconds": round(seconds, 3),
         "charges_per_second": round(done / seconds),
@@ -328,25 +357,27 @@ def measure(
     }
 
 
-def measure_in_turns(pair, user_ids: list[int], threads: int, charges: int, hot: bool, workers: str) -> list[dict]:
-    """Each of `pair` measured in TURNS alternating halves and summed, so that a drift of this
-    shared machine's speed falls on both alike (their ratio is a target)."""
+def measure_in_turns(group, threads: int, charges: int, hot: bool, workers: str) -> list[dict]:
+    """Each of `group` measured in TURNS alternating parts and summed, so that a drift of this
+    shared machine's speed falls on all of them alike (their ratios are compared)."""
     turns = [
-        measure(
+        (
             implementation,
-            user_ids,
-            threads,
-            charges * implementation.charges_scale // TURNS,
-            hot,
-            workers,
-            MAX_SECONDS / TURNS,
+            measure(
+                implementation,
+                threads,
+                charges * implementation.charges_scale // TURNS,
+                hot,
+                workers,
+                MAX_SECONDS / TURNS,
+            ),
         )
         for _ in range(TURNS)
-        for implementation in pair
+        for implementation in group
     ]
     rows = []
-    for implementation in pair:
-        mine = [row for row in turns if row["implementation"] == implementation.name]
+    for implementation in group:
+        mine = [row for measured, row in turns if measured is implementation]
         done, seconds = sum(row["charges"] for row in mine), sum(row["seconds"] for row in mine)
         rows.append(
             {
@@ -360,6 +391,10 @@ def measure_in_turns(pair, user_ids: list[int], threads: int, charges: int, hot:
     return rows
 
 
+def lots_label(lots: int | None) -> str:
+    return "–" if lots is None else f"{lots} lot{'s' if lots != 1 else ''}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--charges", type=int, default=1280, help="charges per configuration")
@@ -369,101 +404,164 @@ def main() -> None:
         default="processes",
         help="run concurrent charges in forked processes (as deployed; default) or in threads of one process",
     )
+    parser.add_argument(
+        "--lots",
+        default=",".join(map(str, LOTS)),
+        help="lots per wallet that ours is measured with, comma-separated (default: %(default)s)",
+    )
     args = parser.parse_args()
+    lot_counts = tuple(int(n) for n in args.lots.split(","))
+    started = time.monotonic()
     use_bench_database()
-    user_ids = prepare_wallets(max(CONCURRENCY))
-    fund(user_ids)
+    from django.core.management import call_command
+
+    count = max(CONCURRENCY)
+    pools = {lots: prepare_wallets(count, pool_prefix(lots)) for lots in lot_counts}
+    peers = prepare_wallets(count, PEERS)
+    empty_ledger()  # earlier runs' rows (and rows written before lots) would not reconcile
+    for lots, user_ids in pools.items():
+        fund(user_ids, lots)
+    fund(peers)
+    call_command("seed_agent_costs", verbosity=0)
+    floor, naive = Floor(peers), Naive(peers)
+    ours = {lots: Ours(user_ids, lots) for lots, user_ids in pools.items()}
+    run_billing = {lots: RunBilling(user_ids, lots) for lots, user_ids in pools.items()}
+    hold_capture = {lots: OursHoldCapture(user_ids, lots) for lots, user_ids in pools.items()}
+    hordak = Hordak(peers)
     settle()
-    floor = Floor(wallet_ids(user_ids))
-    run_billing = RunBilling()
-    # A run's billing is measured in turns with the one-step charge it is compared with.
-    implementations = [floor, (Ours(), run_billing), OursHoldCapture(), Naive(), Hordak(user_ids)]
+    # Ours with each lot count and a run's billing with each are measured in turns with one
+    # another (their ratios are compared), as are hold → capture with each lot count.
+    implementations = [
+        floor,
+        (*ours.values(), *run_billing.values()),
+        tuple(hold_capture.values()),
+        naive,
+        hordak,
+    ]
 
     rows = []
     for hot in (False, True):
         for threads in CONCURRENCY:
             for implementation in implementations:
                 if isinstance(implementation, tuple):
-                    measured = measure_in_turns(implementation, user_ids, threads, args.charges, hot, args.workers)
+                    measured = measure_in_turns(implementation, threads, args.charges, hot, args.workers)
                 else:
                     charges = args.charges * implementation.charges_scale
-                    measured = [measure(implementation, user_ids, threads, charges, hot, args.workers)]
+                    measured = [measure(implementation, threads, charges, hot, args.workers)]
                 for row in measured:
                     rows.append(row)
                     print(
                         f"{row['implementation']:<36} c={threads:<3} {row['wallets']:<14} "
-                        f"{row['charges_per_second']:>6} charges/s  lost {row['lost_credits']}",
+                        f"{lots_label(row['lots']):<8} {row['charges_per_second']:>6} charges/s  "
+                        f"lost {row['lost_credits']}",
                         flush=True,
                     )
 
     from billing import ledger
     from billing.selectors import wallet_summary
 
-    counts = {
-        "ours: statements per charge": statements(
-            lambda: ledger.charge(user_id=user_ids[0], amount=COST, agent_id="b")
-        ),
-        "ours: statements per hold+capture": statements(
-            lambda: ledger.capture(hold_id=ledger.hold(user_id=user_ids[0], amount=COST, agent_id="b").hold.id)
-        ),
-        "ours: statements per run's billing (start_run + _succeed)": statements(
-            lambda: run_billing.charge(user_ids[0])
-        ),
-        "ours: statements per wallet read (GET /billing/wallet)": statements(
-            lambda: wallet_summary(user_id=user_ids[0])
-        ),
-        "naive: statements per charge": statements(lambda: Naive().charge(user_ids[0])),
-    }
+    counts = {}
+    for lots, user_ids in pools.items():
+        user, label = user_ids[0], lots_label(lots)
+        counts[f"ours: statements per charge ({label})"] = statements(
+            lambda user=user: ledger.charge(user_id=user, amount=COST, agent_id="b")
+        )
+        counts[f"ours: statements per hold+capture ({label})"] = statements(
+            lambda user=user: ledger.capture(hold_id=ledger.hold(user_id=user, amount=COST, agent_id="b").hold.id)
+        )
+        counts[f"ours: statements per run's billing, start_run + _succeed ({label})"] = statements(
+            lambda user=user, lots=lots: run_billing[lots].charge(user)
+        )
+        counts[f"ours: statements per wallet read, GET /billing/wallet ({label})"] = statements(
+            lambda user=user: wallet_summary(user_id=user)
+        )
+    counts["naive: statements per charge"] = statements(lambda: naive.charge(peers[0]))
     for name, value in counts.items():
         print(f"{name}: {value}")
+    undo_peer_charges(list(wallet_ids(peers).values()))
 
-    def ratio(a: str, b: str, threads: int, hot: bool) -> float:
-        pick = {
-            r["implementation"]: r["charges_per_second"]
-            for r in rows
-            if r["concurrency"] == threads and r["wallets"].startswith("hot") == hot
+    rate = {(r["implementation"], r["lots"], r["concurrency"], r["wallets"].split()[0]): r for r in rows}
+    configs = [(c, w) for w in ("distinct", "hot") for c in CONCURRENCY]
+
+    def ratio(a: str, a_lots: int | None, b: str, b_lots: int | None, threads: int, wallets: str) -> float:
+        numerator = rate[(a, a_lots, threads, wallets)]["charges_per_second"]
+        return round(numerator / rate[(b, b_lots, threads, wallets)]["charges_per_second"], 2)
+
+    per_config = [
+        {
+            "concurrency": c,
+            "wallets": w,
+            "lots": lots,
+            "ours/floor": ratio(Ours.name, lots, Floor.name, None, c, w),
+            "ours/naive": ratio(Ours.name, lots, Naive.name, None, c, w),
+            "ours/hordak": ratio(Ours.name, lots, Hordak.name, None, c, w),
+            "run billing/ours": ratio(RunBilling.name, lots, Ours.name, lots, c, w),
+            f"ours/ours with {lots_label(lot_counts[0])}": ratio(Ours.name, lots, Ours.name, lot_counts[0], c, w),
         }
-        return round(pick[a] / pick[b], 2)
-
+        for c, w in configs
+        for lots in lot_counts
+    ]
     summary = {
-        f"ours/floor c={c} {'hot' if h else 'distinct'}": ratio(Ours.name, Floor.name, c, h)
-        for h in (False, True)
-        for c in CONCURRENCY
+        f"{name} c={r['concurrency']} {r['wallets']} {lots_label(r['lots'])}": value
+        for name in per_config[0]
+        if "/" in name
+        for r in per_config
+        if not (name.startswith("ours/ours") and r["lots"] == lot_counts[0])
     }
-    summary.update(
-        {
-            f"run billing/ours c={c} {'hot' if h else 'distinct'}": ratio(RunBilling.name, Ours.name, c, h)
-            for h in (False, True)
-            for c in CONCURRENCY
-        }
+    ratio_names = [name for name in per_config[0] if "/" in name]
+    ratio_table = table(
+        ["concurrency", "wallets", "lots", *ratio_names],
+        ([r["concurrency"], r["wallets"], r["lots"], *(r[n] for n in ratio_names)] for r in per_config),
     )
-    summary.update(
-        {
-            f"ours/naive c={c} {'hot' if h else 'distinct'}": ratio(Ours.name, Naive.name, c, h)
-            for h in (False, True)
-            for c in CONCURRENCY
-        }
-    )
+    print("\n".join(["", "ratios of charges/s, per configuration:", *ratio_table]), flush=True)
+    seconds = round(time.monotonic() - started)
     lines = [
         f"Concurrency: {WORKER_KINDS[args.workers]}; {args.charges} charges per configuration, "
         f"{args.charges * FAST_SCALE} for the floor and ours, or as many as are done in {MAX_SECONDS:g} s. "
+        f"Ours is measured on wallets holding {' and on wallets holding '.join(map(lots_label, lot_counts))}"
+        + (
+            " (several lots: of equal size, alternately promotional and paid, priorities shuffled, so that "
+            "the burn order sorts them)"
+            if max(lot_counts) > 1
+            else ""
+        )
+        + "; the floor, the naive peer and django-hordak draw no lots (lots –). "
         "A run's billing takes the "
-        f"agent's seeded price ({run_billing.cost} credits) and writes a run row; no tool runs. It is "
-        f"measured in {TURNS} turns alternating with ours (ledger.charge), the figures summed.",
+        f"agent's seeded price ({run_billing[lot_counts[0]].cost} credits) and writes a run row; no tool runs. "
+        f"Ours (ledger.charge) with each lot count and a run's billing with each are measured in {TURNS} "
+        "alternating turns, as is hold → capture with each lot count, the figures summed. "
+        f"The whole run took {seconds} s.",
         "",
         *table(
-            ["implementation", "concurrency", "wallets", "charges/s", "lost credits"],
+            ["implementation", "concurrency", "wallets", "lots", "charges/s", "lost credits"],
             (
-                [r["implementation"], r["concurrency"], r["wallets"], r["charges_per_second"], r["lost_credits"]]
+                [
+                    r["implementation"],
+                    r["concurrency"],
+                    r["wallets"],
+                    "–" if r["lots"] is None else r["lots"],
+                    r["charges_per_second"],
+                    r["lost_credits"],
+                ]
                 for r in rows
             ),
         ),
         "",
         *table(["statements (counted by MariaDB)", "n"], counts.items()),
         "",
-        *table(["ratio", "value"], summary.items()),
+        "Ratios of charges/s in the same run (lots: ours's; the peers draw none):",
+        "",
+        *ratio_table,
     ]
-    payload = {"workers": args.workers, "rows": rows, "statements": counts, "ratios": summary}
+    payload = {
+        "workers": args.workers,
+        "lots": list(lot_counts),
+        "seconds": seconds,
+        "rows": rows,
+        "statements": counts,
+        "ratios": summary,
+        "ratios_per_configuration": per_config,
+    }
     write("ledger_throughput", payload, lines)
 
 

@@ -71,7 +71,8 @@ def bare_compound_statement(user_id: int):
         "request_fingerprint": "",
         "metadata": {},
     }
-    sql = compound_sql(spending._charge_plan(user_id=user_id, fields=fields, at=None), own_transaction=True)
+    steps = spending._charge_plan(user_id=user_id, fields=fields, at=None)  # with the lots' draws
+    sql = compound_sql(steps, own_transaction=True)
 
     def charge() -> None:
         at = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -84,7 +85,7 @@ def bare_compound_statement(user_id: int):
                 results.append(cursor.fetchall())
             if not cursor.nextset():
                 break
-        assert results[-1] == ((2,),), f"the charge plan stopped: {results}"
+        assert results[-1] == ((len(steps),),), f"the charge plan stopped: {results}"
 
     return charge
 
@@ -121,14 +122,20 @@ def main() -> None:
 
     from agents.models import AgentCost
     from agents.selectors import current_price
+    from bench.db import undo_peer_charges
     from bench.http_load import AGENT, prepare
-    from bench.ledger_throughput import Floor, fund, prepare_wallets, wallet_ids
+    from bench.ledger_throughput import PEERS, START_BALANCE, Floor, balances, fund, prepare_wallets, wallet_ids
     from bench.report import table, write
     from billing import ledger
+    from billing.models import CreditTransaction
 
     user_id = prepare_wallets(1)[0]
-    fund([user_id])
-    floor = Floor(wallet_ids([user_id]))
+    # The floor draws no lots: it charges a wallet of its own, whose charges are undone once timed.
+    peer_id = prepare_wallets(1, PEERS)[0]
+    for user, balance in balances([user_id, peer_id]).items():
+        if balance < START_BALANCE // 2:
+            fund([user])
+    floor = Floor([peer_id])
     client = Client(HTTP_AUTHORIZATION=f"Bearer {prepare()}")
     body = json.dumps({"agent_id": AGENT})
 
@@ -138,8 +145,12 @@ def main() -> None:
     def charge_request() -> None:
         assert client.post("/billing/charges", body, content_type="application/json").status_code == 201
 
+    try:
+        floor_row = timed("floor (raw SQL)", lambda: floor.charge(peer_id), args.calls)
+    finally:
+        undo_peer_charges(list(wallet_ids([peer_id]).values()))
     rows = [
-        timed("floor (raw SQL)", lambda: floor.charge(user_id), args.calls),
+        floor_row,
         timed("our compound statement, bare mysqlclient", bare_compound_statement(user_id), args.calls),
         timed("ledger.charge", charge, args.calls),
         timed("price lookup, plain cursor (current_price)", lambda: current_price(AGENT), args.calls),
@@ -148,7 +159,7 @@ def main() -> None:
         timed("POST /billing/charges", charge_request, args.calls),
     ]
     real = ledger.charge
-    receipt = ledger.LedgerResult(ledger.CreditTransaction(id=1, agent_id=AGENT, amount=-1, balance_after=1))
+    receipt = ledger.LedgerResult(CreditTransaction(id=1, agent_id=AGENT, amount=-1, balance_after=1))
     ledger.charge = lambda **kwargs: receipt
     try:
         rows.append(timed("POST /billing/charges, ledger stubbed out", charge_request, args.calls))

@@ -23,6 +23,7 @@ from billing.models import (
     ApprovalStatus,
     CreditApprovalRequest,
     CreditHold,
+    CreditLot,
     CreditShortfall,
     CreditTransaction,
     Purchase,
@@ -114,6 +115,7 @@ class CreditTransactionAdmin(ReadOnlyAdmin):
     list_filter = ["kind", "agent_id", "created_at"]
     search_fields = ["wallet__user__email", "stripe_payment_intent_id", "stripe_checkout_session_id"]
     list_select_related = ["wallet__user", "hold"]
+    readonly_fields = ["lots_of_row"]
     date_hierarchy = "created_at"
     show_full_result_count = False
 
@@ -124,6 +126,19 @@ class CreditTransactionAdmin(ReadOnlyAdmin):
     @admin.display(description="hold")
     def hold_link(self, row):
         return admin_link(row.hold, f"#{row.hold_id}") if row.hold_id else "—"
+
+    @admin.display(description="lots (drawn from, or brought in)")
+    def lots_of_row(self, row):
+        lot = CreditLot.objects.filter(transaction=row).first()
+        if lot is not None:
+            return admin_link(lot, f"lot #{lot.id} ({lot.category})")
+        draws = row.draws.select_related("lot").order_by("id")
+        return (
+            format_html_join(
+                ", ", "{}", ((admin_link(d.lot, f"lot #{d.lot_id} ({d.lot.category}): {d.credits}"),) for d in draws)
+            )
+            or "—"
+        )
 
     def get_urls(self):
         return [
@@ -171,6 +186,49 @@ class CreditTransactionAdmin(ReadOnlyAdmin):
         response = StreamingHttpResponse((writer.writerow(row) for row in rows()), content_type="text/csv")
         response["Content-Disposition"] = 'attachment; filename="credit_transactions.csv"'
         return response
+
+
+@admin.register(CreditLot)
+class CreditLotAdmin(ReadOnlyAdmin):
+    """Every lot of credits, what is left of it and where it went (its draws)."""
+
+    list_display = [
+        "id",
+        "user_link",
+        "category",
+        "source",
+        "original_credits",
+        "remaining_credits",
+        "held_credits",
+        "expires_at",
+        "priority",
+        "cost_basis_cents",
+        "created_at",
+    ]
+    list_filter = ["category", "source", "expires_at"]
+    search_fields = ["wallet__user__email"]
+    list_select_related = ["wallet__user"]
+    readonly_fields = ["draws_of_lot"]
+    show_full_result_count = False
+
+    @admin.display(description="user", ordering="wallet__user__email")
+    def user_link(self, lot):
+        return admin_link(lot.wallet.user)
+
+    @admin.display(description="draws (ledger row: credits)")
+    def draws_of_lot(self, lot):
+        draws = lot.draws.select_related("transaction").order_by("id")[:200]
+        return (
+            format_html_join(
+                ", ",
+                "{}",
+                (
+                    (admin_link(draw.transaction, f"#{draw.transaction_id} {draw.transaction.kind}: {draw.credits}"),)
+                    for draw in draws
+                ),
+            )
+            or "—"
+        )
 
 
 @admin.register(CreditHold)
@@ -302,6 +360,8 @@ class CreditApprovalRequestAdmin(ReadOnlyAdmin):
         "requested_at",
         "user_link",
         "credits",
+        "lot_category",
+        "lot_expires_at",
         "reason",
         "requested_by",
         "status",
@@ -323,6 +383,8 @@ class CreditApprovalRequestAdmin(ReadOnlyAdmin):
         "user_link",
         "wallet_now",
         "credits",
+        "lot_category",
+        "lot_expires_at",
         "reason",
         "requested_by",
         "requested_at",

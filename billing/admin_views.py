@@ -17,11 +17,11 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from billing import ledger, reports
+from billing import ledger, reports, revenue
 from billing.approvals import change_credits
 from billing.charts import bar_chart_svg
 from billing.exports import SafeWriter
-from billing.models import CreditApprovalRequest
+from billing.models import CreditApprovalRequest, LotCategory
 from billing.selectors import wallet_for_user
 from users.models import User
 
@@ -106,17 +106,92 @@ def reports_view(request):
     return TemplateResponse(request, "admin/finance_reports.html", context)
 
 
+def _money(cents: int) -> str:
+    return f"{'-' if cents < 0 else ''}{abs(cents) // 100:,}.{abs(cents) % 100:02d}"
+
+
+def revenue_view(request):
+    """Revenue from the lots (`billing.revenue`) for a date range, by day and month, with a
+    chart; `?download=<table>` returns that table as CSV (cents, exact)."""
+    if not request.user.has_perm("billing.view_finance_reports"):
+        raise PermissionDenied
+    form = PeriodForm(request.GET or None)
+    period = form.cleaned_data["period"] if form.is_bound and form.is_valid() else _default_period()
+    by_day = revenue.revenue_by_day(period=period)
+    tables = {
+        "revenue_by_day": by_day,
+        "revenue_by_month": revenue.by_month(by_day),
+        "promotional_by_day": revenue.promotional_by_day(period=period),
+        "deferred_now": revenue.deferred_now(),
+    }
+    download = request.GET.get("download")
+    if download:
+        if download not in tables:
+            raise Http404("No such revenue table.")
+        return _csv_response(tables[download], f"{download}_{period.start}_{period.end}.csv")
+    currency = by_day[0]["currency"] if by_day else "usd"
+    shown = [row for row in by_day if row["currency"] == currency]
+    chart = bar_chart_svg(
+        chart_id="revenue-chart",
+        title=f"Revenue per day in {currency.upper()} cents ({period.start} – {period.end})",
+        labels=[row["day"] for row in shown],
+        series=[
+            ("recognised", [row["recognised"] for row in shown], "#417690"),
+            ("breakage", [row["breakage"] for row in shown], "#79aec8"),
+            ("refunded", [row["refunded"] for row in shown], "#ba2121"),
+        ],
+    )
+    money_columns = (*revenue.REVENUE_COLUMNS, "paid_in", "deferred_end")
+    context = {
+        **admin.site.each_context(request),
+        "title": "Revenue",
+        "form": form,
+        "period": period,
+        "chart": mark_safe(chart),  # built from escaped parts in billing.charts
+        "days": [{**row, **{c: _money(row[c]) for c in money_columns}} for row in by_day],
+        "months": [{**row, **{c: _money(row[c]) for c in money_columns}} for row in tables["revenue_by_month"]],
+        "promotional": tables["promotional_by_day"],
+        "deferred": [{**row, "deferred": _money(row["deferred_cents"])} for row in tables["deferred_now"]],
+        "query": f"start={period.start}&end={period.end}",
+    }
+    return TemplateResponse(request, "admin/finance_revenue.html", context)
+
+
 class CreditsForm(forms.Form):
+    """A grant or a debit; a grant also takes its lot's terms (category, expiry)."""
+
     credits = forms.IntegerField(min_value=1, help_text="Whole credits.")
     reason = forms.CharField(max_length=500, widget=forms.Textarea(attrs={"rows": 3, "cols": 60}))
+    category = forms.ChoiceField(
+        choices=LotCategory.choices,
+        initial=LotCategory.PROMOTIONAL,
+        required=False,
+        help_text="Promotional credits are spent before paid ones that expire at the same time.",
+    )
+    expires_at = forms.DateTimeField(
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text="Empty: the credits never expire. Otherwise a moment in the future (UTC).",
+    )
     # Generated when the form is shown: submitting the same form twice moves credits once.
     idempotency_key = forms.CharField(widget=forms.HiddenInput, max_length=64)
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, direction: str = "grant", **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["credits"] = forms.IntegerField(
             min_value=1, max_value=settings.BILLING_MAX_GRANT, help_text="Whole credits."
         )
+        if direction != "grant":  # a debit takes credits in burn order and opens no lot
+            del self.fields["category"], self.fields["expires_at"]
+
+    def clean_category(self) -> str:
+        return self.cleaned_data.get("category") or LotCategory.PROMOTIONAL
+
+    def clean_expires_at(self):
+        expires_at = self.cleaned_data.get("expires_at")
+        if expires_at is not None and expires_at <= timezone.now():
+            raise forms.ValidationError("The expiry must be in the future.")
+        return expires_at
 
 
 def _awaiting_approval_message(approval: CreditApprovalRequest) -> str:
@@ -142,9 +217,10 @@ def user_credits_view(request, user_id: int, direction: str):
     wallet = wallet_for_user(user_id=target.id)
     back = reverse("admin:users_user_change", args=[target.id])
     if request.method == "POST":
-        form = CreditsForm(request.POST)
+        form = CreditsForm(request.POST, direction=direction)
         if form.is_valid():
             amount = form.cleaned_data["credits"]
+            lot_terms = {name: form.cleaned_data[name] for name in ("category", "expires_at") if name in form.fields}
             try:
                 change = change_credits(
                     user_id=target.id,
@@ -152,6 +228,7 @@ def user_credits_view(request, user_id: int, direction: str):
                     reason=form.cleaned_data["reason"],
                     actor_id=request.user.id,
                     idempotency_key=f"admin-{form.cleaned_data['idempotency_key']}",
+                    **lot_terms,
                 )
             except ledger.InsufficientCredits as exc:
                 form.add_error("credits", f"Only {exc.available} credits are available to debit.")
@@ -165,7 +242,7 @@ def user_credits_view(request, user_id: int, direction: str):
                     messages.success(request, f"{verb} {amount} credits. New balance: {change.executed.balance_after}.")
                 return HttpResponseRedirect(back)
     else:
-        form = CreditsForm(initial={"idempotency_key": uuid.uuid4().hex})
+        form = CreditsForm(initial={"idempotency_key": uuid.uuid4().hex}, direction=direction)
     context = {
         **admin.site.each_context(request),
         "title": f"{'Grant' if direction == 'grant' else 'Debit'} credits — {target.email}",

@@ -5,6 +5,7 @@ The metering endpoints that look up an agent's price (`/billing/charges`, `/bill
 
 import logging
 
+from django.utils import timezone
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status, viewsets
@@ -13,10 +14,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import ledger, services
-from billing.models import CreditTransaction, TransactionKind
+from billing.models import CreditTransaction, LotCategory, TransactionKind
 from billing.packages import all_packages
 from billing.permissions import CanGrantCredits, CanSettleShortfall
-from billing.selectors import transactions_for_user, wallet_summary
+from billing.selectors import transactions_for_user, wallet_summary, with_lots
 from billing.serializers import HoldSerializer, PackageSerializer, TransactionSerializer, WalletSerializer
 from billing.stripe_checkout import start_checkout
 from billing.stripe_webhooks import process_event, store_event, verify_event
@@ -25,6 +26,8 @@ from core.idempotency import IDEMPOTENCY_PARAMETER, idempotency_key
 from core.serializers import StrictCharField, StrictIntegerField
 
 logger = logging.getLogger("billing")
+
+LOT_TERMS = ("category", "expires_at")
 
 
 class PackagesApi(APIView):
@@ -71,11 +74,13 @@ class TransactionViewSet(viewsets.ReadOnlyModelViewSet):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return CreditTransaction.objects.none()
-        return transactions_for_user(user_id=self.request.user.id)
+        return with_lots(transactions_for_user(user_id=self.request.user.id))
 
 
 class AdminGrantApi(APIView):
     """Staff grant (positive `credits`) or debit (negative `credits`) with a required reason.
+    A grant comes in as a lot: promotional unless `category` says paid, never expiring unless
+    `expires_at` is given (a debit takes neither).
 
     Above `FINANCE_APPROVAL_THRESHOLD` nothing moves: 202 with the pending approval request,
     which another Finance user decides in the admin."""
@@ -92,12 +97,36 @@ class AdminGrantApi(APIView):
             help_text="Positive grants, negative debits; never 0; |credits| ≤ BILLING_MAX_GRANT."
         )
         reason = StrictCharField(max_length=500, allow_blank=False, trim_whitespace=True)
+        category = serializers.ChoiceField(
+            choices=LotCategory.choices,
+            required=False,
+            help_text="Grants only: the lot's category (default promotional).",
+        )
+        expires_at = serializers.DateTimeField(
+            required=False,
+            allow_null=True,
+            help_text="Grants only: when the granted credits expire (in the future; absent or null: never).",
+        )
 
         def validate_credits(self, value: int) -> int:
             try:
                 return ledger.check_staff_amount(value)
             except ledger.InvalidAmount as exc:
                 raise serializers.ValidationError(exc.detail) from exc
+
+        def validate_expires_at(self, value):
+            if value is not None and value <= timezone.now():
+                raise serializers.ValidationError("The expiry must be in the future.")
+            return value
+
+        def validate(self, attrs):
+            if attrs["credits"] < 0:
+                refused = [name for name in LOT_TERMS if name in attrs]
+                if refused:
+                    raise serializers.ValidationError(
+                        {name: ["Only a grant (positive credits) takes lot terms."] for name in refused}
+                    )
+            return attrs
 
     class OutputSerializer(serializers.Serializer):
         class Meta:

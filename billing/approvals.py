@@ -16,13 +16,14 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing import ledger
-from billing.models import ApprovalStatus, CreditApprovalRequest, CreditTransaction
+from billing.models import ApprovalStatus, CreditApprovalRequest, CreditTransaction, LotCategory
 
 logger = logging.getLogger("billing")
 
@@ -68,22 +69,36 @@ def change_credits(
     reason: str,
     actor_id: int,
     idempotency_key: str | None = None,
+    category: str = LotCategory.PROMOTIONAL,
+    expires_at: datetime | None = None,
 ) -> CreditChange:
-    """A staff grant (`amount` > 0) or debit (`amount` < 0): executed by the ledger at once, or —
-    above the approval threshold — recorded as a pending approval request, nothing moved.
+    """A staff grant (`amount` > 0, a lot of `category` expiring at `expires_at`) or debit
+    (`amount` < 0, no lot terms): executed by the ledger at once, or — above the approval
+    threshold — recorded as a pending approval request, nothing moved.
 
     Idempotent on `idempotency_key`: the same key replays the ledger row or the same request
     (whatever the threshold is by then); with different parameters `IdempotencyConflict`.
     Not atomic itself: the ledger verb owns its transaction, so it can retry deadlocks."""
-    if (existing := _request_under_key(user_id, idempotency_key, _fingerprint(amount, reason))) is not None:
+    _validate_terms(amount, category, expires_at)
+    fingerprint = _fingerprint(amount, reason, category, expires_at)
+    if (existing := _request_under_key(user_id, idempotency_key, fingerprint)) is not None:
         return CreditChange(approval=existing, replayed=True)
     if needs_approval(amount) and not _ledger_row_under_key(user_id, idempotency_key):
         return request_approval(
-            user_id=user_id, amount=amount, reason=reason, requested_by_id=actor_id, idempotency_key=idempotency_key
+            user_id=user_id,
+            amount=amount,
+            reason=reason,
+            requested_by_id=actor_id,
+            idempotency_key=idempotency_key,
+            category=category,
+            expires_at=expires_at,
         )
     # Below the threshold, or a key the ledger has seen: the verb replays its row or refuses the key.
-    verb = ledger.grant if amount > 0 else ledger.adjust
-    result = verb(user_id=user_id, amount=amount, reason=reason, actor_id=actor_id, idempotency_key=idempotency_key)
+    change = {"user_id": user_id, "amount": amount, "reason": reason, "actor_id": actor_id}
+    if amount > 0:
+        result = ledger.grant(**change, idempotency_key=idempotency_key, category=category, expires_at=expires_at)
+    else:
+        result = ledger.adjust(**change, idempotency_key=idempotency_key)
     return CreditChange(executed=result, replayed=result.replayed)
 
 
@@ -95,11 +110,14 @@ def request_approval(
     reason: str,
     requested_by_id: int,
     idempotency_key: str | None = None,
+    category: str = LotCategory.PROMOTIONAL,
+    expires_at: datetime | None = None,
 ) -> CreditChange:
-    """Record a grant or debit for a second Finance user to decide; nothing moves.
-    Idempotent on `idempotency_key`, concurrent twins included (the unique index decides)."""
+    """Record a grant (with its lot terms) or debit for a second Finance user to decide; nothing
+    moves. Idempotent on `idempotency_key`, concurrent twins included (the unique index decides)."""
     _validate(amount, reason)
-    fingerprint = _fingerprint(amount, reason)
+    _validate_terms(amount, category, expires_at)
+    fingerprint = _fingerprint(amount, reason, category, expires_at)
     if _ledger_row_under_key(user_id, idempotency_key):
         raise ledger.IdempotencyConflict("This Idempotency-Key was already used with different parameters.")
     try:
@@ -111,6 +129,8 @@ def request_approval(
                 requested_by_id=requested_by_id,
                 idempotency_key=idempotency_key,
                 request_fingerprint=fingerprint,
+                lot_category=category if amount > 0 else None,
+                lot_expires_at=expires_at if amount > 0 else None,
             )
     except IntegrityError:
         twin = _request_under_key(user_id, idempotency_key, fingerprint)
@@ -135,19 +155,27 @@ def approve_request(*, request_id: int, approver_id: int, note: str = "") -> Cre
 
     The ledger row's actor is the approver; its metadata names the request and the requester.
     Decided at most once: the request row is locked first, so of two approvers clicking at once
-    the second finds it decided (`AlreadyDecided`). A debit the wallet can no longer cover
-    raises `InsufficientCredits` and the request stays pending: reject it, or approve it again
-    once the credits are there."""
+    the second finds it decided (`AlreadyDecided`). A grant comes in with the request's lot terms.
+    A debit the wallet can no longer cover raises `InsufficientCredits`, and a grant whose expiry
+    has passed meanwhile `InvalidLedgerRequest`; the request stays pending: reject it, or approve
+    it again once the credits are there."""
     approval = _lock_undecided(request_id, decider_id=approver_id)
-    verb = ledger.grant if approval.credits > 0 else ledger.adjust
-    result = verb(
-        user_id=approval.user_id,
-        amount=approval.credits,
-        reason=approval.reason,
-        actor_id=approver_id,
-        idempotency_key=f"approval:{approval.pk}",
-        metadata={"approval_request_id": approval.pk, "requested_by_id": approval.requested_by_id},
-    )
+    change = {
+        "user_id": approval.user_id,
+        "amount": approval.credits,
+        "reason": approval.reason,
+        "actor_id": approver_id,
+        "idempotency_key": f"approval:{approval.pk}",
+        "metadata": {"approval_request_id": approval.pk, "requested_by_id": approval.requested_by_id},
+    }
+    if approval.credits > 0:
+        result = ledger.grant(
+            **change,
+            category=approval.lot_category or LotCategory.PROMOTIONAL,
+            expires_at=approval.lot_expires_at,
+        )
+    else:
+        result = ledger.adjust(**change)
     _decide(approval, status=ApprovalStatus.APPROVED, decider_id=approver_id, note=note, row=result.transaction)
     return approval
 
@@ -162,9 +190,17 @@ def reject_request(*, request_id: int, approver_id: int, note: str) -> CreditApp
     return approval
 
 
-def _fingerprint(amount: int, reason: str) -> str:
-    canonical = json.dumps({"verb": "staff_change", "amount": amount, "reason": (reason or "").strip()})
-    return hashlib.sha256(canonical.encode()).hexdigest()
+def _fingerprint(
+    amount: int, reason: str, category: str = LotCategory.PROMOTIONAL, expires_at: datetime | None = None
+) -> str:
+    """The request's parameters; lot terms only when they differ from the defaults, so keys used
+    before grants took terms still replay."""
+    params = {"verb": "staff_change", "amount": amount, "reason": (reason or "").strip()}
+    if category != LotCategory.PROMOTIONAL:
+        params["category"] = str(category)
+    if expires_at is not None:
+        params["expires_at"] = expires_at.astimezone(UTC).isoformat()
+    return hashlib.sha256(json.dumps(params).encode()).hexdigest()
 
 
 def _request_under_key(user_id: int, idempotency_key: str | None, fingerprint: str) -> CreditApprovalRequest | None:
@@ -187,6 +223,16 @@ def _validate(amount: int, reason: str) -> None:
     ledger.check_staff_amount(amount)
     if not reason or not reason.strip():
         raise ledger.InvalidLedgerRequest("A reason is required.")
+
+
+def _validate_terms(amount: int, category: str, expires_at: datetime | None) -> None:
+    """Lot terms belong to grants; a debit takes credits in burn order and opens no lot."""
+    if amount < 0 and (category != LotCategory.PROMOTIONAL or expires_at is not None):
+        raise ledger.InvalidLedgerRequest("Only a grant (positive credits) takes a category or an expiry.")
+    if category not in LotCategory.values:
+        raise ledger.InvalidLedgerRequest(f"The category must be one of: {', '.join(LotCategory.values)}.")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ledger.InvalidLedgerRequest("The expiry must be in the future.")
 
 
 def _lock_undecided(request_id: int, *, decider_id: int) -> CreditApprovalRequest:

@@ -476,6 +476,17 @@ class CreditApprovalRequest(models.Model):
         max_length=KEY_MAX_LENGTH, null=True, blank=True, help_text="Of the request (API header or admin form)."
     )
     request_fingerprint = ExactCharField(max_length=64, blank=True, default="")
+    lot_category = models.CharField(
+        max_length=16,
+        choices=LotCategory.choices,
+        null=True,
+        blank=True,
+        default=LotCategory.PROMOTIONAL,
+        help_text="A grant's lot category (empty for a debit).",
+    )
+    lot_expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a grant's credits expire (empty: never; always empty for a debit)."
+    )
 
     class Meta:
         db_table = "credit_approval_requests"
@@ -499,6 +510,12 @@ class CreditApprovalRequest(models.Model):
                 condition=Q(status=ApprovalStatus.APPROVED, transaction__isnull=False)
                 | (~Q(status=ApprovalStatus.APPROVED) & Q(transaction__isnull=True)),
                 name="approval_transaction_iff_approved",
+            ),
+            # NULL passes a CHECK, so each side says `isnull` explicitly.
+            models.CheckConstraint(
+                condition=Q(credits__gt=0, lot_category__isnull=False, lot_category__in=LotCategory.values)
+                | Q(credits__lt=0, lot_category__isnull=True, lot_expires_at__isnull=True),
+                name="approval_lot_terms_grants_only",
             ),
         ]
         indexes = [models.Index(fields=["status", "requested_at"], name="approval_status_idx")]

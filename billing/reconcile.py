@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from billing.models import (
     CreditHold,
+    CreditLot,
     CreditShortfall,
     CreditTransaction,
     HoldStatus,
@@ -226,6 +227,20 @@ def _check_stale_holds() -> Iterator[Drift]:
         yield Drift("hold", f"hold {hold_id}", f"pending, expired {expires_at.isoformat()}: is expire_holds running?")
 
 
+def _check_unswept_lots() -> Iterator[Drift]:
+    """Free credits past their lot's expiry by more than the sweep interval: `expire_credits` is not running."""
+    cutoff = timezone.now() - timedelta(seconds=settings.EXPIRE_CREDITS_EVERY_SECONDS)
+    unswept = CreditLot.objects.filter(expires_at__lt=cutoff, remaining_credits__gt=F("held_credits"))
+    for lot_id, expires_at, remaining, held in unswept.values_list(
+        "id", "expires_at", "remaining_credits", "held_credits"
+    )[:100]:
+        yield Drift(
+            "expiry",
+            f"lot {lot_id}",
+            f"{remaining - held} credits past their expiry {expires_at.isoformat()}: is expire_credits running?",
+        )
+
+
 def reconcile(*, batch: int = BATCH, progress: Callable[[int, int], None] | None = None) -> list[Drift]:
     """All drift found, as a list (empty when the ledger is sound)."""
     drift: list[Drift] = []
@@ -240,6 +255,7 @@ def reconcile(*, batch: int = BATCH, progress: Callable[[int, int], None] | None
     drift.extend(_check_purchases())
     drift.extend(_check_clawbacks())
     drift.extend(_check_stale_holds())
+    drift.extend(_check_unswept_lots())
     for check in _EXTRA_CHECKS:
         drift.extend(check())
     return drift

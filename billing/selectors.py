@@ -1,10 +1,23 @@
 """Reads shared by the API, the admin and reports."""
 
-from django.db.models import QuerySet
+from datetime import timedelta
 
-from billing.models import CreditTransaction, Wallet
+from django.db.models import Case, F, IntegerField, Prefetch, QuerySet, Value, When
+from django.utils import timezone
+
+from billing.models import CreditDraw, CreditLot, CreditTransaction, LotCategory, Wallet
 
 RECENT_TRANSACTIONS = 20
+EXPIRING_SOON_DAYS = 30
+
+# The ledger's burn order (`billing.ledger.lots.BURN_ORDER`) for the ORM: priority, soonest expiry
+# (never-expiring last), promotional before paid, oldest.
+LOT_BURN_ORDER = (
+    "priority",
+    F("expires_at").asc(nulls_last=True),
+    Case(When(category=LotCategory.PAID, then=Value(1)), default=Value(0), output_field=IntegerField()),
+    "id",
+)
 
 
 def wallet_for_user(*, user_id: int) -> Wallet:
@@ -17,12 +30,43 @@ def transactions_for_user(*, user_id: int) -> QuerySet[CreditTransaction]:
     return CreditTransaction.objects.filter(wallet__user_id=user_id).order_by("-created_at", "-id")
 
 
+def draws_prefetch(lookup: str = "draws") -> Prefetch:
+    """A ledger row's draws with their lots, in the order they were taken (burn order)."""
+    return Prefetch(lookup, queryset=CreditDraw.objects.select_related("lot").order_by("id"))
+
+
+def with_lots(rows: QuerySet[CreditTransaction]) -> QuerySet[CreditTransaction]:
+    """Ledger rows with the lot each credit-in opened and the draws of each debit: two queries
+    for any number of rows."""
+    return rows.select_related("lot").prefetch_related(draws_prefetch())
+
+
+def open_lots(*, wallet_id: int) -> QuerySet[CreditLot]:
+    """The wallet's lots that still hold credits, in burn order (the next debit takes the first)."""
+    return CreditLot.objects.filter(wallet_id=wallet_id, remaining_credits__gt=0).order_by(*LOT_BURN_ORDER)
+
+
+def expiring_soon(lots: list[CreditLot], *, days: int = EXPIRING_SOON_DAYS) -> dict:
+    """Remaining credits of `lots` that expire within `days` (or are past expiry, not yet swept),
+    and the soonest such expiry."""
+    horizon = timezone.now() + timedelta(days=days)
+    expiring = [lot for lot in lots if lot.expires_at is not None and lot.expires_at <= horizon]
+    return {
+        "credits": sum(lot.remaining_credits for lot in expiring),
+        "first_expires_at": min((lot.expires_at for lot in expiring), default=None),
+        "within_days": days,
+    }
+
+
 def wallet_summary(*, user_id: int) -> dict:
     wallet = wallet_for_user(user_id=user_id)
-    recent = list(transactions_for_user(user_id=user_id)[:RECENT_TRANSACTIONS])
+    recent = list(with_lots(transactions_for_user(user_id=user_id))[:RECENT_TRANSACTIONS])
+    lots = list(open_lots(wallet_id=wallet.id))
     return {
         "balance_credits": wallet.balance_credits,
         "held_credits": wallet.held_credits,
         "available_credits": wallet.available_credits,
         "transactions": recent,
+        "lots": lots,
+        "expiring_soon": expiring_soon(lots),
     }

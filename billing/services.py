@@ -4,10 +4,11 @@ these and serializes what it returns. Money moves only through `billing.ledger` 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from billing import ledger
 from billing.approvals import change_credits
-from billing.models import ApprovalStatus, CreditHold
+from billing.models import ApprovalStatus, CreditHold, LotCategory
 from billing.selectors import wallet_for_user
 from core.errors import DomainError
 from users.models import User
@@ -71,14 +72,27 @@ def require_user(*, user_id: int) -> None:
 
 
 def staff_change_credits(
-    *, user_id: int, credits: int, reason: str, actor_id: int, idempotency_key: str | None = None
+    *,
+    user_id: int,
+    credits: int,
+    reason: str,
+    actor_id: int,
+    idempotency_key: str | None = None,
+    category: str = LotCategory.PROMOTIONAL,
+    expires_at: datetime | None = None,
 ) -> StaffCreditOutcome:
-    """A staff grant (`credits` > 0) or debit (< 0) for an existing user, through
-    `approvals.change_credits` (at once, or above the threshold as a request for approval).
-    Idempotent on `idempotency_key`."""
+    """A staff grant (`credits` > 0, a lot of `category` expiring at `expires_at`) or debit (< 0)
+    for an existing user, through `approvals.change_credits` (at once, or above the threshold as a
+    request for approval). Idempotent on `idempotency_key`."""
     require_user(user_id=user_id)
     change = change_credits(
-        user_id=user_id, amount=credits, reason=reason, actor_id=actor_id, idempotency_key=idempotency_key
+        user_id=user_id,
+        amount=credits,
+        reason=reason,
+        actor_id=actor_id,
+        idempotency_key=idempotency_key,
+        category=category,
+        expires_at=expires_at,
     )
     if change.approval is not None:
         approval = change.approval

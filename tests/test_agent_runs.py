@@ -10,7 +10,7 @@ from django.utils import timezone
 from agents import runner
 from agents.models import AgentCost, AgentRun, RunStatus
 from billing import ledger
-from billing.models import CreditHold, CreditTransaction, HoldStatus, TransactionKind, Wallet
+from billing.models import CreditHold, CreditLot, CreditTransaction, HoldStatus, TransactionKind, Wallet
 from tests.concurrency import in_threads
 from tests.conftest import bearer_client
 
@@ -34,7 +34,13 @@ def test_runs_are_listed_with_receipts_and_private(user_client, user, other_user
     assert listing["count"] == 1
     item = listing["results"][0]
     assert item["run_id"] == run_id and item["status"] == "succeeded"
-    assert item["receipt"] == {"run_id": run_id, "credits_charged": 25, "balance_after": 75}
+    lot_id = CreditLot.objects.get(wallet__user=user).id
+    assert item["receipt"] == {
+        "run_id": run_id,
+        "credits_charged": 25,
+        "balance_after": 75,
+        "funded_by": [{"lot_id": lot_id, "category": "promotional", "credits": 25}],
+    }
     assert item["result_summary"]["row_count"] == 2 and "result" not in item
 
     detail = user_client.get(f"/api/agents/runs/{run_id}").json()

@@ -4,7 +4,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from agents import runner
 from agents.models import AgentCost, AgentRun, RunStatus
 from billing import ledger
-from billing.models import CreditHold, CreditTransaction, HoldStatus, TransactionKind, Wallet
+from billing.models import CreditHold, CreditLot, CreditTransaction, HoldStatus, TransactionKind, Wallet
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("agent_costs")]
 
@@ -34,7 +34,13 @@ def test_a_successful_run_charges_the_cost_once_and_returns_a_receipt(user_clien
     assert response.status_code == 200
     body = response.json()
     assert body["agent_id"] == "profile-my-data" and body["status"] == "succeeded"
-    assert body["receipt"] == {"run_id": body["run_id"], "credits_charged": 25, "balance_after": 75}
+    lot_id = CreditLot.objects.get(wallet__user=user).id
+    assert body["receipt"] == {
+        "run_id": body["run_id"],
+        "credits_charged": 25,
+        "balance_after": 75,
+        "funded_by": [{"lot_id": lot_id, "category": "promotional", "credits": 25}],
+    }
     assert balance(user) == 75
     charge = CreditTransaction.objects.get(kind=TransactionKind.CHARGE)
     assert (charge.amount, charge.agent_id, str(charge.agent_run_id)) == (-25, "profile-my-data", body["run_id"])

@@ -7,11 +7,15 @@ removed, the database's CHECK constraint refuses the overdraft and the charge te
 """
 
 from collections import Counter
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from billing import ledger
-from billing.models import CreditTransaction, TransactionKind, Wallet
+from billing.expiry import expire_due_credits
+from billing.models import CreditLot, CreditTransaction, TransactionKind, Wallet
+from billing.reconcile import reconcile
 from tests.concurrency import in_threads
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -91,3 +95,66 @@ def test_concurrent_holds_and_captures_never_overspend(user):
     assert outcomes == {"ok": 15, "402": 45}
     assert (wallet.balance_credits, wallet.held_credits) == (0, 0)
     assert wallet.balance_credits == _ledger_sum(wallet)
+
+
+def test_many_lots_on_one_wallet_stay_exact_under_concurrent_charges_holds_and_expiry(user, figures):
+    """20 lots of every kind on one wallet; charges, holds with captures or releases and expiry
+    sweeps all at once: nothing overspent, every lot's draws and pins add up, expiry once."""
+    soon = timezone.now() + timedelta(days=1)
+    for n in range(20):
+        ledger.grant(
+            user_id=user.id,
+            amount=40 + n,
+            reason="lot",
+            category=("paid", "promotional")[n % 2],
+            expires_at=soon + timedelta(hours=n) if n % 3 else None,
+            priority=n % 4 - 1,
+        )
+    funded = sum(40 + n for n in range(20))  # 990
+    expiring = list(CreditLot.objects.filter(wallet__user=user, expires_at__isnull=False)[:3])
+
+    def work(job):
+        try:
+            if job % 5 == 0:
+                held = ledger.hold(user_id=user.id, amount=9, agent_id="a").hold
+                if job % 10 == 0:
+                    ledger.capture(hold_id=held.id, amount=6)
+                    return "captured"
+                ledger.release(hold_id=held.id)
+                return "released"
+            if job % 17 == 0:
+                CreditLot.objects.filter(pk__in=[lot.pk for lot in expiring]).update(
+                    expires_at=timezone.now() - timedelta(seconds=1)
+                )
+                expire_due_credits()
+                return "swept"
+            ledger.charge(user_id=user.id, amount=7, agent_id="a")
+            return "charged"
+        except ledger.InsufficientCredits:
+            return "402"
+
+    outcomes = Counter(in_threads(list(range(200)), work))
+    wallet = Wallet.objects.get(user=user)
+    rows = CreditTransaction.objects.filter(wallet=wallet)
+    spent = -sum(rows.filter(kind__in=["charge", "expiry"]).values_list("amount", flat=True))
+    figures(f"200 mixed operations on one wallet with 20 lots ({THREADS} threads): {dict(outcomes)}")
+    assert wallet.balance_credits == funded - spent == _ledger_sum(wallet) >= 0
+    assert wallet.held_credits == 0
+    assert rows.filter(kind="expiry").count() <= len(expiring)  # each expiring lot once at most
+    assert reconcile() == []
+
+
+def test_concurrent_holds_on_one_lot_pin_exactly_their_amount(user):
+    """Holds and captures racing on a wallet whose credits are one lot: every hold pins exactly
+    its amount (a running total taken from another version of the row once pinned 75 for 25)."""
+    ledger.grant(user_id=user.id, amount=100_000, reason="one lot")
+
+    def hold_and_capture(_):
+        held = ledger.hold(user_id=user.id, amount=25, agent_id="a").hold
+        ledger.capture(hold_id=held.id)
+        return "ok"
+
+    outcomes = Counter(in_threads(list(range(8 * 40)), hold_and_capture, threads=8))
+    assert outcomes == {"ok": 320}
+    assert Wallet.objects.get(user=user).balance_credits == 100_000 - 320 * 25
+    assert reconcile() == []

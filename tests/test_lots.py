@@ -6,6 +6,7 @@ from datetime import timedelta
 import pytest
 from django.core.management import call_command
 from django.db import connection
+from django.urls import reverse
 from django.utils import timezone
 
 from billing import ledger
@@ -283,3 +284,27 @@ def test_the_database_refuses_to_rewrite_a_draw(user):
     charge = ledger.charge(user_id=user.id, amount=10, agent_id="a")
     with pytest.raises(Exception, match="immutable"), connection.cursor() as cursor:
         cursor.execute("UPDATE credit_draws SET credits = 1 WHERE transaction_id = %s", [charge.transaction.id])
+
+
+# --- admin -----------------------------------------------------------------------------------------
+
+
+def test_the_admin_shows_lots_their_draws_and_each_rows_lots(admin_client, user):
+    lot = grant(user, 30, category="paid")
+    charge = ledger.charge(user_id=user.id, amount=10, agent_id="a")
+    listing = admin_client.get(reverse("admin:billing_creditlot_changelist"))
+    assert listing.status_code == 200 and user.email in listing.content.decode()
+    detail = admin_client.get(reverse("admin:billing_creditlot_change", args=[lot.id])).content.decode()
+    assert f"#{charge.transaction.id} charge: 10" in detail
+    row = admin_client.get(reverse("admin:billing_credittransaction_change", args=[charge.transaction.id]))
+    assert f"lot #{lot.id} (paid): 10" in row.content.decode()
+    assert admin_client.post(reverse("admin:billing_creditlot_change", args=[lot.id]), {}).status_code == 403
+
+
+def test_reconcile_names_credits_the_sweep_has_not_expired(user, settings):
+    settings.EXPIRE_CREDITS_EVERY_SECONDS = 60
+    lot = grant(user, 10, expires_at=timezone.now() + DAY)
+    CreditLot.objects.filter(pk=lot.pk).update(expires_at=timezone.now() - timedelta(minutes=5))
+    assert [(d.check, d.subject) for d in reconcile()] == [("expiry", f"lot {lot.id}")]
+    expire_due_credits()
+    assert reconcile() == []

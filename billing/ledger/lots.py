@@ -11,7 +11,7 @@ lots (`CreditHoldLot`) that only its capture draws and its release frees.
 4. then the oldest (lowest id).
 
 A debit takes only a lot's *free* credits (`remaining − held`): credits pinned by a pending hold
-belong to that hold's run. The rule lives in `_BURN`, one window over the wallet's open lots,
+belong to that hold's run. The rule lives in `BURN_ORDER` and `_burn_into`, one window over the wallet's open lots,
 used by every debit (charge, debit adjustment, claw-back, shortfall collection, expiry) and every
 hold; a capture walks its own pins in the same order. Statements run inside the verb's plan or
 transaction, after the wallet row is locked (lock order: wallet → hold → lots → run).
@@ -26,24 +26,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from billing.ledger.errors import LedgerInconsistent
-from billing.ledger.sql import PlanStopped, Step, run_plan
+from billing.ledger.sql import PlanStopped, Step, run_plan, vendor
 from billing.models import CreditLot, CreditTransaction, LotCategory, Wallet
 
+# The burn order as an ORDER BY over a lot's columns (`{t}`: an optional table prefix).
 BURN_ORDER = (
     "{t}priority, CASE WHEN {t}expires_at IS NULL THEN 1 ELSE 0 END, {t}expires_at, "
     "CASE WHEN {t}category = 'paid' THEN 1 ELSE 0 END, {t}id"
-)
-
-# Take `amount` (%s) in burn order from the rows of `source` (id, free, sort columns): each
-# row gives min(free, what is still missing). `running − free` is what earlier rows gave.
-_BURN = (
-    "SELECT {owner}, id, CASE WHEN free < %s - (running - free) THEN free ELSE %s - (running - free) END "
-    "FROM (SELECT id, free, SUM(free) OVER (ORDER BY {order} ROWS UNBOUNDED PRECEDING) AS running "
-    "FROM ({source}) candidates) ordered WHERE running - free < %s"
-)
-_OPEN_LOTS = (
-    "SELECT id, remaining_credits - held_credits AS free, priority, expires_at, category "
-    "FROM credit_lots WHERE wallet_id = {wallet} AND remaining_credits > 0 AND remaining_credits > held_credits"
 )
 
 
@@ -67,114 +56,133 @@ def _int(value) -> int:
     return value
 
 
-def _burn_into(*, table: str, owner: str, source: str, amount: str) -> str:
-    """INSERT the takes of `amount` from `source`'s rows (id, free, priority, expires_at,
-    category) in burn order into `table`, for `owner` (a row or hold id, as SQL)."""
+def _burn_into(*, table: str, owner: str, lot: str, free: str, source: str, order: str, amount: str) -> str:
+    """INSERT into `table`, for `owner` (a row or hold id, as SQL), the takes of `amount` from
+    the rows of `source` in burn order (`order`): each row's lot (`lot`) gives min(its `free`
+    credits, what the rows before it left missing), until the amount is reached.
+
+    What the rows before gave is summed over the rows *before* (a frame ending 1 PRECEDING), not
+    as the running total minus the row's own credits: under concurrent holds MariaDB computed
+    the running total and the row's value from different versions of the row, and a hold
+    pinned 75 credits for 25 (`test_concurrent_holds_on_one_lot_pin_exactly_their_amount`)."""
     column = "transaction_id" if table == "credit_draws" else "hold_id"
     return (
         f"INSERT INTO {table} ({column}, lot_id, credits) SELECT {owner}, id, "
-        f"CASE WHEN free < {amount} - (running - free) THEN free ELSE {amount} - (running - free) END "
-        f"FROM (SELECT id, free, SUM(free) OVER (ORDER BY {BURN_ORDER.format(t='')} ROWS UNBOUNDED PRECEDING) "
-        f"AS running FROM ({source}) candidates) ordered WHERE running - free < {amount}"
+        f"CASE WHEN free < {amount} - earlier THEN free ELSE {amount} - earlier END "
+        f"FROM (SELECT {lot} AS id, {free} AS free, "
+        f"COALESCE(SUM({free}) OVER (ORDER BY {order} ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS earlier "
+        f"FROM {source}) ordered WHERE earlier < {amount}"
     )
 
 
-def _open_lots(wallet: str, only_lot_ids: list[int] | None = None) -> str:
-    source = (
-        "SELECT id, remaining_credits - held_credits AS free, priority, expires_at, category FROM credit_lots "
-        f"WHERE wallet_id = {wallet} AND remaining_credits > 0 AND remaining_credits > held_credits"
-    )
+def _from_open_lots(*, table: str, owner: str, wallet: str, amount: str, only_lot_ids=None) -> Step:
+    """Take `amount` free credits of the wallet's lots (of `only_lot_ids`, if given)."""
+    source = f"credit_lots WHERE wallet_id = {wallet} AND remaining_credits > 0 AND remaining_credits > held_credits"
     if only_lot_ids is not None:
         source += f" AND id IN ({', '.join(str(_int(i)) for i in only_lot_ids) or 'NULL'})"
-    return source
+    sql = _burn_into(
+        table=table,
+        owner=owner,
+        lot="id",
+        free="remaining_credits - held_credits",
+        source=source,
+        order=BURN_ORDER.format(t=""),
+        amount=amount,
+    )
+    return Step(sql, must_change_one_row=False)
 
 
-def _adds_up(*, wallet: str, table: str, column: str, owner: str, amount: str, at) -> Step:
+def _adds_up(*, table: str, column: str, owner: str, amount: str) -> Step:
     """Stop the plan unless the rows written for `owner` add up to `amount`."""
     return Step(
-        f"UPDATE credit_wallets SET updated_at = %s WHERE id = {wallet} "
-        f"AND (SELECT COALESCE(SUM(credits), 0) FROM {table} WHERE {column} = {owner}) = {amount}",
-        [at],
+        f"(SELECT COALESCE(SUM(credits), 0) FROM {table} WHERE {column} = {owner}) = {amount}",
+        must_change_one_row=False,
+        is_condition=True,
     )
 
 
-def draw_steps(*, wallet: str, row: str, amount: int, at, only_lot_ids: list[int] | None = None) -> list[Step]:
+def _apply(*, table: str, column: str, owner: str, assignments: str) -> Step:
+    """Update the lots named by `table`'s rows for `owner` (`d`: that row, in `assignments`)."""
+    if vendor() == "mysql":
+        sql = (
+            f"UPDATE credit_lots JOIN {table} d ON d.lot_id = credit_lots.id SET {assignments} "
+            f"WHERE d.{column} = {owner}"
+        )
+    else:  # SQLite: UPDATE … FROM
+        sql = (
+            f"UPDATE credit_lots SET {assignments} FROM {table} d "
+            f"WHERE d.lot_id = credit_lots.id AND d.{column} = {owner}"
+        )
+    return Step(sql, must_change_one_row=False)
+
+
+def draw_steps(*, wallet: str, row: str, amount: int, only_lot_ids: list[int] | None = None) -> list[Step]:
     """Take `amount` free credits in burn order (from `only_lot_ids` if given) for the ledger
     row `row` of `wallet` (both SQL expressions: an id, a variable, a subquery): draws
     written, lots reduced, the sum checked."""
     amount_sql = str(_int(amount))
     return [
-        Step(
-            _burn_into(table="credit_draws", owner=row, source=_open_lots(wallet, only_lot_ids), amount=amount_sql),
-            must_change_one_row=False,
+        _from_open_lots(table="credit_draws", owner=row, wallet=wallet, amount=amount_sql, only_lot_ids=only_lot_ids),
+        _apply(
+            table="credit_draws",
+            column="transaction_id",
+            owner=row,
+            assignments="remaining_credits = remaining_credits - d.credits",
         ),
-        Step(
-            "UPDATE credit_lots SET remaining_credits = remaining_credits - "
-            f"(SELECT d.credits FROM credit_draws d WHERE d.transaction_id = {row} AND d.lot_id = credit_lots.id) "
-            f"WHERE id IN (SELECT lot_id FROM credit_draws WHERE transaction_id = {row})",
-            must_change_one_row=False,
-        ),
-        _adds_up(wallet=wallet, table="credit_draws", column="transaction_id", owner=row, amount=amount_sql, at=at),
+        _adds_up(table="credit_draws", column="transaction_id", owner=row, amount=amount_sql),
     ]
 
 
-def pin_steps(*, wallet: str, hold: str, amount: int, at) -> list[Step]:
+def pin_steps(*, wallet: str, hold: str, amount: int) -> list[Step]:
     """Reserve `amount` free credits in burn order for the hold `hold` (SQL, like `wallet`):
     pins written, the lots' `held_credits` raised, the sum checked."""
     amount_sql = str(_int(amount))
     return [
-        Step(
-            _burn_into(table="credit_hold_lots", owner=hold, source=_open_lots(wallet), amount=amount_sql),
-            must_change_one_row=False,
+        _from_open_lots(table="credit_hold_lots", owner=hold, wallet=wallet, amount=amount_sql),
+        _apply(
+            table="credit_hold_lots",
+            column="hold_id",
+            owner=hold,
+            assignments="held_credits = held_credits + d.credits",
         ),
-        Step(
-            "UPDATE credit_lots SET held_credits = held_credits + "
-            f"(SELECT p.credits FROM credit_hold_lots p WHERE p.hold_id = {hold} AND p.lot_id = credit_lots.id) "
-            f"WHERE id IN (SELECT lot_id FROM credit_hold_lots WHERE hold_id = {hold})",
-            must_change_one_row=False,
-        ),
-        _adds_up(wallet=wallet, table="credit_hold_lots", column="hold_id", owner=hold, amount=amount_sql, at=at),
+        _adds_up(table="credit_hold_lots", column="hold_id", owner=hold, amount=amount_sql),
     ]
 
 
-def capture_steps(*, hold_id: int, row: str, amount: int | None, at) -> list[Step]:
+def capture_steps(*, hold_id: int, row: str, amount: int | None) -> list[Step]:
     """The capture of `amount` credits (None: all) of hold `hold_id` as the ledger row `row`:
     draws from the hold's own pins in burn order; every pin freed (the rest is released)."""
     hold = str(_int(hold_id))
     amount_sql = f"(SELECT amount FROM credit_holds WHERE id = {hold})" if amount is None else str(_int(amount))
-    pins = (
-        "SELECT p.lot_id AS id, p.credits AS free, l.priority, l.expires_at, l.category "
-        f"FROM credit_hold_lots p JOIN credit_lots l ON l.id = p.lot_id WHERE p.hold_id = {hold}"
+    take = _burn_into(
+        table="credit_draws",
+        owner=row,
+        lot="p.lot_id",
+        free="p.credits",
+        source=f"credit_hold_lots p JOIN credit_lots l ON l.id = p.lot_id WHERE p.hold_id = {hold}",
+        order=BURN_ORDER.format(t="l."),
+        amount=amount_sql,
     )
     return [
-        Step(_burn_into(table="credit_draws", owner=row, source=pins, amount=amount_sql), must_change_one_row=False),
-        Step(
-            "UPDATE credit_lots SET remaining_credits = remaining_credits - COALESCE("
-            f"(SELECT d.credits FROM credit_draws d WHERE d.transaction_id = {row} AND d.lot_id = credit_lots.id), 0), "
-            "held_credits = held_credits - "
-            f"(SELECT p.credits FROM credit_hold_lots p WHERE p.hold_id = {hold} AND p.lot_id = credit_lots.id) "
-            f"WHERE id IN (SELECT lot_id FROM credit_hold_lots WHERE hold_id = {hold})",
-            must_change_one_row=False,
-        ),
-        _adds_up(
-            wallet=f"(SELECT wallet_id FROM credit_holds WHERE id = {hold})",
+        Step(take, must_change_one_row=False),
+        unpin_step(hold_id=hold_id),  # first: a lot's remaining never drops below what it holds
+        _apply(
             table="credit_draws",
             column="transaction_id",
             owner=row,
-            amount=amount_sql,
-            at=at,
+            assignments="remaining_credits = remaining_credits - d.credits",
         ),
+        _adds_up(table="credit_draws", column="transaction_id", owner=row, amount=amount_sql),
     ]
 
 
 def unpin_step(*, hold_id: int) -> Step:
-    """A released (or expired) hold's pins freed."""
-    hold = str(_int(hold_id))
-    return Step(
-        "UPDATE credit_lots SET held_credits = held_credits - "
-        f"(SELECT p.credits FROM credit_hold_lots p WHERE p.hold_id = {hold} AND p.lot_id = credit_lots.id) "
-        f"WHERE id IN (SELECT lot_id FROM credit_hold_lots WHERE hold_id = {hold})",
-        must_change_one_row=False,
+    """A released (or expired, or captured) hold's pins freed."""
+    return _apply(
+        table="credit_hold_lots",
+        column="hold_id",
+        owner=str(_int(hold_id)),
+        assignments="held_credits = held_credits - d.credits",
     )
 
 
@@ -196,12 +204,10 @@ def open_lot(*, wallet: Wallet, row: CreditTransaction, terms: LotTerms) -> Cred
     )
 
 
-def draw(*, wallet: Wallet, row: CreditTransaction, amount: int, at, only_lot_ids: list[int] | None = None) -> None:
+def draw(*, wallet: Wallet, row: CreditTransaction, amount: int, only_lot_ids: list[int] | None = None) -> None:
     """Take `amount` free credits in burn order (from `only_lot_ids` if given) for the debit
     `row` of the locked `wallet`, inside the verb's transaction."""
-    steps = draw_steps(
-        wallet=str(_int(wallet.pk)), row=str(_int(row.pk)), amount=amount, at=at, only_lot_ids=only_lot_ids
-    )
+    steps = draw_steps(wallet=str(_int(wallet.pk)), row=str(_int(row.pk)), amount=amount, only_lot_ids=only_lot_ids)
     try:
         run_plan(steps)
     except PlanStopped as stopped:

@@ -98,8 +98,7 @@ def _post(
     if amount > 0:
         lots.open_lot(wallet=wallet, row=row, terms=terms)
     else:
-        at = transaction.get_connection().ops.adapt_datetimefield_value(now)
-        lots.draw(wallet=wallet, row=row, amount=-amount, at=at, only_lot_ids=draw_from)
+        lots.draw(wallet=wallet, row=row, amount=-amount, only_lot_ids=draw_from)
     return row
 
 

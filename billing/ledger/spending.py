@@ -108,7 +108,7 @@ def _charge_plan(*, user_id: int, fields: dict[str, Any], at: Any) -> list[Step]
             returns=True,
         ),
         *remember,
-        *lots.draw_steps(wallet=_wallet_of_user(user_id), row=row, amount=amount, at=at),
+        *lots.draw_steps(wallet=_wallet_of_user(user_id), row=row, amount=amount),
     ]
 
 
@@ -243,7 +243,7 @@ def _hold_once(*, user_id, amount, agent_id, key, fingerprint, expires_at, agent
                 returns=True,
             ),
             *remember,
-            *lots.pin_steps(wallet=_wallet_of_user(user_id), hold=hold_ref, amount=amount, at=at),
+            *lots.pin_steps(wallet=_wallet_of_user(user_id), hold=hold_ref, amount=amount),
             *then,
         ]
 
@@ -336,7 +336,7 @@ def _capture_once(*, hold_id: int, amount: int | None, agent_run_id: Any, then: 
             returns=True,
         ),
         *remember,
-        *lots.capture_steps(hold_id=hold_id, row=row_ref, amount=amount, at=at),
+        *lots.capture_steps(hold_id=hold_id, row=row_ref, amount=amount),
         Step(
             "SELECT user_id FROM credit_wallets WHERE id = (SELECT wallet_id FROM credit_holds WHERE id = %s)",
             [hold_id],

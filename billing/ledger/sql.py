@@ -47,10 +47,14 @@ class Step:
     must_change_one_row: bool = True
     # The statement yields one row (INSERT … RETURNING, SELECT) that the plan hands back.
     returns: bool = False
+    # `sql` is a condition (a boolean expression), not a statement: the plan goes on only if it holds.
+    is_condition: bool = False
 
     def __post_init__(self):
         if self.returns and self.must_change_one_row:
             raise ValueError("A returning step cannot also be checked by its row count.")
+        if self.is_condition and self.returns:
+            raise ValueError("A condition returns nothing.")
 
 
 class PlanStopped(Exception):
@@ -70,6 +74,11 @@ def is_connection_error(exc: BaseException) -> bool:
 def compound_supported() -> bool:
     db = transaction.get_connection()
     return db.vendor == "mysql" and db.mysql_is_mariadb and db.mysql_version >= (10, 5)
+
+
+def vendor() -> str:
+    """The database the plans run on ("mysql" for MariaDB, "sqlite")."""
+    return transaction.get_connection().vendor
 
 
 def remember_inserted_id(name: str, table: str) -> tuple[list[Step], str]:
@@ -101,6 +110,11 @@ def _one_by_one(db, steps: list[Step]) -> list[tuple]:
     returned = []
     with db.cursor() as cursor:
         for index, step in enumerate(steps):
+            if step.is_condition:
+                cursor.execute(f"SELECT CASE WHEN {step.sql} THEN 1 ELSE 0 END", step.params)
+                if cursor.fetchone()[0] != 1:
+                    raise PlanStopped(index)
+                continue
             cursor.execute(step.sql, step.params)
             if step.returns:
                 returned.append(cursor.fetchone())
@@ -115,6 +129,10 @@ def compound_sql(steps: list[Step], *, own_transaction: bool) -> str:
     body = []
     closing = []
     for index, step in enumerate(steps, start=1):
+        if step.is_condition:
+            body.append(f"IF {step.sql} THEN SET reached = {index};")
+            closing.append("END IF;")
+            continue
         body.append(f"{step.sql};")
         if step.must_change_one_row:
             body.append(f"IF ROW_COUNT() = 1 THEN SET reached = {index};")
@@ -151,6 +169,6 @@ def _compound(db, steps: list[Step], *, own_transaction: bool) -> list[tuple]:
 def _stopped_at(steps: list[Step], reached: int) -> int:
     # `reached` steps completed; the next checked step is the one that refused.
     for index in range(reached, len(steps)):
-        if steps[index].must_change_one_row:
+        if steps[index].must_change_one_row or steps[index].is_condition:
             return index
     return reached
