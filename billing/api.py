@@ -17,7 +17,7 @@ from billing import ledger, services
 from billing.models import CreditTransaction, LotCategory, TransactionKind
 from billing.packages import all_packages
 from billing.permissions import CanGrantCredits, CanSettleShortfall
-from billing.selectors import transactions_for_user, wallet_summary, with_lots
+from billing.selectors import limits_summary, transactions_for_user, wallet_for_user, wallet_summary, with_lots
 from billing.serializers import HoldSerializer, PackageSerializer, TransactionSerializer, WalletSerializer
 from billing.stripe_checkout import start_checkout
 from billing.stripe_webhooks import process_event, store_event, verify_event
@@ -309,3 +309,83 @@ class HoldReleaseApi(APIView):
     @extend_schema(request=None, responses={200: HoldSerializer})
     def post(self, request, hold_id: int):
         return Response(HoldSerializer(services.release_own_hold(user_id=request.user.id, hold_id=hold_id)).data)
+
+
+class CapSerializer(serializers.Serializer):
+    cap = serializers.IntegerField(allow_null=True, help_text="What applies: the lower of the two limits (null: none).")
+    spent = serializers.IntegerField(help_text="Credits charged or held in this period so far.")
+    resets_at = serializers.DateTimeField(help_text="When the period ends (UTC midnight, the 1st of next month).")
+
+
+class LimitsSerializer(serializers.Serializer):
+    daily_limit_credits = serializers.IntegerField(allow_null=True, help_text="Your own daily cap.")
+    monthly_limit_credits = serializers.IntegerField(allow_null=True, help_text="Your own monthly cap.")
+    finance_daily_limit_credits = serializers.IntegerField(
+        allow_null=True, help_text="Finance's daily ceiling (you cannot raise it)."
+    )
+    finance_monthly_limit_credits = serializers.IntegerField(
+        allow_null=True, help_text="Finance's monthly ceiling (you cannot raise it)."
+    )
+    daily = CapSerializer()
+    monthly = CapSerializer()
+
+
+class _LimitsInput(serializers.Serializer):
+    daily_limit_credits = StrictIntegerField(
+        min_value=0, max_value=10**15, allow_null=True, help_text="Credits per UTC day; null removes the cap."
+    )
+    monthly_limit_credits = StrictIntegerField(
+        min_value=0, max_value=10**15, allow_null=True, help_text="Credits per calendar month; null removes the cap."
+    )
+
+
+def _set_limits(*, user_id: int, data: dict, by_finance: bool) -> dict:
+    try:
+        wallet = ledger.set_limits(user_id=user_id, **data, by_finance=by_finance)
+    except ledger.SpendLimitAboveCeiling as exc:
+        raise serializers.ValidationError({exc.field: [exc.detail]}) from exc
+    return limits_summary(wallet=wallet)
+
+
+class LimitsApi(APIView):
+    """Your spend caps per UTC day and calendar month, and what you spent in each; a charge or
+    hold that would pass one is refused with 402 `BILLING_SPEND_CAP_REACHED`."""
+
+    permission_classes = [IsAuthenticated]
+
+    class InputSerializer(_LimitsInput):
+        class Meta:
+            ref_name = "LimitsInput"
+
+    @extend_schema(responses={200: LimitsSerializer})
+    def get(self, request):
+        return Response(LimitsSerializer(limits_summary(wallet=wallet_for_user(user_id=request.user.id))).data)
+
+    @extend_schema(request=InputSerializer, responses={200: LimitsSerializer})
+    def put(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        summary = _set_limits(user_id=request.user.id, data=serializer.validated_data, by_finance=False)
+        return Response(LimitsSerializer(summary).data)
+
+
+class AdminLimitsApi(APIView):
+    """Finance sets a user's spend ceilings (the user may lower their caps below them, never raise them)."""
+
+    permission_classes = [CanGrantCredits]
+    throttle_scope = "grant"
+
+    class InputSerializer(_LimitsInput):
+        class Meta:
+            ref_name = "AdminLimitsInput"
+
+        user_id = StrictIntegerField(min_value=1)
+
+    @extend_schema(request=InputSerializer, responses={200: LimitsSerializer})
+    def put(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        user_id = data.pop("user_id")
+        services.require_user(user_id=user_id)
+        return Response(LimitsSerializer(_set_limits(user_id=user_id, data=data, by_finance=True)).data)

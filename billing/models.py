@@ -19,6 +19,20 @@ class Wallet(models.Model):
     shortfall_credits = models.BigIntegerField(
         default=0, help_text="Credits clawed back by refunds/disputes that the balance could not cover."
     )
+    # Spend caps (UTC days, calendar months): the user's own limits, Finance's ceilings (the lower
+    # of the two applies), and what charges and pending holds have taken in the current period.
+    daily_limit_credits = models.BigIntegerField(null=True, blank=True, help_text="The user's own daily cap.")
+    monthly_limit_credits = models.BigIntegerField(null=True, blank=True, help_text="The user's own monthly cap.")
+    finance_daily_limit_credits = models.BigIntegerField(
+        null=True, blank=True, help_text="Finance's daily ceiling; the user cannot raise it."
+    )
+    finance_monthly_limit_credits = models.BigIntegerField(
+        null=True, blank=True, help_text="Finance's monthly ceiling; the user cannot raise it."
+    )
+    spent_day = models.DateField(null=True, blank=True, help_text="The UTC day `spent_day_credits` counts.")
+    spent_day_credits = models.BigIntegerField(default=0)
+    spent_month = models.DateField(null=True, blank=True, help_text="The first day of the month counted.")
+    spent_month_credits = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -34,6 +48,16 @@ class Wallet(models.Model):
             models.CheckConstraint(condition=Q(held_credits__gte=0), name="wallet_held_non_negative"),
             models.CheckConstraint(
                 condition=Q(held_credits__lte=F("balance_credits")), name="wallet_held_within_balance"
+            ),
+            models.CheckConstraint(
+                condition=Q(spent_day_credits__gte=0, spent_month_credits__gte=0), name="wallet_spent_non_negative"
+            ),
+            models.CheckConstraint(
+                condition=(Q(daily_limit_credits__isnull=True) | Q(daily_limit_credits__gte=0))
+                & (Q(monthly_limit_credits__isnull=True) | Q(monthly_limit_credits__gte=0))
+                & (Q(finance_daily_limit_credits__isnull=True) | Q(finance_daily_limit_credits__gte=0))
+                & (Q(finance_monthly_limit_credits__isnull=True) | Q(finance_monthly_limit_credits__gte=0)),
+                name="wallet_limits_non_negative",
             ),
         ]
 

@@ -5,6 +5,7 @@ from datetime import timedelta
 from django.db.models import Case, F, IntegerField, Prefetch, QuerySet, Value, When
 from django.utils import timezone
 
+from billing.ledger import caps
 from billing.models import CreditDraw, CreditLot, CreditTransaction, LotCategory, Wallet
 
 RECENT_TRANSACTIONS = 20
@@ -69,4 +70,18 @@ def wallet_summary(*, user_id: int) -> dict:
         "transactions": recent,
         "lots": lots,
         "expiring_soon": expiring_soon(lots),
+    }
+
+
+def limits_summary(*, wallet: Wallet) -> dict:
+    """The wallet's spend limits and, per period, the cap that applies, what was spent, when it resets."""
+    periods = {
+        cap.period: {"cap": cap.cap, "spent": cap.spent, "resets_at": cap.resets_at} for cap in caps.status(wallet)
+    }
+    return {
+        "daily_limit_credits": wallet.daily_limit_credits,
+        "monthly_limit_credits": wallet.monthly_limit_credits,
+        "finance_daily_limit_credits": wallet.finance_daily_limit_credits,
+        "finance_monthly_limit_credits": wallet.finance_monthly_limit_credits,
+        **periods,
     }

@@ -165,6 +165,14 @@ def test_every_documented_operation_answers_as_its_schema_says(api, staff, fake_
     settle = {"user_id": poor["id"], "reason": "settled"}
     api.call("POST", "/billing/admin/settle-shortfall", json=settle, token=staff_token, expect=200)
 
+    # Spend caps: read, set, refused above Finance's ceiling, a charge past the cap.
+    api.call("GET", "/billing/limits", expect=200)
+    ceiling = {"user_id": user["id"], "daily_limit_credits": 1000, "monthly_limit_credits": None}
+    api.call("PUT", "/billing/admin/limits", json=ceiling, token=staff_token, expect=200)
+    api.call("PUT", "/billing/limits", json={"daily_limit_credits": 1001, "monthly_limit_credits": None}, expect=400)
+    api.call("PUT", "/billing/limits", json={"daily_limit_credits": 0, "monthly_limit_credits": None}, expect=200)
+    api.call("POST", "/billing/charges", json={"agent_id": "profile-my-data"}, expect=402)
+
     # Leaving: a password change, a log-out.
     new_password = {"old_password": "long-pass-1", "new_password": "longer-pass-3"}
     api.call("POST", "/auth/password", json=new_password, expect=204)

@@ -56,6 +56,14 @@ API = [
     ("post", "/billing/admin/grant", {"user_id": "{owner_id}", "credits": 5, "reason": "matrix"}, FINANCE_ONLY),
     ("post", "/billing/admin/seed-costs", {}, FINANCE_ONLY),
     ("post", "/billing/admin/settle-shortfall", {"user_id": "{owner_id}", "reason": "matrix"}, FINANCE_ONLY),
+    ("get", "/billing/limits", None, SIGNED_IN),
+    ("put", "/billing/limits", {"daily_limit_credits": 100, "monthly_limit_credits": None}, SIGNED_IN),
+    (
+        "put",
+        "/billing/admin/limits",
+        {"user_id": "{owner_id}", "daily_limit_credits": 1000, "monthly_limit_credits": None},
+        FINANCE_ONLY,
+    ),
     ("post", "/billing/webhook", {}, dict.fromkeys(ROLES, 400)),  # only a Stripe signature authenticates
     ("post", "/auth/logout", {"refresh": "not-a-token"}, dict.fromkeys(ROLES, 400)),  # the token is the proof
     (
@@ -68,6 +76,7 @@ API = [
 
 ADMIN = [
     ("get", "/admin/reports/", {"anonymous": 302, "owner": 302, "staff_without_permission": 403, "finance": 200}),
+    ("get", "/admin/revenue/", {"anonymous": 302, "owner": 302, "staff_without_permission": 403, "finance": 200}),
     (
         "get",
         "/admin/billing/credittransaction/export/",

@@ -26,6 +26,8 @@ The modules:
 - `refunds` — `clawback`, `restore_clawback`, `settle_shortfall`;
 - `expiry` — `expire_lot`: a lot's unheld remainder past its expiry leaves the balance;
 - `lots` — lots and the burn order: which credits a debit or a hold takes (SQL, written once);
+- `caps` — spend caps per UTC day and month, checked inside the debit's own wallet UPDATE;
+  `limits` — `set_limits`, the user's caps and Finance's ceilings;
 - `posting` — what they share: checks, the wallet lock, idempotency replays, posting a row;
 - `retry` — the transaction retried after deadlocks and lock waits (`run_with_retries`);
 - `sql` — plans: a verb as a list of statements run in one transaction;
@@ -43,9 +45,12 @@ from billing.ledger.errors import (
     LedgerBusy,
     LedgerError,
     LedgerInconsistent,
+    SpendCapReached,
+    SpendLimitAboveCeiling,
     WalletInShortfall,
 )
 from billing.ledger.expiry import expire_lot
+from billing.ledger.limits import set_limits
 from billing.ledger.posting import check_staff_amount
 from billing.ledger.refunds import clawback, restore_clawback, settle_shortfall
 from billing.ledger.results import ClawbackResult, HoldResult, LedgerResult, RestoreResult
@@ -66,6 +71,8 @@ __all__ = [
     "LedgerInconsistent",
     "LedgerResult",
     "RestoreResult",
+    "SpendCapReached",
+    "SpendLimitAboveCeiling",
     "WalletInShortfall",
     "adjust",
     "capture",
@@ -82,5 +89,6 @@ __all__ = [
     "release",
     "restore_clawback",
     "run_with_retries",
+    "set_limits",
     "settle_shortfall",
 ]

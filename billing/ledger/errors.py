@@ -3,6 +3,7 @@ They know nothing of HTTP; `core.errors` maps them to status codes in one table.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from core.errors import DomainError
@@ -71,3 +72,27 @@ class LedgerInconsistent(LedgerError):
     `reconcile_ledger` names the drift."""
 
     error_code = "LEDGER_INCONSISTENT"
+
+
+class SpendCapReached(LedgerError):
+    """The debit would pass the wallet's daily or monthly spend cap."""
+
+    error_code = "BILLING_SPEND_CAP_REACHED"
+
+    def __init__(self, *, period: str, cap: int, spent: int, resets_at: datetime):
+        super().__init__(
+            f"This would pass the {period} spend cap of {cap} credits ({spent} spent so far); "
+            f"it resets at {resets_at.isoformat()}."
+        )
+        self.period, self.cap, self.spent, self.resets_at = period, cap, spent, resets_at
+
+    def extra(self) -> dict[str, Any]:
+        return {"period": self.period, "cap": self.cap, "spent": self.spent, "resets_at": self.resets_at.isoformat()}
+
+
+class SpendLimitAboveCeiling(InvalidLedgerRequest):
+    """A user's own spend limit above the ceiling Finance set."""
+
+    def __init__(self, *, field: str, ceiling: int):
+        super().__init__(f"The limit Finance set is {ceiling} credits; it cannot be raised.")
+        self.field, self.ceiling = field, ceiling

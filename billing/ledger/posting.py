@@ -14,8 +14,14 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing import metrics
-from billing.ledger import lots
-from billing.ledger.errors import IdempotencyConflict, InsufficientCredits, InvalidAmount, WalletInShortfall
+from billing.ledger import caps, lots
+from billing.ledger.errors import (
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidAmount,
+    SpendCapReached,
+    WalletInShortfall,
+)
 from billing.ledger.lots import LotTerms
 from billing.models import CreditTransaction, Wallet
 
@@ -150,6 +156,12 @@ def _explain_refusal(*, user_id: int, amount: int) -> None:
     _refuse_if_in_shortfall(wallet)
     if amount > wallet.available_credits:
         _refuse(user_id, InsufficientCredits(required=amount, available=max(wallet.available_credits, 0)))
+    try:
+        caps.refuse_if_over(wallet, amount)
+    except SpendCapReached:
+        logger.warning("[Billing] Error: Spend cap reached for user %s", user_id)
+        metrics.REFUSALS.labels(reason="spend_cap").inc()
+        raise
 
 
 @functools.cache

@@ -16,7 +16,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing import metrics
-from billing.ledger import lots
+from billing.ledger import caps, lots
 from billing.ledger.errors import HoldExpired, HoldNotPending, InvalidAmount, LedgerBusy, LedgerInconsistent
 from billing.ledger.posting import (
     _charge_fingerprint,
@@ -78,8 +78,10 @@ def _after_charge(user_id: int, amount: int, agent_id: str) -> None:
 _TXN_COLUMNS = ("kind", "amount", "agent_id", "agent_run_id", "idempotency_key", "request_fingerprint", "metadata")
 
 
-def _charge_plan(*, user_id: int, fields: dict[str, Any], at: Any) -> list[Step]:
+def _charge_plan(*, user_id: int, fields: dict[str, Any], at: Any, now: datetime | None = None) -> list[Step]:
     amount = -fields["amount"]
+    caps_set, caps_where = caps.debit_sql()
+    set_params, where_params = caps.debit_params(now or timezone.now(), amount)
     run_id = fields["agent_run_id"]
     values = [
         str(fields["kind"]),
@@ -93,9 +95,9 @@ def _charge_plan(*, user_id: int, fields: dict[str, Any], at: Any) -> list[Step]
     remember, row = remember_inserted_id("ledger_row", "credit_transactions")
     return [
         Step(
-            "UPDATE credit_wallets SET balance_credits = balance_credits - %s, updated_at = %s "
-            "WHERE user_id = %s AND shortfall_credits = 0 AND balance_credits - held_credits >= %s",
-            [amount, at, user_id, amount],
+            f"UPDATE credit_wallets SET balance_credits = balance_credits - %s, updated_at = %s, {caps_set} "
+            f"WHERE user_id = %s AND shortfall_credits = 0 AND balance_credits - held_credits >= %s AND {caps_where}",
+            [amount, at, *set_params, user_id, amount, *where_params],
         ),
         Step(
             "INSERT INTO credit_transactions (wallet_id, balance_after, created_at, reason, {columns}) "
@@ -131,7 +133,9 @@ def _charge_once(*, user_id: int, fields: dict[str, Any]) -> LedgerResult:
         model=CreditTransaction,
         key=fields["idempotency_key"],
         fingerprint=fields["request_fingerprint"],
-        plan=lambda now: _charge_plan(user_id=user_id, fields=fields, at=db.ops.adapt_datetimefield_value(now)),
+        plan=lambda now: _charge_plan(
+            user_id=user_id, fields=fields, at=db.ops.adapt_datetimefield_value(now), now=now
+        ),
         done=charged,
         replayed=lambda existing: LedgerResult(existing, replayed=True),
     )
@@ -215,13 +219,17 @@ def _hold_once(*, user_id, amount, agent_id, key, fingerprint, expires_at, agent
 
     remember, hold_ref = remember_inserted_id("ledger_hold", "credit_holds")
 
+    caps_set, caps_where = caps.debit_sql()
+
     def plan(now: datetime) -> list[Step]:
         at = db.ops.adapt_datetimefield_value(now)
+        set_params, where_params = caps.debit_params(now, amount)
         return [
             Step(
-                "UPDATE credit_wallets SET held_credits = held_credits + %s, updated_at = %s "
-                "WHERE user_id = %s AND shortfall_credits = 0 AND balance_credits - held_credits >= %s",
-                [amount, at, user_id, amount],
+                f"UPDATE credit_wallets SET held_credits = held_credits + %s, updated_at = %s, {caps_set} "
+                "WHERE user_id = %s AND shortfall_credits = 0 AND balance_credits - held_credits >= %s "
+                f"AND {caps_where}",
+                [amount, at, *set_params, user_id, amount, *where_params],
             ),
             Step(
                 "INSERT INTO credit_holds (wallet_id, amount, status, agent_id, idempotency_key, "
@@ -277,6 +285,20 @@ def _hold_once(*, user_id, amount, agent_id, key, fingerprint, expires_at, agent
     )
 
 
+def _give_back(hold_id: int, amount: int | None, *, captured: bool = True) -> str:
+    """The SET clause returning a settled hold's unused credits to its period's spend counters:
+    all of them on release, what a capture leaves (`amount` of the hold's; None: all taken)."""
+    hold = int(hold_id)
+    held = f"(SELECT amount FROM credit_holds WHERE id = {hold})"
+    if not captured:
+        unused = held
+    elif amount is None:
+        unused = "0"
+    else:
+        unused = f"({held} - {int(amount)})"
+    return caps.give_back_sql(held_at=f"(SELECT created_at FROM credit_holds WHERE id = {hold})", unused=unused)
+
+
 def _lock_wallet_of_hold(hold_id: int, at: Any) -> Step:
     # Lock order: the wallet first, then the hold (every verb, `expire_holds` too).
     return Step(
@@ -321,7 +343,7 @@ def _capture_once(*, hold_id: int, amount: int | None, agent_run_id: Any, then: 
         ),
         Step(
             f"UPDATE credit_wallets SET balance_credits = balance_credits - COALESCE(%s, {hold_amount}), "
-            f"held_credits = held_credits - {hold_amount} "
+            f"held_credits = held_credits - {hold_amount}, {_give_back(hold_id, amount)} "
             "WHERE id = (SELECT wallet_id FROM credit_holds WHERE id = %s)",
             [amount, hold_id, hold_id, hold_id],
         ),
@@ -405,7 +427,8 @@ def _release_once(*, hold_id: int, status: str, then: list[Step]) -> None:
             [str(status), at, hold_id, HoldStatus.PENDING.value],
         ),
         Step(
-            "UPDATE credit_wallets SET held_credits = held_credits - (SELECT amount FROM credit_holds WHERE id = %s) "
+            "UPDATE credit_wallets SET held_credits = held_credits - (SELECT amount FROM credit_holds WHERE id = %s), "
+            f"{_give_back(hold_id, None, captured=False)} "
             "WHERE id = (SELECT wallet_id FROM credit_holds WHERE id = %s)",
             [hold_id, hold_id],
         ),
