@@ -16,7 +16,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
-from billing import approvals, ledger
+from billing import approvals, events, ledger
 from billing.admin_views import user_credits_view
 from billing.exports import SafeWriter
 from billing.models import (
@@ -26,9 +26,13 @@ from billing.models import (
     CreditLot,
     CreditShortfall,
     CreditTransaction,
+    OutboxEvent,
     Purchase,
     StripeWebhookEvent,
     Wallet,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
     WebhookEventStatus,
 )
 from billing.selectors import transactions_for_user
@@ -553,3 +557,57 @@ class UserWithCreditsAdmin(UserAdmin):
             body,
             ledger_url,
         )
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin):
+    """Where our signed event webhooks go; give the receiver the secret (it verifies with it)."""
+
+    list_display = ["url", "description", "is_active", "event_types", "created_at"]
+    readonly_fields = ["secret", "created_at"]
+    fields = ["url", "description", "event_types", "is_active", "secret", "created_at"]
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        form.base_fields["event_types"].help_text = 'A JSON list, e.g. ["purchase.completed"]; [] for every event: ' + (
+            ", ".join(events.EVENT_TYPES)
+        )
+        return form
+
+
+class WebhookAttemptInline(admin.TabularInline):
+    model = WebhookAttempt
+    extra = 0
+    can_delete = False
+    fields = ["attempted_at", "status_code", "duration_ms", "error", "response_excerpt"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnlyAdmin):
+    """The delivery log: every event for every endpoint, its attempts, and a resend button."""
+
+    list_display = ["id", "event", "endpoint", "status", "attempts", "last_status_code", "next_attempt_at"]
+    list_filter = ["status", "event__type"]
+    list_select_related = ["event", "endpoint"]
+    inlines = [WebhookAttemptInline]
+    actions = ["resend"]
+
+    @admin.action(description="Resend now", permissions=["resend"])
+    def resend(self, request, queryset):
+        for delivery_id in queryset.values_list("pk", flat=True):
+            events.resend(delivery_id)
+        self.message_user(request, f"{queryset.count()} delivery(ies) queued again.", messages.SUCCESS)
+
+    def has_resend_permission(self, request):
+        return request.user.has_perm("billing.change_webhookendpoint")
+
+
+@admin.register(OutboxEvent)
+class OutboxEventAdmin(ReadOnlyAdmin):
+    list_display = ["event_id", "type", "user", "created_at"]
+    list_filter = ["type"]
+    search_fields = ["event_id", "user__email"]

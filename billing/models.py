@@ -5,6 +5,9 @@ Only `billing.ledger` changes `balance_credits`/`held_credits` or writes
 the ledger must never do, whoever tries it.
 """
 
+import base64
+import secrets
+
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
@@ -546,3 +549,98 @@ class CreditApprovalRequest(models.Model):
 
     def __str__(self) -> str:
         return f"Request #{self.pk}: {self.credits:+d} credits ({self.status})"
+
+
+def _webhook_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+class WebhookEndpoint(models.Model):
+    """A URL of the product's backend that receives our events, signed with its own secret
+    (Standard Webhooks). Staff register them in the admin."""
+
+    url = models.URLField(max_length=500, help_text="https://… (http only for loopback in development).")
+    description = models.CharField(max_length=200, blank=True, default="")
+    secret = models.CharField(max_length=100, default=_webhook_secret, help_text="whsec_…: give it to the receiver.")
+    event_types = models.JSONField(default=list, blank=True, help_text="Event types to send; empty: all of them.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "webhook_endpoints"
+
+    def __str__(self) -> str:
+        return self.url
+
+    def wants(self, event_type: str) -> bool:
+        return self.is_active and (not self.event_types or event_type in self.event_types)
+
+
+class OutboxEvent(models.Model):
+    """An event, written in the same transaction as the change that caused it (the outbox):
+    it exists if and only if the change committed. `event_id` is the `webhook-id` receivers
+    de-duplicate on."""
+
+    event_id = ExactCharField(max_length=64, unique=True)
+    type = models.CharField(max_length=64)
+    payload = models.JSONField()
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "outbox_events"
+        indexes = [models.Index(fields=["type", "created_at"], name="outbox_type_created_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DELIVERED = "delivered", "Delivered"
+    FAILED = "failed", "Failed (gave up)"
+
+
+class WebhookDelivery(models.Model):
+    """One event for one endpoint: retried with back-off until a 2xx answer, for up to
+    `WEBHOOK_RETRY_HOURS`."""
+
+    event = models.ForeignKey(OutboxEvent, on_delete=models.PROTECT, related_name="deliveries")
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.PROTECT, related_name="deliveries")
+    status = models.CharField(max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField()
+    last_status_code = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True, default="")
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "webhook_deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["event", "endpoint"], name="uniq_delivery_event_endpoint"),
+            models.CheckConstraint(condition=Q(status__in=DeliveryStatus.values), name="delivery_status_valid"),
+        ]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="delivery_due_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.event} → {self.endpoint} ({self.status})"
+
+
+class WebhookAttempt(models.Model):
+    """One try of a delivery: what the receiver answered and how long it took."""
+
+    delivery = models.ForeignKey(WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log")
+    attempted_at = models.DateTimeField(auto_now_add=True)
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+    error = models.CharField(max_length=500, blank=True, default="")
+    response_excerpt = models.CharField(max_length=500, blank=True, default="")
+
+    class Meta:
+        db_table = "webhook_attempts"
+
+    def __str__(self) -> str:
+        return f"{self.delivery_id} at {self.attempted_at}: {self.status_code or self.error}"

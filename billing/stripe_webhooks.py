@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from billing import ledger, metrics, stripe_client
+from billing import events, ledger, metrics, stripe_client
 from billing.models import Purchase, PurchaseStatus, StripePaymentIntentLock, StripeWebhookEvent, WebhookEventStatus
 from billing.packages import get_package
 from core.errors import DomainError
@@ -218,6 +218,19 @@ def _fulfil(stored: StripeWebhookEvent) -> str:
     purchase.stripe_payment_intent_id = payment_intent_id
     purchase.paid_at = paid_at
     purchase.save(update_fields=["status", "transaction", "stripe_payment_intent_id", "paid_at", "updated_at"])
+    events.emit(
+        "purchase.completed",
+        {
+            "purchase_id": purchase.id,
+            "user_id": purchase.user_id,
+            "package_id": purchase.package_id,
+            "credits": purchase.credits,
+            "amount_cents": purchase.amount_cents,
+            "currency": purchase.currency,
+            "balance_after": result.balance_after,
+        },
+        user_id=purchase.user_id,
+    )
     _apply_waiting_clawbacks(purchase)
     session_id = purchase.stripe_checkout_session_id
     transaction.on_commit(lambda: logger.info("[Billing] Webhook processed: %s", session_id))
@@ -259,7 +272,7 @@ def _claw_back_to_target(purchase: Purchase, stored: StripeWebhookEvent) -> None
     target = purchase.clawback_target_credits
     owed = target - purchase.clawed_back_credits
     if owed > 0:
-        ledger.clawback(
+        result = ledger.clawback(
             user_id=purchase.user_id,
             amount=owed,
             reason=f"{stored.type} for {purchase.package_id} ({purchase.stripe_payment_intent_id})",
@@ -269,6 +282,18 @@ def _claw_back_to_target(purchase: Purchase, stored: StripeWebhookEvent) -> None
             stripe_event_id=stored.stripe_event_id,
         )
         purchase.clawed_back_credits = target
+        data = {
+            "purchase_id": purchase.id,
+            "user_id": purchase.user_id,
+            "stripe_event_type": stored.type,
+            "refunded_cents": purchase.refunded_cents,
+            "disputed_cents": purchase.disputed_cents,
+            "clawed_back_credits": result.clawed_back,
+            "shortfall_credits": result.shortfall,
+        }
+        events.emit("purchase.refunded", data, user_id=purchase.user_id)
+        if result.shortfall:
+            events.emit("shortfall.opened", data, user_id=purchase.user_id)
     purchase.save(
         update_fields=["refunded_cents", "disputed_cents", "clawed_back_credits", "reversed_stripe_ids", "updated_at"]
     )

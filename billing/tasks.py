@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from billing import stripe_client
+from billing import events, stripe_client
 from billing.expiry import expire_due_credits
 from billing.holds import expire_due_holds
 
@@ -13,6 +13,16 @@ def expire_holds_task() -> int:
 @shared_task(name="billing.expire_credits")
 def expire_credits_task() -> int:
     return expire_due_credits()
+
+
+@shared_task(name="billing.deliver_webhook")
+def deliver_webhook_task(delivery_id: int) -> str | None:
+    return events.deliver(delivery_id)
+
+
+@shared_task(name="billing.deliver_webhooks")
+def deliver_webhooks_task() -> int:
+    return events.deliver_due()
 
 
 @shared_task(name="billing.mirror_stripe_objects")

@@ -329,7 +329,12 @@ CELERY_TASK_TIME_LIMIT = int(AGENT_RUN_TIMEOUT_SECONDS) + 60
 # reconcile_ledger reports a hold still pending longer than this past its expiry.
 EXPIRE_HOLDS_EVERY_SECONDS = env.float("EXPIRE_HOLDS_EVERY_SECONDS", default=60.0)
 EXPIRE_CREDITS_EVERY_SECONDS = env.float("EXPIRE_CREDITS_EVERY_SECONDS", default=60.0)
+# Event webhooks (billing.events): the sweep's interval, one attempt's timeout, how long to retry.
+DELIVER_WEBHOOKS_EVERY_SECONDS = env.float("DELIVER_WEBHOOKS_EVERY_SECONDS", default=30.0)
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+WEBHOOK_RETRY_HOURS = env.float("WEBHOOK_RETRY_HOURS", default=72.0)
 CELERY_BEAT_SCHEDULE = {
     "expire-holds": {"task": "billing.expire_holds", "schedule": EXPIRE_HOLDS_EVERY_SECONDS},
     "expire-credits": {"task": "billing.expire_credits", "schedule": EXPIRE_CREDITS_EVERY_SECONDS},
+    "deliver-webhooks": {"task": "billing.deliver_webhooks", "schedule": DELIVER_WEBHOOKS_EVERY_SECONDS},
 }

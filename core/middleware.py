@@ -14,7 +14,7 @@ class RejectUnknownCharsetMiddleware:
 
     def __call__(self, request):
         charset = _declared_charset(request.META.get("CONTENT_TYPE", ""))
-        if charset is not None and not _is_text_encoding(charset):
+        if charset is not None and not is_text_encoding(charset):
             return JsonResponse(
                 {"error_code": "UNSUPPORTED_MEDIA_TYPE", "detail": f"Unsupported charset {charset[:40]!r}; use utf-8."},
                 status=415,
@@ -30,7 +30,7 @@ def _declared_charset(content_type: str) -> str | None:
     return None
 
 
-def _is_text_encoding(name: str) -> bool:
+def is_text_encoding(name: str) -> bool:
     try:
         info = codecs.lookup(name)
     except (LookupError, ValueError):

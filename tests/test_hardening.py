@@ -372,3 +372,11 @@ def test_gunicorn_refuses_to_load_the_app_with_a_bad_secret(tmp_path):
         [sys.executable, "-c", "import config.wsgi"], env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode != 0 and "STRIPE_WEBHOOK_SECRET contains whitespace" in result.stderr
+
+
+@pytest.mark.parametrize("charset", ["rot13", "zlib", "hex"])
+def test_a_charset_that_is_no_text_encoding_is_415_even_with_a_query_string(client, charset):
+    # Django built the request with it as its encoding and failed before any middleware ran (a 500).
+    response = client.get("/api/schema?format=json", CONTENT_TYPE=f"application/json; charset={charset}")
+    assert response.status_code == 415
+    assert response.json()["error_code"] == "UNSUPPORTED_MEDIA_TYPE"

@@ -112,6 +112,8 @@ def test_many_lots_on_one_wallet_stay_exact_under_concurrent_charges_holds_and_e
         )
     funded = sum(40 + n for n in range(20))  # 990
     expiring = list(CreditLot.objects.filter(wallet__user=user, expires_at__isnull=False)[:3])
+    # Their expiry passes (set here, before the threads start: only the ledger writes lots while they run).
+    CreditLot.objects.filter(pk__in=[lot.pk for lot in expiring]).update(expires_at=timezone.now())
 
     def work(job):
         try:
@@ -123,9 +125,6 @@ def test_many_lots_on_one_wallet_stay_exact_under_concurrent_charges_holds_and_e
                 ledger.release(hold_id=held.id)
                 return "released"
             if job % 17 == 0:
-                CreditLot.objects.filter(pk__in=[lot.pk for lot in expiring]).update(
-                    expires_at=timezone.now() - timedelta(seconds=1)
-                )
                 expire_due_credits()
                 return "swept"
             ledger.charge(user_id=user.id, amount=7, agent_id="a")
