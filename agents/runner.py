@@ -37,7 +37,7 @@ from agents import sandbox
 from agents.datasets import Dataset
 from agents.models import AgentRun, RunStatus, pack, unpack
 from agents.selectors import AgentUnavailable, active_agent
-from billing import ledger
+from billing import events, ledger
 from billing.ledger.sql import PlanStopped, Step, run_plan
 from billing.models import CreditHold, CreditTransaction, HoldStatus, TransactionKind
 from billing.signals import hold_expired
@@ -277,8 +277,9 @@ def _succeed(run: AgentRun, result: dict) -> AgentRun:
     if not run.hold_id:
         return _settle_without_hold(run, _end_run(run, status=RunStatus.SUCCEEDED, result=result))
     receipt = _end_run(run, status=RunStatus.SUCCEEDED, credits_charged=run.cost_credits, result=result)
+    told = _event(run, "agent_run.succeeded", credits_charged=run.cost_credits)
     try:
-        charged = ledger.capture(hold_id=run.hold_id, agent_run_id=run.id, then=[receipt])
+        charged = ledger.capture(hold_id=run.hold_id, agent_run_id=run.id, then=[receipt, *told])
     except (ledger.HoldNotPending, PlanStopped):
         # Expired meanwhile (the run ended with its hold) or already settled: never charged here.
         run.refresh_from_db()
@@ -292,10 +293,21 @@ def _fail(run: AgentRun, error: str) -> AgentRun:
     ending = _end_run(run, status=RunStatus.FAILED, error=error)
     if not run.hold_id:
         return _settle_without_hold(run, ending)
+    told = _event(run, "agent_run.failed", credits_charged=0, error=error)
     with contextlib.suppress(ledger.HoldNotPending, PlanStopped):  # expired meanwhile, and the run with it
-        ledger.release(hold_id=run.hold_id, then=[ending])
+        ledger.release(hold_id=run.hold_id, then=[ending, *told])
     run.refresh_from_db()
     return run
+
+
+def _event(run: AgentRun, event_type: str, **data) -> list[Step]:
+    """The run's event for the product's backend, as statements committed with its end (and
+    sent by the delivery sweep: queuing it here would cost the run a round trip)."""
+    return events.emit_steps(
+        event_type,
+        {"run_id": str(run.id), "agent_id": run.agent_id, "user_id": run.user_id, **data},
+        user_id=run.user_id,
+    )
 
 
 def _settle_without_hold(run: AgentRun, ending: Step) -> AgentRun:

@@ -36,6 +36,7 @@ from django.db.models import F
 from django.utils import timezone
 from standardwebhooks import Webhook
 
+from billing.ledger.sql import Step
 from billing.models import DeliveryStatus, OutboxEvent, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 logger = logging.getLogger("billing")
@@ -83,6 +84,33 @@ def emit(event_type: str, data: dict[str, Any], *, user_id: int | None = None) -
         ids = list(WebhookDelivery.objects.filter(event=event).values_list("pk", flat=True))
         transaction.on_commit(lambda: _queue(ids))
     return event
+
+
+def emit_steps(event_type: str, data: dict[str, Any], *, user_id: int | None = None) -> list[Step]:
+    """`emit` as statements for a ledger plan (`then=`), committed with it and only with it: the
+    event's row and a delivery for each active endpoint that wants it (chosen in SQL, so it costs
+    no round trip). The delivery sweep (`deliver_due`, every DELIVER_WEBHOOKS_EVERY_SECONDS) sends them."""
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"Unknown event type {event_type!r}.")
+    db = transaction.get_connection()
+    event_id = f"msg_{uuid.uuid4().hex}"
+    at = db.ops.adapt_datetimefield_value(timezone.now())
+    payload = json.dumps(json.loads(json.dumps(data, cls=DjangoJSONEncoder)))
+    wanted = f'%"{event_type}"%'
+    return [
+        Step(
+            "INSERT INTO outbox_events (event_id, type, payload, user_id, created_at) VALUES (%s, %s, %s, %s, %s)",
+            [event_id, event_type, payload, user_id, at],
+        ),
+        Step(
+            "INSERT INTO webhook_deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, "
+            "last_status_code, last_error, delivered_at, created_at) "
+            "SELECT o.id, e.id, %s, 0, %s, NULL, '', NULL, %s FROM outbox_events o, webhook_endpoints e "
+            "WHERE o.event_id = %s AND e.is_active AND (e.event_types = '[]' OR e.event_types LIKE %s)",
+            [DeliveryStatus.PENDING.value, at, at, event_id, wanted],
+            must_change_one_row=False,
+        ),
+    ]
 
 
 def _queue(delivery_ids: list[int]) -> None:

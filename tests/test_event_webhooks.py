@@ -13,8 +13,10 @@ from django.db import transaction
 from django.utils import timezone
 from standardwebhooks import Webhook
 
+from agents import runner
 from billing import events, ledger
 from billing.models import DeliveryStatus, OutboxEvent, WebhookDelivery, WebhookEndpoint
+from tests.conftest import bearer_client
 from tests.factories import UserFactory
 from tests.stripe_helpers import checkout_event, deliver, refund_event
 
@@ -187,3 +189,23 @@ def test_stripe_events_emit_purchase_refund_and_shortfall_events_once(client, re
     assert types == ["purchase.completed", "purchase.refunded", "shortfall.opened"]
     shortfall = next(json.loads(b)["data"] for _, b, _ in receiver.received if b"shortfall.opened" in b)
     assert (shortfall["clawed_back_credits"], shortfall["shortfall_credits"]) == (400, 600)
+
+
+@pytest.mark.usefixtures("agent_costs")
+def test_agent_runs_tell_the_backend_how_they_ended_once(receiver_factory, monkeypatch):
+    receiver = receiver_factory(lambda: "ok")
+    WebhookEndpoint.objects.create(url=receiver.url, event_types=["agent_run.succeeded", "agent_run.failed"])
+    WebhookEndpoint.objects.create(url=receiver.url, event_types=["purchase.completed"])  # wants none of them
+    user = UserFactory()
+    ledger.grant(user_id=user.id, amount=1000, reason="runs")
+    client = bearer_client(user)
+    body = {"tool_configuration": {}, "data": {"csv": "a,b\n1,2\n3,4"}}
+    ok = client.post("/api/profile-my-data", body, format="json")
+    assert ok.status_code == 200, ok.content
+    monkeypatch.setitem(runner.TOOLS, "profile-my-data", "tests.sandbox_tools:boom")
+    failed = client.post("/api/profile-my-data", body, format="json")
+    assert failed.status_code == 422
+    sweep_until_settled()
+    told = sorted((json.loads(b)["type"], json.loads(b)["data"]["run_id"]) for _, b, _ in receiver.received)
+    assert told == sorted([("agent_run.succeeded", ok.json()["run_id"]), ("agent_run.failed", failed.json()["run_id"])])
+    assert OutboxEvent.objects.filter(type__startswith="agent_run.").count() == 2
