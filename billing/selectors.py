@@ -2,23 +2,19 @@
 
 from datetime import timedelta
 
-from django.db.models import Case, F, IntegerField, Prefetch, QuerySet, Value, When
+from django.db.models import Prefetch, QuerySet
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from billing.ledger import caps
-from billing.models import CreditDraw, CreditLot, CreditTransaction, LotCategory, Wallet
+from billing.ledger.lots import BURN_ORDER_TERMS
+from billing.models import CreditDraw, CreditLot, CreditTransaction, Wallet
 
 RECENT_TRANSACTIONS = 20
 EXPIRING_SOON_DAYS = 30
 
-# The ledger's burn order (`billing.ledger.lots.BURN_ORDER`) for the ORM: priority, soonest expiry
-# (never-expiring last), promotional before paid, oldest.
-LOT_BURN_ORDER = (
-    "priority",
-    F("expires_at").asc(nulls_last=True),
-    Case(When(category=LotCategory.PAID, then=Value(1)), default=Value(0), output_field=IntegerField()),
-    "id",
-)
+# The ledger's own burn order (the next debit takes the first lot), for the ORM.
+LOT_BURN_ORDER = tuple(RawSQL(term.format(t=""), []) for term in BURN_ORDER_TERMS)
 
 
 def wallet_for_user(*, user_id: int) -> Wallet:

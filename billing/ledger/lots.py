@@ -29,11 +29,15 @@ from billing.ledger.errors import LedgerInconsistent
 from billing.ledger.sql import PlanStopped, Step, run_plan, vendor
 from billing.models import CreditLot, CreditTransaction, LotCategory, Wallet
 
-# The burn order as an ORDER BY over a lot's columns (`{t}`: an optional table prefix).
-BURN_ORDER = (
-    "{t}priority, CASE WHEN {t}expires_at IS NULL THEN 1 ELSE 0 END, {t}expires_at, "
-    "CASE WHEN {t}category = 'paid' THEN 1 ELSE 0 END, {t}id"
+# The burn order as ORDER BY terms over a lot's columns (`{t}`: an optional table prefix).
+BURN_ORDER_TERMS = (
+    "{t}priority",
+    "CASE WHEN {t}expires_at IS NULL THEN 1 ELSE 0 END",
+    "{t}expires_at",
+    "CASE WHEN {t}category = 'paid' THEN 1 ELSE 0 END",
+    "{t}id",
 )
+BURN_ORDER = ", ".join(BURN_ORDER_TERMS)
 
 
 @dataclass(frozen=True)
