@@ -36,7 +36,7 @@ from django.db.models import F
 from django.utils import timezone
 from standardwebhooks import Webhook
 
-from billing.ledger.sql import Step
+from billing.ledger.sql import Step, run_plan
 from billing.models import DeliveryStatus, OutboxEvent, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 logger = logging.getLogger("billing")
@@ -66,22 +66,11 @@ _listeners: list[Callable[[OutboxEvent], None]] = []
 def emit(event_type: str, data: dict[str, Any], *, user_id: int | None = None) -> OutboxEvent:
     """Record `event_type` with `data` in the current transaction, with a delivery for each
     active endpoint that wants it; they are sent after the commit (never after a rollback)."""
-    if event_type not in EVENT_TYPES:
-        raise ValueError(f"Unknown event type {event_type!r}.")
-    event = OutboxEvent.objects.create(
-        event_id=f"msg_{uuid.uuid4().hex}",
-        type=event_type,
-        payload=json.loads(json.dumps(data, cls=DjangoJSONEncoder)),
-        user_id=user_id,
-    )
-    now = timezone.now()
-    deliveries = WebhookDelivery.objects.bulk_create(
-        WebhookDelivery(event=event, endpoint=endpoint, next_attempt_at=now)
-        for endpoint in WebhookEndpoint.objects.filter(is_active=True)
-        if endpoint.wants(event_type)
-    )
-    if deliveries:
-        ids = list(WebhookDelivery.objects.filter(event=event).values_list("pk", flat=True))
+    steps, event_id = _event_steps(event_type, data, user_id=user_id)
+    run_plan(steps)
+    event = OutboxEvent.objects.get(event_id=event_id)
+    ids = list(event.deliveries.values_list("pk", flat=True))
+    if ids:
         transaction.on_commit(lambda: _queue(ids))
     return event
 
@@ -90,12 +79,18 @@ def emit_steps(event_type: str, data: dict[str, Any], *, user_id: int | None = N
     """`emit` as statements for a ledger plan (`then=`), committed with it and only with it: the
     event's row and a delivery for each active endpoint that wants it (chosen in SQL, so it costs
     no round trip). The delivery sweep (`deliver_due`, every DELIVER_WEBHOOKS_EVERY_SECONDS) sends them."""
+    return _event_steps(event_type, data, user_id=user_id)[0]
+
+
+def _event_steps(event_type: str, data: dict[str, Any], *, user_id: int | None) -> tuple[list[Step], str]:
+    """The event's row and one delivery per active endpoint that wants its type (chosen in SQL),
+    as statements; and the event's id."""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"Unknown event type {event_type!r}.")
     db = transaction.get_connection()
     event_id = f"msg_{uuid.uuid4().hex}"
     at = db.ops.adapt_datetimefield_value(timezone.now())
-    payload = json.dumps(json.loads(json.dumps(data, cls=DjangoJSONEncoder)))
+    payload = json.dumps(data, cls=DjangoJSONEncoder)
     wanted = f'%"{event_type}"%'
     return [
         Step(
@@ -110,7 +105,7 @@ def emit_steps(event_type: str, data: dict[str, Any], *, user_id: int | None = N
             [DeliveryStatus.PENDING.value, at, at, event_id, wanted],
             must_change_one_row=False,
         ),
-    ]
+    ], event_id
 
 
 def _queue(delivery_ids: list[int]) -> None:

@@ -572,9 +572,6 @@ class WebhookEndpoint(models.Model):
     def __str__(self) -> str:
         return self.url
 
-    def wants(self, event_type: str) -> bool:
-        return self.is_active and (not self.event_types or event_type in self.event_types)
-
 
 class OutboxEvent(models.Model):
     """An event, written in the same transaction as the change that caused it (the outbox):
