@@ -56,7 +56,7 @@ def bare_compound_statement(user_id: int):
     from MySQLdb.constants import CLIENT
 
     from bench.db import BENCH_DATABASE, SERVER
-    from billing.ledger import spending
+    from billing.ledger import spending, thresholds
     from billing.ledger.sql import compound_sql
 
     connection = MySQLdb.connect(db=BENCH_DATABASE, client_flag=CLIENT.FOUND_ROWS, **SERVER)  # as Django connects
@@ -72,7 +72,8 @@ def bare_compound_statement(user_id: int):
         "metadata": {},
     }
     steps = spending._charge_plan(user_id=user_id, fields=fields, at=None)  # with the lots' draws
-    sql = compound_sql(steps, own_transaction=True)
+    crossing = thresholds.followup(spending._wallet_of_user(user_id), debit=True).condition
+    sql = compound_sql(steps, own_transaction=True, followup=crossing)
 
     def charge() -> None:
         at = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -85,7 +86,7 @@ def bare_compound_statement(user_id: int):
                 results.append(cursor.fetchall())
             if not cursor.nextset():
                 break
-        assert results[-1] == ((len(steps),),), f"the charge plan stopped: {results}"
+        assert results[-1] == ((len(steps), 0),), f"the charge plan stopped: {results}"
 
     return charge
 

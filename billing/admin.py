@@ -21,6 +21,7 @@ from billing.admin_views import user_credits_view
 from billing.exports import SafeWriter
 from billing.models import (
     ApprovalStatus,
+    AutoRecharge,
     CreditApprovalRequest,
     CreditHold,
     CreditLot,
@@ -28,6 +29,8 @@ from billing.models import (
     CreditTransaction,
     OutboxEvent,
     Purchase,
+    RechargeAttempt,
+    SavedPaymentMethod,
     StripeWebhookEvent,
     Wallet,
     WebhookAttempt,
@@ -611,3 +614,37 @@ class OutboxEventAdmin(ReadOnlyAdmin):
     list_display = ["event_id", "type", "user", "created_at"]
     list_filter = ["type"]
     search_fields = ["event_id", "user__email"]
+
+
+@admin.register(AutoRecharge)
+class AutoRechargeAdmin(ReadOnlyAdmin):
+    """Users' auto-recharge settings (they change them through the API)."""
+
+    list_display = ["user", "enabled", "threshold_credits", "package_id", "monthly_limit_cents", "failures_in_row"]
+    list_filter = ["enabled"]
+    search_fields = ["user__email"]
+
+
+@admin.register(RechargeAttempt)
+class RechargeAttemptAdmin(ReadOnlyAdmin):
+    """One row per threshold crossing: what was asked of the card, what Stripe charged, what was credited."""
+
+    list_display = [
+        "id",
+        "user",
+        "status",
+        "package_id",
+        "amount_cents",
+        "charged_cents",
+        "credited_credits",
+        "failure_code",
+        "created_at",
+    ]
+    list_filter = ["status"]
+    search_fields = ["user__email", "stripe_payment_intent_id"]
+
+
+@admin.register(SavedPaymentMethod)
+class SavedPaymentMethodAdmin(ReadOnlyAdmin):
+    list_display = ["user", "brand", "last4", "stripe_payment_method_id", "saved_at"]
+    search_fields = ["user__email", "stripe_payment_method_id"]

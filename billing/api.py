@@ -5,6 +5,7 @@ The metering endpoints that look up an agent's price (`/billing/charges`, `/bill
 
 import logging
 
+from django.conf import settings
 from django.utils import timezone
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema
@@ -13,9 +14,9 @@ from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import ledger, services
-from billing.models import CreditTransaction, LotCategory, TransactionKind
-from billing.packages import all_packages
+from billing import auto_recharge, ledger, services
+from billing.models import AutoRecharge, CreditTransaction, LotCategory, SavedPaymentMethod, TransactionKind
+from billing.packages import all_packages, get_package
 from billing.permissions import CanGrantCredits, CanSettleShortfall
 from billing.selectors import limits_summary, transactions_for_user, wallet_for_user, wallet_summary, with_lots
 from billing.serializers import HoldSerializer, PackageSerializer, TransactionSerializer, WalletSerializer
@@ -389,3 +390,157 @@ class AdminLimitsApi(APIView):
         user_id = data.pop("user_id")
         services.require_user(user_id=user_id)
         return Response(LimitsSerializer(_set_limits(user_id=user_id, data=data, by_finance=True)).data)
+
+
+# --- saved card, auto-recharge, balance alerts -------------------------------------------
+
+
+class PaymentMethodSerializer(serializers.Serializer):
+    payment_method_id = serializers.CharField(source="stripe_payment_method_id")
+    brand = serializers.CharField(help_text="e.g. visa; empty until Stripe's details arrive.")
+    last4 = serializers.CharField()
+    saved_at = serializers.DateTimeField()
+
+
+class PaymentMethodApi(APIView):
+    """The card you saved for auto-recharge; DELETE detaches it at Stripe and turns auto-recharge off."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(responses={200: PaymentMethodSerializer})
+    def get(self, request):
+        card = SavedPaymentMethod.objects.filter(user_id=request.user.id).first()
+        if card is None:
+            raise auto_recharge.PaymentMethodNotFound("No card is saved.")
+        return Response(PaymentMethodSerializer(card).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request):
+        auto_recharge.remove_card(user_id=request.user.id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class PaymentMethodSetupApi(APIView):
+    """Save a card: a Stripe Checkout Session in `setup` mode. The card is stored when Stripe's
+    signed `setup_intent.succeeded` arrives (GET /billing/payment-method shows it)."""
+
+    permission_classes = [IsAuthenticated]
+
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "CardSetupStarted"
+
+        checkout_url = serializers.URLField(source="url")
+        session_id = serializers.CharField(source="id")
+
+    @extend_schema(request=None, parameters=[IDEMPOTENCY_PARAMETER], responses={201: OutputSerializer})
+    def post(self, request):
+        session = auto_recharge.start_card_setup(user=request.user, idempotency_key=idempotency_key(request))
+        return Response(self.OutputSerializer(session).data, status=status.HTTP_201_CREATED)
+
+
+class AutoRechargeSerializer(serializers.Serializer):
+    enabled = serializers.BooleanField()
+    threshold_credits = serializers.IntegerField(help_text="Recharge when a debit leaves fewer available credits.")
+    package_id = serializers.CharField(help_text="The package bought each time.")
+    monthly_limit_cents = serializers.IntegerField(help_text="At most this much per calendar month (UTC).")
+    spent_this_month_cents = serializers.IntegerField(help_text="Recharges this month, in flight included.")
+    failures_in_row = serializers.IntegerField(help_text="After 3, auto-recharge turns itself off.")
+    disabled_reason = serializers.CharField(help_text="Why it turned itself off (empty otherwise).")
+    has_payment_method = serializers.BooleanField()
+
+
+def _auto_recharge_summary(user_id: int) -> dict:
+    row = AutoRecharge.objects.filter(user_id=user_id).first() or AutoRecharge(user_id=user_id)
+    return {
+        "enabled": row.enabled,
+        "threshold_credits": row.threshold_credits,
+        "package_id": row.package_id,
+        "monthly_limit_cents": row.monthly_limit_cents,
+        "spent_this_month_cents": auto_recharge.month_spent_cents(user_id),
+        "failures_in_row": row.failures_in_row,
+        "disabled_reason": row.disabled_reason,
+        "has_payment_method": SavedPaymentMethod.objects.filter(user_id=user_id).exists(),
+    }
+
+
+class AutoRechargeApi(APIView):
+    """Buy a package with your saved card when a debit leaves your available credits below a
+    threshold: once per crossing, never two at a time, within a monthly limit."""
+
+    permission_classes = [IsAuthenticated]
+
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "AutoRechargeInput"
+
+        enabled = serializers.BooleanField()
+        threshold_credits = StrictIntegerField(min_value=1, max_value=10**12)
+        package_id = serializers.ChoiceField(choices=[package.package_id for package in all_packages()])
+        monthly_limit_cents = StrictIntegerField(min_value=1, max_value=10**10)
+
+        def validate(self, data):
+            package = get_package(data["package_id"])
+            if data["monthly_limit_cents"] < package.price_cents:
+                raise serializers.ValidationError(
+                    {"monthly_limit_cents": [f"Below one recharge of {package.package_id} ({package.price_cents})."]}
+                )
+            return data
+
+    @extend_schema(responses={200: AutoRechargeSerializer})
+    def get(self, request):
+        return Response(AutoRechargeSerializer(_auto_recharge_summary(request.user.id)).data)
+
+    @extend_schema(request=InputSerializer, responses={200: AutoRechargeSerializer})
+    def put(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        auto_recharge.configure(user_id=request.user.id, **serializer.validated_data)
+        return Response(AutoRechargeSerializer(_auto_recharge_summary(request.user.id)).data)
+
+
+class BalanceAlertsSerializer(serializers.Serializer):
+    low_balance_threshold_credits = serializers.IntegerField(
+        allow_null=True, help_text="Your own threshold (null: the default)."
+    )
+    default_threshold_credits = serializers.IntegerField()
+    threshold_credits = serializers.IntegerField(help_text="What applies.")
+    state = serializers.ChoiceField(choices=["ok", "low", "depleted"])
+
+
+def _alerts_summary(wallet) -> dict:
+    default = settings.BALANCE_LOW_THRESHOLD_CREDITS
+    own = wallet.low_balance_threshold_credits
+    return {
+        "low_balance_threshold_credits": own,
+        "default_threshold_credits": default,
+        "threshold_credits": default if own is None else own,
+        "state": ("ok", "low", "depleted")[wallet.balance_alert_state],
+    }
+
+
+class BalanceAlertsApi(APIView):
+    """Events (and an e-mail for `balance.low`) when your available credits fall below a
+    threshold (`balance.low`), reach 0 (`balance.depleted`) or are back (`balance.recovered`):
+    once per crossing."""
+
+    permission_classes = [IsAuthenticated]
+
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "BalanceAlertsInput"
+
+        low_balance_threshold_credits = StrictIntegerField(
+            min_value=0, max_value=10**12, allow_null=True, help_text="null: the default; 0: no low-balance alert."
+        )
+
+    @extend_schema(responses={200: BalanceAlertsSerializer})
+    def get(self, request):
+        return Response(BalanceAlertsSerializer(_alerts_summary(wallet_for_user(user_id=request.user.id))).data)
+
+    @extend_schema(request=InputSerializer, responses={200: BalanceAlertsSerializer})
+    def put(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        wallet = ledger.set_thresholds(user_id=request.user.id, **serializer.validated_data)
+        return Response(BalanceAlertsSerializer(_alerts_summary(wallet)).data)

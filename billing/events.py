@@ -23,31 +23,23 @@ import logging
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from celery import current_app as celery_app
 from django.conf import settings
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 from standardwebhooks import Webhook
 
+from billing.ledger.outbox import event_steps
 from billing.ledger.sql import Step, run_plan
 from billing.models import DeliveryStatus, OutboxEvent, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 logger = logging.getLogger("billing")
 
-EVENT_TYPES = (
-    "purchase.completed",
-    "purchase.refunded",
-    "shortfall.opened",
-    "agent_run.succeeded",
-    "agent_run.failed",
-)
 # Back-off after the n-th failed attempt (Standard Webhooks' suggestion), then every 10 hours.
 RETRY_AFTER = [
     timedelta(seconds=5),
@@ -66,7 +58,7 @@ _listeners: list[Callable[[OutboxEvent], None]] = []
 def emit(event_type: str, data: dict[str, Any], *, user_id: int | None = None) -> OutboxEvent:
     """Record `event_type` with `data` in the current transaction, with a delivery for each
     active endpoint that wants it; they are sent after the commit (never after a rollback)."""
-    steps, event_id = _event_steps(event_type, data, user_id=user_id)
+    steps, event_id = event_steps(event_type, data, user_id=user_id)
     run_plan(steps)
     event = OutboxEvent.objects.get(event_id=event_id)
     ids = list(event.deliveries.values_list("pk", flat=True))
@@ -79,33 +71,7 @@ def emit_steps(event_type: str, data: dict[str, Any], *, user_id: int | None = N
     """`emit` as statements for a ledger plan (`then=`), committed with it and only with it: the
     event's row and a delivery for each active endpoint that wants it (chosen in SQL, so it costs
     no round trip). The delivery sweep (`deliver_due`, every DELIVER_WEBHOOKS_EVERY_SECONDS) sends them."""
-    return _event_steps(event_type, data, user_id=user_id)[0]
-
-
-def _event_steps(event_type: str, data: dict[str, Any], *, user_id: int | None) -> tuple[list[Step], str]:
-    """The event's row and one delivery per active endpoint that wants its type (chosen in SQL),
-    as statements; and the event's id."""
-    if event_type not in EVENT_TYPES:
-        raise ValueError(f"Unknown event type {event_type!r}.")
-    db = transaction.get_connection()
-    event_id = f"msg_{uuid.uuid4().hex}"
-    at = db.ops.adapt_datetimefield_value(timezone.now())
-    payload = json.dumps(data, cls=DjangoJSONEncoder)
-    wanted = f'%"{event_type}"%'
-    return [
-        Step(
-            "INSERT INTO outbox_events (event_id, type, payload, user_id, created_at) VALUES (%s, %s, %s, %s, %s)",
-            [event_id, event_type, payload, user_id, at],
-        ),
-        Step(
-            "INSERT INTO webhook_deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, "
-            "last_status_code, last_error, delivered_at, created_at) "
-            "SELECT o.id, e.id, %s, 0, %s, NULL, '', NULL, %s FROM outbox_events o, webhook_endpoints e "
-            "WHERE o.event_id = %s AND e.is_active AND (e.event_types = '[]' OR e.event_types LIKE %s)",
-            [DeliveryStatus.PENDING.value, at, at, event_id, wanted],
-            must_change_one_row=False,
-        ),
-    ], event_id
+    return event_steps(event_type, data, user_id=user_id)[0]
 
 
 def _queue(delivery_ids: list[int]) -> None:

@@ -36,6 +36,23 @@ class Wallet(models.Model):
     spent_day_credits = models.BigIntegerField(default=0)
     spent_month = models.DateField(null=True, blank=True, help_text="The first day of the month counted.")
     spent_month_credits = models.BigIntegerField(default=0)
+    # Balance alerts and auto-recharge (`billing.ledger.thresholds`): every change of the available
+    # credits recomputes `balance_alert_state` from them and sets `crossed` to what it crossed.
+    low_balance_threshold_credits = models.BigIntegerField(
+        null=True, blank=True, help_text="balance.low below this many available credits (null: the default)."
+    )
+    balance_alert_state = models.PositiveSmallIntegerField(
+        default=0, help_text="0 at or above the low-balance threshold, 1 below it, 2 at 0."
+    )
+    recharge_threshold_credits = models.BigIntegerField(
+        null=True, blank=True, help_text="Auto-recharge below this many available credits (null: off)."
+    )
+    recharge_armed = models.BooleanField(
+        default=True, help_text="False from a crossing until the credits are back at the threshold."
+    )
+    crossed = models.PositiveSmallIntegerField(
+        default=0, help_text="What the last change crossed: 1 low, 2 depleted, 4 recovered, 8 recharge."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -371,7 +388,9 @@ class Purchase(models.Model):
     amount_cents = models.BigIntegerField(help_text="What the package costs; the paid session must match.")
     currency = models.CharField(max_length=3)
     status = models.CharField(max_length=20, choices=PurchaseStatus.choices, default=PurchaseStatus.PENDING)
-    stripe_checkout_session_id = ExactCharField(max_length=255, unique=True)
+    stripe_checkout_session_id = ExactCharField(
+        max_length=255, unique=True, help_text="The Checkout Session, or auto-recharge-N for auto-recharge attempt N."
+    )
     stripe_payment_intent_id = ExactCharField(max_length=255, null=True, blank=True)
     created_by_checkout = models.BooleanField(
         default=True, help_text="False for sessions from Payment Links or the dashboard, first seen by the webhook."
@@ -585,10 +604,15 @@ class OutboxEvent(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    email_pending = models.BooleanField(default=False, help_text="The user is to be e-mailed about it.")
+    emailed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "outbox_events"
-        indexes = [models.Index(fields=["type", "created_at"], name="outbox_type_created_idx")]
+        indexes = [
+            models.Index(fields=["type", "created_at"], name="outbox_type_created_idx"),
+            models.Index(fields=["email_pending"], name="outbox_email_pending_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.type} {self.event_id}"
@@ -641,3 +665,95 @@ class WebhookAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.delivery_id} at {self.attempted_at}: {self.status_code or self.error}"
+
+
+class SavedPaymentMethod(models.Model):
+    """The card a user saved (Checkout in setup mode) for off-session auto-recharges."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="payment_method")
+    stripe_payment_method_id = ExactCharField(max_length=255)
+    stripe_customer_id = ExactCharField(max_length=255)
+    brand = models.CharField(max_length=32, blank=True, default="")
+    last4 = models.CharField(max_length=4, blank=True, default="")
+    saved_at = models.DateTimeField(help_text="When Stripe confirmed it (the event's time).")
+
+    class Meta:
+        db_table = "saved_payment_methods"
+
+    def __str__(self) -> str:
+        return f"{self.brand or 'card'} {self.last4 or self.stripe_payment_method_id} of {self.user}"
+
+
+class AutoRecharge(models.Model):
+    """A user's auto-recharge: buy `package_id` off-session when the available credits fall
+    below `threshold_credits`, at most `monthly_limit_cents` per calendar month."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="auto_recharge")
+    enabled = models.BooleanField(default=False)
+    threshold_credits = models.BigIntegerField(default=0)
+    package_id = models.CharField(max_length=64, blank=True, default="")
+    monthly_limit_cents = models.BigIntegerField(default=0)
+    failures_in_row = models.PositiveSmallIntegerField(default=0)
+    disabled_reason = models.CharField(max_length=500, blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "auto_recharges"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(threshold_credits__gte=0, monthly_limit_cents__gte=0), name="auto_recharge_non_negative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Auto-recharge of {self.user} ({'on' if self.enabled else 'off'})"
+
+
+class RechargeStatus(models.TextChoices):
+    PENDING = "pending", "Pending (crossing recorded)"
+    PROCESSING = "processing", "Processing (payment asked of Stripe)"
+    SUCCEEDED = "succeeded", "Succeeded (credits granted)"
+    FAILED = "failed", "Failed"
+    SKIPPED = "skipped", "Skipped (monthly limit, no card, turned off)"
+
+
+IN_FLIGHT = (RechargeStatus.PENDING, RechargeStatus.PROCESSING)
+
+
+class RechargeAttempt(models.Model):
+    """One crossing of a wallet's auto-recharge threshold: at most one payment, granted at most once."""
+
+    wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="recharge_attempts")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    package_id = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=RechargeStatus.choices, default=RechargeStatus.PENDING)
+    available_credits = models.BigIntegerField(help_text="The available credits left by the crossing debit.")
+    credits = models.BigIntegerField(null=True, blank=True, help_text="What the package gives (when started).")
+    amount_cents = models.BigIntegerField(null=True, blank=True, help_text="What was asked of the card.")
+    currency = models.CharField(max_length=3, blank=True, default="")
+    charged_cents = models.BigIntegerField(null=True, blank=True, help_text="What Stripe says was received.")
+    credited_credits = models.BigIntegerField(null=True, blank=True, help_text="What the ledger granted.")
+    stripe_payment_intent_id = ExactCharField(max_length=255, null=True, blank=True)
+    purchase = models.OneToOneField(
+        Purchase, on_delete=models.PROTECT, null=True, blank=True, related_name="recharge_attempt"
+    )
+    failure_code = models.CharField(max_length=64, blank=True, default="")
+    failure_reason = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "auto_recharge_attempts"
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=RechargeStatus.values), name="recharge_status_valid"),
+        ]
+        indexes = [
+            models.Index(fields=["wallet", "status"], name="recharge_wallet_status_idx"),
+            models.Index(fields=["status", "created_at"], name="recharge_status_created_idx"),
+            models.Index(fields=["stripe_payment_intent_id"], name="recharge_payment_intent_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Auto-recharge {self.pk} of {self.user} ({self.status})"

@@ -32,7 +32,7 @@ class UnknownPackage(DomainError):
     error_code = "UNKNOWN_PACKAGE"
 
 
-def _digest(key: str | None) -> str | None:
+def key_digest(key: str | None) -> str | None:
     return hashlib.sha256(key.encode()).hexdigest() if key else None
 
 
@@ -51,7 +51,7 @@ def start_checkout(*, user: User, package_id: str, idempotency_key: str | None =
         customer_id=customer_id,
         package=package,
         # Stripe keys are at most 255 characters: a client's key (up to 262) goes in as its digest.
-        idempotency_key=f"checkout-{user.id}-{package.package_id}-{_digest(idempotency_key) or uuid.uuid4().hex}",
+        idempotency_key=f"checkout-{user.id}-{package.package_id}-{key_digest(idempotency_key) or uuid.uuid4().hex}",
     )
     purchase, _ = Purchase.objects.get_or_create(
         stripe_checkout_session_id=session.id,

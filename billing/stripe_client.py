@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import stripe
@@ -16,6 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from djstripe import models as djstripe_models
 
+from billing.models import SavedPaymentMethod
 from billing.packages import CreditPackage
 from core.errors import DomainError
 
@@ -54,10 +56,16 @@ def client() -> stripe.StripeClient:
     )
 
 
-def _call(fn, *args, **kwargs):
-    """Run one Stripe call, turning SDK errors into our own (unavailable / rejected)."""
+def _call(fn, *args, missing_ok: bool = False, **kwargs):
+    """Run one Stripe call, turning SDK errors into our own (unavailable / rejected); with
+    `missing_ok`, an object Stripe does not know is None."""
     try:
         return fn(*args, **kwargs)
+    except stripe.InvalidRequestError as exc:
+        if missing_ok and exc.code == "resource_missing":
+            return None
+        logger.error("[Billing] Error: Stripe refused a request: %s", exc.user_message)
+        raise StripeRejected(exc.user_message or "Stripe refused the request.") from exc
     except stripe.APIConnectionError as exc:
         logger.error("[Billing] Error: Stripe unreachable: %s", exc.user_message or exc.__class__.__name__)
         raise StripeUnavailable() from exc
@@ -113,6 +121,78 @@ def create_checkout_session(
         },
         options={"idempotency_key": idempotency_key},
     )
+
+
+def create_setup_session(
+    *, user_id: int, customer_id: str, currency: str, idempotency_key: str
+) -> stripe.checkout.Session:
+    """A Checkout Session in `setup` mode: the user saves a card for off-session auto-recharges."""
+    metadata = {"user_id": str(user_id), "purpose": "auto_recharge_card"}
+    frontend = settings.FRONTEND_URL.rstrip("/")
+    return _call(
+        client().v1.checkout.sessions.create,
+        params={
+            "mode": "setup",
+            "currency": currency,
+            "customer": customer_id,
+            "client_reference_id": str(user_id),
+            "metadata": metadata,
+            "setup_intent_data": {"metadata": metadata},
+            "success_url": f"{frontend}/billing/card-saved?session_id={{CHECKOUT_SESSION_ID}}",
+            "cancel_url": f"{frontend}/billing/card-cancelled?session_id={{CHECKOUT_SESSION_ID}}",
+        },
+        options={"idempotency_key": idempotency_key},
+    )
+
+
+def detach_payment_method(payment_method_id: str) -> None:
+    """Detach a saved card from its customer; one Stripe no longer knows counts as detached."""
+    _call(client().v1.payment_methods.detach, payment_method_id, missing_ok=True)
+
+
+@dataclass(frozen=True)
+class RechargePayment:
+    """What Stripe answered to an off-session payment: `succeeded`, `processing`,
+    `requires_action` (the bank wants the customer present) or `failed` (declined)."""
+
+    status: str
+    payment_intent_id: str | None
+    failure_code: str = ""
+    message: str = ""
+
+
+def charge_saved_card(
+    *, customer_id: str, payment_method_id: str, amount_cents: int, currency: str, metadata: dict, idempotency_key: str
+) -> RechargePayment:
+    """An off-session PaymentIntent, confirmed at once, for an auto-recharge. The idempotency key
+    is the attempt's own: asking again after a lost answer never charges twice, and a new attempt
+    (a new key) is never blocked by a failed one. Raises `StripeUnavailable` when Stripe did not
+    answer (ask again later with the same key)."""
+    try:
+        intent = client().v1.payment_intents.create(
+            params={
+                "amount": amount_cents,
+                "currency": currency,
+                "customer": customer_id,
+                "payment_method": payment_method_id,
+                "off_session": True,
+                "confirm": True,
+                "metadata": metadata,
+                "description": "Credits auto-recharge",
+            },
+            options={"idempotency_key": idempotency_key},
+        )
+    except stripe.CardError as exc:
+        intent = getattr(exc.error, "payment_intent", None) if exc.error else None
+        intent_id = intent.get("id") if intent else None
+        code = (exc.code or "card_declined")[:64]
+        status = "requires_action" if code == "authentication_required" else "failed"
+        return RechargePayment(status, intent_id, code, exc.user_message or "The card was declined.")
+    except stripe.StripeError as exc:
+        if isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError) or (exc.http_status or 500) >= 500:
+            raise StripeUnavailable() from exc
+        return RechargePayment("failed", None, (exc.code or "stripe_error")[:64], exc.user_message or str(exc))
+    return RechargePayment(intent.status, intent.id)
 
 
 # --- Catalogue (stripe_sync_packages) ---------------------------------------------------
@@ -177,7 +257,9 @@ def archive_price(price_id: str) -> None:
 # --- dj-stripe mirror -------------------------------------------------------------------
 
 
-def mirror_after_commit(*, customer: dict | None = None, session: dict | None = None) -> None:
+def mirror_after_commit(
+    *, customer: dict | None = None, session: dict | None = None, payment_method: str | None = None
+) -> None:
     """Refresh the mirror once the current transaction commits — on a Celery worker when a broker
     is configured, so a slow Stripe API never delays a webhook's answer; inline when there is no
     broker, or when the broker refuses the task (logged)."""
@@ -185,16 +267,21 @@ def mirror_after_commit(*, customer: dict | None = None, session: dict | None = 
     def enqueue() -> None:
         try:
             # Found by name: `billing.tasks` imports this module.
-            celery_app.tasks["billing.mirror_stripe_objects"].delay(customer=customer, session=session)
+            celery_app.tasks["billing.mirror_stripe_objects"].delay(
+                customer=customer, session=session, payment_method=payment_method
+            )
         except Exception:
             logger.warning("Could not queue the dj-stripe mirror refresh; refreshing it now", exc_info=True)
-            mirror_objects(customer=customer, session=session)
+            mirror_objects(customer=customer, session=session, payment_method=payment_method)
 
     transaction.on_commit(enqueue)
 
 
-def mirror_objects(*, customer: dict | None = None, session: dict | None = None) -> None:
-    """Refresh dj-stripe's Customer / Checkout Session / PaymentIntent rows for the admin.
+def mirror_objects(
+    *, customer: dict | None = None, session: dict | None = None, payment_method: str | None = None
+) -> None:
+    """Refresh dj-stripe's Customer / Checkout Session / PaymentMethod rows for the admin; for a
+    newly saved card, make it the customer's default and note its brand and last 4 digits.
 
     Best effort and after the fact: it may call Stripe's API, and a failure is logged, never
     raised, because the money has already moved (or not) on the strength of the signed event.
@@ -207,5 +294,24 @@ def mirror_objects(*, customer: dict | None = None, session: dict | None = None)
             djstripe_models.Customer.sync_from_stripe_data(customer, api_key=settings.STRIPE_API_KEY)
         if session is not None:
             djstripe_models.Session.sync_from_stripe_data(session, api_key=settings.STRIPE_API_KEY)
+        if payment_method is not None:
+            _mirror_payment_method(payment_method)
     except Exception:
         logger.warning("Could not refresh the dj-stripe mirror", exc_info=True)
+
+
+def _mirror_payment_method(payment_method_id: str) -> None:
+    found = _call(client().v1.payment_methods.retrieve, payment_method_id, missing_ok=True)
+    if found is None:
+        return
+    card = found.get("card") or {}
+    SavedPaymentMethod.objects.filter(stripe_payment_method_id=payment_method_id).update(
+        brand=(card.get("brand") or "")[:32], last4=(card.get("last4") or "")[:4]
+    )
+    if found.get("customer"):
+        _call(
+            client().v1.customers.update,
+            found["customer"],
+            params={"invoice_settings": {"default_payment_method": payment_method_id}},
+        )
+    djstripe_models.PaymentMethod.sync_from_stripe_data(found.to_dict(), api_key=settings.STRIPE_API_KEY)

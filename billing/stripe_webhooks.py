@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import stripe
 from django.conf import settings
@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from billing import events, ledger, metrics, stripe_client
+from billing import auto_recharge, events, ledger, metrics, stripe_client
 from billing.models import Purchase, PurchaseStatus, StripePaymentIntentLock, StripeWebhookEvent, WebhookEventStatus
 from billing.packages import get_package
 from core.errors import DomainError
@@ -386,7 +386,55 @@ def _apply_waiting_clawbacks(purchase: Purchase) -> None:
         stored.save(update_fields=["status", "error", "processed_at"])
 
 
+# --- saved cards and auto-recharge (billing.auto_recharge) ---------------------------------
+
+
+def _on_setup_succeeded(stored: StripeWebhookEvent) -> str:
+    """A card saved through Checkout in setup mode: stored for auto-recharge (newest event wins)."""
+    intent = stored.payload["data"]["object"]
+    metadata = intent.get("metadata") or {}
+    if metadata.get("purpose") != "auto_recharge_card":
+        return WebhookEventStatus.IGNORED
+    try:
+        user_id = int(metadata.get("user_id"))
+    except (TypeError, ValueError):
+        raise EventRejected(f"metadata.user_id {metadata.get('user_id')!r} is not a user id.") from None
+    customer_id, payment_method_id = _object_id(intent.get("customer")), _object_id(intent.get("payment_method"))
+    user = User.objects.filter(pk=user_id).first()
+    if user is None or not customer_id or user.stripe_customer_id != customer_id:
+        raise EventRejected(f"The SetupIntent's customer {customer_id!r} is not user {user_id}'s.")
+    if not payment_method_id:
+        raise EventRejected("The SetupIntent has no payment method.")
+    created = stored.payload.get("created")
+    confirmed_at = datetime.fromtimestamp(int(created), tz=UTC) if created else timezone.now()
+    auto_recharge.save_card(
+        user_id=user_id, customer_id=customer_id, payment_method_id=payment_method_id, confirmed_at=confirmed_at
+    )
+    return WebhookEventStatus.PROCESSED
+
+
+def _on_payment_intent_succeeded(stored: StripeWebhookEvent) -> str:
+    intent = stored.payload["data"]["object"]
+    _lock_payment_intent(intent.get("id"))
+    try:
+        granted = auto_recharge.on_payment_succeeded(intent=intent, stripe_event_id=stored.stripe_event_id)
+    except auto_recharge.RechargeMismatch as exc:
+        raise EventRejected(str(exc)) from None
+    return WebhookEventStatus.PROCESSED if granted else WebhookEventStatus.IGNORED
+
+
+def _on_payment_intent_failed(stored: StripeWebhookEvent) -> str:
+    intent = stored.payload["data"]["object"]
+    _lock_payment_intent(intent.get("id"))
+    return (
+        WebhookEventStatus.PROCESSED if auto_recharge.on_payment_failed(intent=intent) else WebhookEventStatus.IGNORED
+    )
+
+
 HANDLERS: dict[str, Callable[[StripeWebhookEvent], str]] = {
+    "setup_intent.succeeded": _on_setup_succeeded,
+    "payment_intent.succeeded": _on_payment_intent_succeeded,
+    "payment_intent.payment_failed": _on_payment_intent_failed,
     "checkout.session.completed": _on_session_completed,
     "checkout.session.async_payment_succeeded": _fulfil,
     "checkout.session.async_payment_failed": _on_async_payment_failed,

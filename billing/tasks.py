@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from billing import events, stripe_client
+from billing import auto_recharge, events, notifications, stripe_client
 from billing.expiry import expire_due_credits
 from billing.holds import expire_due_holds
 
@@ -26,5 +26,27 @@ def deliver_webhooks_task() -> int:
 
 
 @shared_task(name="billing.mirror_stripe_objects")
-def mirror_stripe_objects_task(*, customer: dict | None = None, session: dict | None = None) -> None:
-    stripe_client.mirror_objects(customer=customer, session=session)
+def mirror_stripe_objects_task(
+    *, customer: dict | None = None, session: dict | None = None, payment_method: str | None = None
+) -> None:
+    stripe_client.mirror_objects(customer=customer, session=session, payment_method=payment_method)
+
+
+@shared_task(name="billing.send_emails")
+def send_emails_task() -> int:
+    return notifications.send_due()
+
+
+@shared_task(
+    name="billing.start_auto_recharge",
+    autoretry_for=(stripe_client.StripeUnavailable,),
+    retry_backoff=30,
+    max_retries=5,
+)
+def start_auto_recharge_task(attempt_id: int) -> str:
+    return auto_recharge.start(attempt_id)
+
+
+@shared_task(name="billing.retry_auto_recharges")
+def retry_auto_recharges_task() -> int:
+    return auto_recharge.retry_stalled()

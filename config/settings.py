@@ -333,8 +333,20 @@ EXPIRE_CREDITS_EVERY_SECONDS = env.float("EXPIRE_CREDITS_EVERY_SECONDS", default
 DELIVER_WEBHOOKS_EVERY_SECONDS = env.float("DELIVER_WEBHOOKS_EVERY_SECONDS", default=30.0)
 WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
 WEBHOOK_RETRY_HOURS = env.float("WEBHOOK_RETRY_HOURS", default=72.0)
+# Balance alerts: balance.low below this many available credits, unless a user set their own.
+BALANCE_LOW_THRESHOLD_CREDITS = env.int("BALANCE_LOW_THRESHOLD_CREDITS", default=100)
+# Auto-recharge: an attempt Stripe has not answered for this long is asked again (same idempotency key).
+AUTO_RECHARGE_RETRY_SECONDS = env.float("AUTO_RECHARGE_RETRY_SECONDS", default=300.0)
+# E-mail to users (low balance, failed or disabled auto-recharge): the console in development.
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+EMAIL_URL = env.str("EMAIL_URL", default="")
+if EMAIL_URL:
+    vars().update(env.email_url("EMAIL_URL"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="billing@localhost")
 CELERY_BEAT_SCHEDULE = {
     "expire-holds": {"task": "billing.expire_holds", "schedule": EXPIRE_HOLDS_EVERY_SECONDS},
     "expire-credits": {"task": "billing.expire_credits", "schedule": EXPIRE_CREDITS_EVERY_SECONDS},
     "deliver-webhooks": {"task": "billing.deliver_webhooks", "schedule": DELIVER_WEBHOOKS_EVERY_SECONDS},
+    "send-emails": {"task": "billing.send_emails", "schedule": DELIVER_WEBHOOKS_EVERY_SECONDS},
+    "retry-auto-recharges": {"task": "billing.retry_auto_recharges", "schedule": 60.0},
 }

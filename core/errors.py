@@ -64,10 +64,12 @@ STATUS_BY_CODE: dict[str, int] = {
     "AGENT_UNAVAILABLE": 404,
     "UNKNOWN_PACKAGE": 404,
     "HOLD_NOT_FOUND": 404,
+    "PAYMENT_METHOD_NOT_FOUND": 404,
     "IDEMPOTENCY_KEY_REUSED": 409,
     "HOLD_NOT_PENDING": 409,
     "HOLD_EXPIRED": 409,
     "HOLD_OWNED_BY_RUN": 409,
+    "PAYMENT_METHOD_REQUIRED": 409,
     "PAYLOAD_TOO_LARGE": 413,
     "LEDGER_INCONSISTENT": 500,  # lots disagree with the balance: nothing written, reconcile_ledger says where
     "STRIPE_ERROR": 502,

@@ -18,6 +18,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
 ACCOUNT_ID = "acct_1FakeStripeAcct0"
+# Stripe's test payment methods that decline, and how (any other payment method succeeds).
+DECLINES = {
+    "pm_card_chargeDeclined": "card_declined",
+    "pm_card_chargeDeclinedInsufficientFunds": "insufficient_funds",
+    "pm_card_authenticationRequired": "authentication_required",
+}
 
 
 @dataclass
@@ -176,9 +182,52 @@ class FakeStripe:
                 for other in self.objects.values():
                     if other.get("object") == "price" and other.get("lookup_key") == obj["lookup_key"]:
                         other["lookup_key"] = None
+        elif path == "/v1/payment_intents":
+            obj = {
+                "id": self.new_id("pi"),
+                "object": "payment_intent",
+                "amount": int(params["amount"]),
+                "amount_received": 0,
+                "currency": params.get("currency"),
+                "customer": params.get("customer"),
+                "created": now,
+                "description": params.get("description"),
+                "livemode": False,
+                "metadata": params.get("metadata", {}),
+                "off_session": params.get("off_session") == "true",
+                "payment_method": params.get("payment_method"),
+                "status": "requires_payment_method",
+                "last_payment_error": None,
+            }
+            outcome = DECLINES.get(params.get("payment_method") or "")
+            if outcome is None:
+                obj["status"], obj["amount_received"] = "succeeded", obj["amount"]
+            else:
+                obj["status"] = "requires_action" if outcome == "authentication_required" else "requires_payment_method"
+                obj["last_payment_error"] = {
+                    "code": outcome,
+                    "message": f"Fake decline: {outcome}",
+                    "type": "card_error",
+                }
         else:
             raise KeyError(path)
         self.objects[obj["id"]] = obj
+        return obj
+
+    def payment_method(self, payment_method_id: str, customer: str | None) -> dict:
+        """A saved card as Stripe's test cards are (pm_card_visa …), attached to `customer`."""
+        obj = {
+            "id": payment_method_id,
+            "object": "payment_method",
+            "billing_details": {"address": None, "email": None, "name": None, "phone": None},
+            "card": {"brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2030, "country": "US"},
+            "created": int(time.time()),
+            "customer": customer,
+            "livemode": False,
+            "metadata": {},
+            "type": "card",
+        }
+        self.objects[payment_method_id] = obj
         return obj
 
     def update(self, object_id: str, params: dict) -> dict:
@@ -221,13 +270,26 @@ class FakeStripe:
     def _route(self, method: str, path: str, params: dict, query: dict) -> tuple[int, dict]:
         if path == "/v1/account" and method == "GET":
             return 200, self.account()
-        match = re.fullmatch(r"/v1/(customers|checkout/sessions|products|prices|payment_intents)(?:/([^/]+))?", path)
+        detach = re.fullmatch(r"/v1/payment_methods/([^/]+)/detach", path)
+        if detach and method == "POST":
+            found = self.objects.get(detach.group(1))
+            if found is None:
+                return 404, _error("invalid_request_error", "No such PaymentMethod", code="resource_missing")
+            found["customer"] = None
+            return 200, found
+        match = re.fullmatch(
+            r"/v1/(customers|checkout/sessions|products|prices|payment_intents|payment_methods)(?:/([^/]+))?", path
+        )
         if not match:
             return 404, _error("invalid_request_error", f"Unrecognized request URL ({method}: {path}).")
         collection, object_id = match.groups()
         if object_id is None:
             if method == "POST":
-                return 200, self.create(f"/v1/{collection}", params)
+                created = self.create(f"/v1/{collection}", params)
+                error = created.get("last_payment_error") if collection == "payment_intents" else None
+                if error:
+                    return 402, {"error": {**error, "payment_intent": created}}
+                return 200, created
             return 200, self.list(f"/v1/{collection}", query)
         if object_id not in self.objects:
             return 404, _error("invalid_request_error", f"No such object: '{object_id}'", code="resource_missing")

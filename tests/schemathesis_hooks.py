@@ -16,6 +16,7 @@ STATEFUL_FIELDS = {
     ("POST", "/auth/register"): {"email", "password"},  # already registered; common / like the e-mail
     ("POST", "/auth/password"): {"old_password", "new_password"},  # wrong current one; common
     ("POST", "/auth/logout"): {"refresh"},  # not a valid refresh token (a secret)
+    ("PUT", "/billing/auto-recharge"): {"monthly_limit_cents"},  # below one recharge of the chosen package
 }
 
 

@@ -90,3 +90,42 @@ def refund_updated_event(*, event_id: str, payment_intent: str, refund_id: str, 
     event["id"] = event_id
     event["data"]["object"].update(id=refund_id, payment_intent=payment_intent, amount=amount, status=status)
     return event
+
+
+def setup_intent_event(
+    *, event_id: str, user_id, customer: str, payment_method: str, created: int | None = None
+) -> dict:
+    """`setup_intent.succeeded` for a card saved through Checkout in setup mode."""
+    return {
+        "id": event_id,
+        "object": "event",
+        "api_version": "2026-05-27.dahlia",
+        "created": created or int(time.time()),
+        "livemode": False,
+        "type": "setup_intent.succeeded",
+        "data": {
+            "object": {
+                "id": f"seti_{event_id}",
+                "object": "setup_intent",
+                "customer": customer,
+                "livemode": False,
+                "metadata": {"user_id": str(user_id), "purpose": "auto_recharge_card"},
+                "payment_method": payment_method,
+                "status": "succeeded",
+                "usage": "off_session",
+            }
+        },
+    }
+
+
+def payment_intent_event(*, event_id: str, intent: dict, event_type: str = "payment_intent.succeeded") -> dict:
+    """A PaymentIntent event carrying `intent` (e.g. the fake Stripe's object)."""
+    return {
+        "id": event_id,
+        "object": "event",
+        "api_version": "2026-05-27.dahlia",
+        "created": int(time.time()),
+        "livemode": False,
+        "type": event_type,
+        "data": {"object": copy.deepcopy(intent)},
+    }

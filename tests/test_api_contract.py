@@ -8,13 +8,16 @@ import json
 import pytest
 import schemathesis
 from django.core.wsgi import get_wsgi_application
+from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.renderers import OpenApiJsonRenderer
 from werkzeug.test import Client
 
 from agents import runner
 from billing import ledger
+from billing.models import SavedPaymentMethod
 from tests.stripe_helpers import checkout_event, signed
+from users.models import User
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("agent_costs", "wsgi_keeps_test_connection")]
 
@@ -172,6 +175,28 @@ def test_every_documented_operation_answers_as_its_schema_says(api, staff, fake_
     api.call("PUT", "/billing/limits", json={"daily_limit_credits": 1001, "monthly_limit_credits": None}, expect=400)
     api.call("PUT", "/billing/limits", json={"daily_limit_credits": 0, "monthly_limit_credits": None}, expect=200)
     api.call("POST", "/billing/charges", json={"agent_id": "profile-my-data"}, expect=402)
+
+    # Balance alerts; a card saved through Checkout in setup mode; auto-recharge.
+    api.call("GET", "/billing/balance-alerts", expect=200)
+    api.call("PUT", "/billing/balance-alerts", json={"low_balance_threshold_credits": 50}, expect=200)
+    api.call("PUT", "/billing/balance-alerts", json={"low_balance_threshold_credits": -1}, expect=400)
+    api.call("GET", "/billing/payment-method", expect=404)
+    api.call("DELETE", "/billing/payment-method", expect=404)
+    api.call("POST", "/billing/payment-method/setup", expect=201)
+    recharge = {"enabled": True, "threshold_credits": 10, "package_id": "pack_1k", "monthly_limit_cents": 5000}
+    api.call("PUT", "/billing/auto-recharge", json=recharge, expect=409)  # no card saved yet
+    api.call("PUT", "/billing/auto-recharge", json={**recharge, "monthly_limit_cents": 1}, expect=400)
+    customer = User.objects.get(pk=user["id"]).stripe_customer_id
+    SavedPaymentMethod.objects.create(
+        user_id=user["id"],
+        stripe_payment_method_id="pm_card_visa",
+        stripe_customer_id=customer,
+        saved_at=timezone.now(),
+    )
+    api.call("GET", "/billing/payment-method", expect=200)
+    api.call("PUT", "/billing/auto-recharge", json={**recharge, "enabled": False}, expect=200)
+    api.call("GET", "/billing/auto-recharge", expect=200)
+    api.call("DELETE", "/billing/payment-method", expect=204)
 
     # Leaving: a password change, a log-out.
     new_password = {"old_password": "long-pass-1", "new_password": "longer-pass-3"}

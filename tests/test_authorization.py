@@ -64,6 +64,20 @@ API = [
         {"user_id": "{owner_id}", "daily_limit_credits": 1000, "monthly_limit_credits": None},
         FINANCE_ONLY,
     ),
+    ("get", "/billing/balance-alerts", None, SIGNED_IN),
+    ("put", "/billing/balance-alerts", {"low_balance_threshold_credits": 50}, SIGNED_IN),
+    ("get", "/billing/auto-recharge", None, SIGNED_IN),
+    (
+        "put",
+        "/billing/auto-recharge",
+        {"enabled": False, "threshold_credits": 100, "package_id": "pack_1k", "monthly_limit_cents": 5000},
+        SIGNED_IN,
+    ),
+    # No card is saved: 404 for every signed-in caller (each sees only their own card).
+    ("get", "/billing/payment-method", None, {**SIGNED_IN, **dict.fromkeys(ROLES[1:], 404)}),
+    ("delete", "/billing/payment-method", None, {**SIGNED_IN, **dict.fromkeys(ROLES[1:], 404)}),
+    # Stripe is unreachable in this test: 503 once authenticated.
+    ("post", "/billing/payment-method/setup", None, {**SIGNED_IN, **dict.fromkeys(ROLES[1:], 503)}),
     ("post", "/billing/webhook", {}, dict.fromkeys(ROLES, 400)),  # only a Stripe signature authenticates
     ("post", "/auth/logout", {"refresh": "not-a-token"}, dict.fromkeys(ROLES, 400)),  # the token is the proof
     (

@@ -244,7 +244,8 @@ def _questions() -> int:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_charge_is_one_statement_and_its_row_is_complete(user):
+def test_a_charge_is_one_statement_and_its_row_is_complete(user, settings):
+    settings.BALANCE_LOW_THRESHOLD_CREDITS = 10  # the common case: no threshold crossed (a crossing adds 2)
     ledger.grant(user_id=user.id, amount=100, reason="seed")
     before = _questions()
     run_id = uuid.uuid4()

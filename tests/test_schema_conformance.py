@@ -18,6 +18,7 @@ from django.db import connection
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from billing import ledger
+from tests.fake_stripe import FakeStripe, serve
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("agent_costs")]
 
@@ -43,6 +44,8 @@ def _database_url() -> str:
 @pytest.fixture
 def gunicorn(tmp_path):
     port = _free_port()
+    # The fake Stripe on 127.0.0.1: checkout and card setup answer as Stripe would (never the real one).
+    stripe_server, stripe_url = serve(FakeStripe())
     env = {
         **os.environ,
         "DATABASE_URL": _database_url(),
@@ -53,7 +56,7 @@ def gunicorn(tmp_path):
         "CSRF_COOKIE_SECURE": "false",
         "SECURE_HSTS_SECONDS": "0",
         "STRIPE_API_KEY": "sk_test_conformance",
-        "STRIPE_API_HOST": "http://127.0.0.1:9",  # nothing listens: never the real Stripe
+        "STRIPE_API_HOST": stripe_url,
         "STRIPE_MAX_NETWORK_RETRIES": "0",
         "THROTTLE_AUTH": "100000/min",
         "THROTTLE_GRANT": "100000/min",
@@ -84,6 +87,8 @@ def gunicorn(tmp_path):
         yield base, env
     finally:
         server.terminate()
+        stripe_server.shutdown()
+        stripe_server.server_close()
         server.wait(timeout=30)
         log.close()
 

@@ -50,8 +50,8 @@ from billing.ledger.errors import (
     WalletInShortfall,
 )
 from billing.ledger.expiry import expire_lot
-from billing.ledger.limits import set_limits
-from billing.ledger.posting import check_staff_amount
+from billing.ledger.limits import set_limits, set_thresholds
+from billing.ledger.posting import check_staff_amount, lock_wallet
 from billing.ledger.refunds import clawback, restore_clawback, settle_shortfall
 from billing.ledger.results import ClawbackResult, HoldResult, LedgerResult, RestoreResult
 from billing.ledger.retry import is_retryable_error, run_with_retries
@@ -85,10 +85,12 @@ __all__ = [
     "grant",
     "hold",
     "is_retryable_error",
+    "lock_wallet",
     "purchase",
     "release",
     "restore_clawback",
     "run_with_retries",
     "set_limits",
+    "set_thresholds",
     "settle_shortfall",
 ]

@@ -1,4 +1,5 @@
-"""Setting spend limits: the user's own caps and Finance's ceilings (`billing.ledger.caps`)."""
+"""Setting a wallet's limits: spend caps and Finance's ceilings (`billing.ledger.caps`), the
+low-balance and auto-recharge thresholds (`billing.ledger.thresholds`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from billing.ledger import thresholds
 from billing.ledger.errors import InvalidLedgerRequest, SpendLimitAboveCeiling
 from billing.ledger.posting import _lock_wallet
 from billing.ledger.retry import _money_verb
@@ -42,5 +44,23 @@ def set_limits(
                 raise SpendLimitAboveCeiling(field=name, ceiling=ceiling)
         fields = {"daily_limit_credits": daily, "monthly_limit_credits": monthly}
     Wallet.objects.filter(pk=wallet.pk).update(**fields, updated_at=timezone.now())
+    wallet.refresh_from_db()
+    return wallet
+
+
+@_money_verb
+def set_thresholds(*, user_id: int, **fields: Any) -> Wallet:
+    """Set the wallet's `low_balance_threshold_credits` and/or `recharge_threshold_credits`
+    (None: the default / auto-recharge off); a new recharge threshold is armed. The available
+    credits are checked against them at once, as a debit would: a wallet already below a new
+    threshold alerts (and recharges) now, not at its next debit."""
+    allowed = {"low_balance_threshold_credits", "recharge_threshold_credits"}
+    if unknown := fields.keys() - allowed:
+        raise TypeError(f"Not thresholds: {sorted(unknown)}")
+    wallet = _lock_wallet(user_id)
+    if "recharge_threshold_credits" in fields:
+        fields["recharge_armed"] = True
+    Wallet.objects.filter(pk=wallet.pk).update(**fields, updated_at=timezone.now())
+    thresholds.watch(wallet, debit=True)
     wallet.refresh_from_db()
     return wallet

@@ -14,7 +14,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing import metrics
-from billing.ledger import caps, lots
+from billing.ledger import caps, lots, thresholds
 from billing.ledger.errors import (
     IdempotencyConflict,
     InsufficientCredits,
@@ -56,13 +56,18 @@ def check_staff_amount(amount: Any) -> int:
     return amount
 
 
-def _lock_wallet(user_id: int) -> Wallet:
-    """Lock the user's wallet row, creating the wallet on first use."""
+def lock_wallet(user_id: int) -> Wallet:
+    """Lock the user's wallet row, creating the wallet on first use. Code outside the ledger that
+    changes rows the ledger's statements read under the wallet lock (auto-recharge settings and
+    attempts) locks the wallet first, in this one lock order."""
     try:
         return Wallet.objects.select_for_update().get(user_id=user_id)
     except Wallet.DoesNotExist:
         Wallet.objects.get_or_create(user_id=user_id)
         return Wallet.objects.select_for_update().get(user_id=user_id)
+
+
+_lock_wallet = lock_wallet
 
 
 def _replay(model, *, wallet: Wallet, idempotency_key: str | None, fingerprint: str):
@@ -105,6 +110,7 @@ def _post(
         lots.open_lot(wallet=wallet, row=row, terms=terms)
     else:
         lots.draw(wallet=wallet, row=row, amount=-amount, only_lot_ids=draw_from)
+    thresholds.watch(wallet, debit=amount < 0)
     return row
 
 

@@ -16,7 +16,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing import metrics
-from billing.ledger import caps, lots
+from billing.ledger import caps, lots, thresholds
 from billing.ledger.errors import HoldExpired, HoldNotPending, InvalidAmount, LedgerBusy, LedgerInconsistent
 from billing.ledger.posting import (
     _charge_fingerprint,
@@ -163,7 +163,7 @@ def _take_available(
         now = timezone.now()
         steps = plan(now)
         try:
-            rows = run_plan(steps)
+            rows = run_plan(steps, thresholds.followup(_wallet_of_user(user_id), debit=True))
         except PlanStopped as stopped:
             if stopped.step >= len(steps) - then_steps:
                 raise  # one of the caller's statements refused: nothing was taken
@@ -179,7 +179,9 @@ def _take_available(
             if key and _is_duplicate_key(exc) and (existing := _replay_for_user(model, user_id, key, fingerprint)):
                 return replayed(existing)
             raise
-        return done(rows, now)
+        returned = sum(step.returns for step in steps)
+        thresholds.queue_started_recharge(rows[returned:])
+        return done(rows[:returned], now)
     raise LedgerBusy("The wallet changed while the request was checked; retry the request.")
 
 
@@ -299,6 +301,10 @@ def _give_back(hold_id: int, amount: int | None, *, captured: bool = True) -> st
     return caps.give_back_sql(held_at=f"(SELECT created_at FROM credit_holds WHERE id = {hold})", unused=unused)
 
 
+def _wallet_of_hold(hold_id: int) -> str:
+    return f"(SELECT wallet_id FROM credit_holds WHERE id = {int(hold_id)})"
+
+
 def _lock_wallet_of_hold(hold_id: int, at: Any) -> Step:
     # Lock order: the wallet first, then the hold (every verb, `expire_holds` too).
     return Step(
@@ -368,7 +374,9 @@ def _capture_once(*, hold_id: int, amount: int | None, agent_run_id: Any, then: 
         *then,
     ]
     try:
-        (row_id, wallet_id, charged, balance_after, agent_id), (user_id,), *_ = run_plan(plan)
+        (row_id, wallet_id, charged, balance_after, agent_id), (user_id,), *_ = run_plan(
+            plan, thresholds.followup(_wallet_of_hold(hold_id), debit=False)
+        )
     except PlanStopped as stopped:
         if stopped.step >= len(plan) - len(then):
             raise  # one of the caller's statements refused: nothing was captured
@@ -436,7 +444,7 @@ def _release_once(*, hold_id: int, status: str, then: list[Step]) -> None:
         *then,
     ]
     try:
-        run_plan(plan)
+        run_plan(plan, thresholds.followup(_wallet_of_hold(hold_id), debit=False))
     except PlanStopped as stopped:
         if stopped.step >= len(plan) - len(then):
             raise

@@ -22,10 +22,12 @@ next use reconnects cleanly (the server rolls back whatever was uncommitted).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 
 # MariaDB client/server errors after which the connection's state is unknown.
 _CONNECTION_ERRORS = {
@@ -55,6 +57,21 @@ class Step:
             raise ValueError("A returning step cannot also be checked by its row count.")
         if self.is_condition and self.returns:
             raise ValueError("A condition returns nothing.")
+
+
+@dataclass(frozen=True)
+class Followup:
+    """Statements a plan needs only now and then (a threshold crossed): `steps()` run, in the
+    plan's transaction, only if `condition` (SQL, no parameters) holds once the plan's steps are
+    done. On MariaDB the plan's compound statement then leaves its transaction open and answers
+    so; the follow-up runs in a second round trip and commits. The common case costs one
+    evaluation of `condition`: the follow-up's statements are not even sent (a compound
+    statement is parsed whole on every call, executed or not).
+
+    `steps` are plain statements (no checked step): they never stop the plan."""
+
+    condition: str
+    steps: Callable[[], list[Step]]
 
 
 class PlanStopped(Exception):
@@ -91,8 +108,9 @@ def remember_inserted_id(name: str, table: str) -> tuple[list[Step], str]:
     return [], f"(SELECT MAX(id) FROM {table})"
 
 
-def run_plan(steps: list[Step]) -> list[tuple]:
-    """Run `steps` in one transaction; the rows of the returning steps, in order.
+def run_plan(steps: list[Step], followup: Followup | None = None) -> list[tuple]:
+    """Run `steps` — and the `followup` if its condition holds after them — in one transaction;
+    the rows of the returning steps, in order (the follow-up's after the plan's, when it ran).
 
     Raises `PlanStopped` (nothing kept) when a checked step changed no row, or the database's
     own error (IntegrityError, deadlock, a lost connection …) with nothing kept."""
@@ -100,10 +118,28 @@ def run_plan(steps: list[Step]) -> list[tuple]:
     if compound_supported():
         if db.in_atomic_block or not db.get_autocommit():
             with transaction.atomic():
-                return _compound(db, steps, own_transaction=False)
-        return _compound(db, steps, own_transaction=True)
+                rows, more = _compound(db, steps, own_transaction=False, followup=followup)
+                return rows + _compound(db, followup.steps(), own_transaction=False)[0] if more else rows
+        rows, more = _compound(db, steps, own_transaction=True, followup=followup)
+        if more:  # the plan's transaction is still open: the follow-up, then COMMIT
+            try:
+                rows += _compound(db, followup.steps(), own_transaction=False)[0]
+                with db.cursor() as cursor:
+                    cursor.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(DatabaseError), db.cursor() as cursor:
+                    cursor.execute("ROLLBACK")
+                raise
+        return rows
     with transaction.atomic():
-        return _one_by_one(db, steps)
+        rows = _one_by_one(db, steps)
+        if followup is not None:
+            with db.cursor() as cursor:
+                cursor.execute(f"SELECT CASE WHEN {followup.condition} THEN 1 ELSE 0 END")
+                due = cursor.fetchone()[0] == 1
+            if due:
+                rows += _one_by_one(db, followup.steps())
+        return rows
 
 
 def _one_by_one(db, steps: list[Step]) -> list[tuple]:
@@ -123,9 +159,10 @@ def _one_by_one(db, steps: list[Step]) -> list[tuple]:
     return returned
 
 
-def compound_sql(steps: list[Step], *, own_transaction: bool) -> str:
+def compound_sql(steps: list[Step], *, own_transaction: bool, followup: str | None = None) -> str:
     """The plan as one MariaDB compound statement. `reached` counts the steps done; the block
-    SELECTs it, then commits only when all steps were done."""
+    SELECTs it and `more` (whether the `followup` condition holds), then commits only when all
+    steps were done and no follow-up is due."""
     body = []
     closing = []
     for index, step in enumerate(steps, start=1):
@@ -139,19 +176,26 @@ def compound_sql(steps: list[Step], *, own_transaction: bool) -> str:
             closing.append("END IF;")
         else:
             body.append(f"SET reached = {index};")
-    head = ["BEGIN NOT ATOMIC", "DECLARE reached INT DEFAULT 0;"]
-    tail = ["SELECT reached;"]
+    head = ["BEGIN NOT ATOMIC", "DECLARE reached INT DEFAULT 0;", "DECLARE more INT DEFAULT 0;"]
+    tail = []
+    if followup is not None:
+        tail.append(f"IF reached = {len(steps)} AND ({followup}) THEN SET more = 1; END IF;")
+    tail.append("SELECT reached, more;")
     if own_transaction:
         head += ["DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN ROLLBACK; RESIGNAL; END;", "START TRANSACTION;"]
-        # COMMIT is the block's last statement: an interruption can no longer land after it.
-        tail.append(f"IF reached = {len(steps)} THEN COMMIT; ELSE ROLLBACK; END IF;")
+        # COMMIT is the block's last statement: an interruption can no longer land after it. With
+        # a follow-up due the transaction stays open for it (`run_plan` commits or rolls back).
+        tail.append(f"IF reached < {len(steps)} THEN ROLLBACK; ELSEIF more = 0 THEN COMMIT; END IF;")
     return " ".join(head + body + list(reversed(closing)) + tail + ["END"])
 
 
-def _compound(db, steps: list[Step], *, own_transaction: bool) -> list[tuple]:
+def _compound(db, steps: list[Step], *, own_transaction: bool, followup: Followup | None = None) -> tuple[list, bool]:
+    """Run the plan as one compound statement: the returning steps' rows, and whether the
+    follow-up is due."""
     params = [param for step in steps for param in step.params]
+    sql = compound_sql(steps, own_transaction=own_transaction, followup=followup.condition if followup else None)
     with db.cursor() as cursor:
-        cursor.execute(compound_sql(steps, own_transaction=own_transaction), params)
+        cursor.execute(sql, params)
         results = []
         while True:
             if cursor.description:
@@ -160,10 +204,10 @@ def _compound(db, steps: list[Step], *, own_transaction: bool) -> list[tuple]:
                 break
     if not results or len(results[-1]) != 1:
         raise OperationalError(2014, "The compound statement returned no step count.")
-    reached = results[-1][0][0]
+    reached, more = results[-1][0]
     if reached < len(steps):
         raise PlanStopped(_stopped_at(steps, reached))
-    return [rows[0] if rows else None for rows in results[:-1]]
+    return [rows[0] if rows else None for rows in results[:-1]], bool(more)
 
 
 def _stopped_at(steps: list[Step], reached: int) -> int:
