@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import auto_recharge, ledger, services
-from billing.models import AutoRecharge, CreditTransaction, LotCategory, SavedPaymentMethod, TransactionKind
+from billing.models import AutoRecharge, CreditTransaction, LotCategory, TransactionKind
 from billing.packages import all_packages, get_package
 from billing.permissions import CanGrantCredits, CanSettleShortfall
 from billing.selectors import limits_summary, transactions_for_user, wallet_for_user, wallet_summary, with_lots
@@ -409,7 +409,7 @@ class PaymentMethodApi(APIView):
 
     @extend_schema(responses={200: PaymentMethodSerializer})
     def get(self, request):
-        card = SavedPaymentMethod.objects.filter(user_id=request.user.id).first()
+        card = auto_recharge.card_of(request.user.id)
         if card is None:
             raise auto_recharge.PaymentMethodNotFound("No card is saved.")
         return Response(PaymentMethodSerializer(card).data)
@@ -460,7 +460,7 @@ def _auto_recharge_summary(user_id: int) -> dict:
         "spent_this_month_cents": auto_recharge.month_spent_cents(user_id),
         "failures_in_row": row.failures_in_row,
         "disabled_reason": row.disabled_reason,
-        "has_payment_method": SavedPaymentMethod.objects.filter(user_id=user_id).exists(),
+        "has_payment_method": auto_recharge.card_of(user_id) is not None,
     }
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Q, Sum
 from django.dispatch import receiver
 from django.utils import timezone
 
@@ -59,6 +59,15 @@ from users.models import User
 logger = logging.getLogger("billing")
 
 FAILURES_BEFORE_DISABLING = 3
+
+
+def _retry_lease() -> timedelta:  # a setting, read when used (tests change it)
+    return timedelta(seconds=settings.AUTO_RECHARGE_RETRY_SECONDS)
+
+
+def card_of(user_id: int) -> SavedPaymentMethod | None:
+    """The user's saved card, unless they removed it."""
+    return SavedPaymentMethod.objects.filter(user_id=user_id, removed_at__isnull=True).first()
 
 
 class RechargeMismatch(Exception):
@@ -92,16 +101,17 @@ def start_card_setup(*, user: User, idempotency_key: str | None = None) -> Any:
 def save_card(*, user_id: int, customer_id: str, payment_method_id: str, confirmed_at: datetime) -> bool:
     """Store the card a signed SetupIntent confirmed, unless a newer change was already stored
     (events may arrive out of order); True when stored."""
-    User.objects.select_for_update().get(pk=user_id)  # one writer per user's card
+    ledger.lock_wallet(user_id)  # one writer per user's card (the lock order's first row)
     current = SavedPaymentMethod.objects.filter(user_id=user_id).first()
-    if current is not None and current.saved_at > confirmed_at:
-        return False
+    if current is not None and max(current.saved_at, current.removed_at or current.saved_at) > confirmed_at:
+        return False  # an older event than the card saved or removed since
     SavedPaymentMethod.objects.update_or_create(
         user_id=user_id,
         defaults={
             "stripe_payment_method_id": payment_method_id,
             "stripe_customer_id": customer_id,
             "saved_at": confirmed_at,
+            "removed_at": None,
             **({"brand": "", "last4": ""} if current and current.stripe_payment_method_id != payment_method_id else {}),
         },
     )
@@ -112,13 +122,17 @@ def save_card(*, user_id: int, customer_id: str, payment_method_id: str, confirm
 def remove_card(*, user_id: int) -> None:
     """Detach the saved card at Stripe, forget it and turn auto-recharge off (it needs a card).
     A card Stripe no longer knows is forgotten all the same."""
-    card = SavedPaymentMethod.objects.filter(user_id=user_id).first()
+    card = card_of(user_id)
     if card is None:
         raise PaymentMethodNotFound("No card is saved.")
     stripe_client.detach_payment_method(card.stripe_payment_method_id)
     with transaction.atomic():
         ledger.lock_wallet(user_id)
-        SavedPaymentMethod.objects.filter(pk=card.pk).delete()
+        # Only the card detached above (a card saved meanwhile stays); kept as removed, so a late
+        # setup event older than the removal cannot bring it back.
+        SavedPaymentMethod.objects.filter(
+            pk=card.pk, stripe_payment_method_id=card.stripe_payment_method_id, removed_at__isnull=True
+        ).update(removed_at=timezone.now())
         settings_row = AutoRecharge.objects.select_for_update().filter(user_id=user_id, enabled=True).first()
         if settings_row is not None:
             _disable(settings_row, "The saved card was removed.")
@@ -133,7 +147,7 @@ def configure(
     """Store the user's auto-recharge settings. Enabling needs a saved card and a package whose
     price fits the monthly limit (checked by the API); it clears past failures and arms the
     threshold — a wallet already below it recharges now."""
-    if enabled and not SavedPaymentMethod.objects.filter(user_id=user_id).exists():
+    if enabled and card_of(user_id) is None:
         raise PaymentMethodRequired("Save a card first (POST /billing/payment-method/setup).")
     with transaction.atomic():
         ledger.lock_wallet(user_id)
@@ -216,8 +230,22 @@ def _claim(attempt_id: int) -> tuple[RechargeAttempt, SavedPaymentMethod] | None
     monthly limit) — or, for one already processing (a retry), return it as it was priced."""
     ledger.lock_wallet(_user_of(attempt_id))
     attempt = RechargeAttempt.objects.select_for_update().get(pk=attempt_id)
-    card = SavedPaymentMethod.objects.filter(user_id=attempt.user_id).first()
-    if attempt.status == RechargeStatus.PROCESSING and card is not None:
+    card = card_of(attempt.user_id)
+    now = timezone.now()
+    if attempt.status == RechargeStatus.PROCESSING:
+        # Asked before and not answered: ask again (same key) only once the asker's lease is
+        # over, so two askers never overlap; never after 23 h (Stripe forgets keys after 24).
+        if attempt.stripe_payment_intent_id or attempt.started_at > now - _retry_lease():
+            return None
+        if card is None or now - attempt.created_at > timedelta(hours=23):
+            fail(
+                attempt_id=attempt.pk,
+                code="no_card" if card is None else "no_answer",
+                reason="The card was removed." if card is None else "Stripe never answered; not asked again.",
+            )
+            return None
+        attempt.started_at = now
+        attempt.save(update_fields=["started_at"])
         return attempt, card
     if attempt.status != RechargeStatus.PENDING:
         return None
@@ -232,7 +260,6 @@ def _claim(attempt_id: int) -> tuple[RechargeAttempt, SavedPaymentMethod] | None
         skip = f"The package {attempt.package_id!r} is no longer sold."
     elif month_spent_cents(attempt.user_id) + package.price_cents > config.monthly_limit_cents:
         skip = f"This month's auto-recharges would pass the limit of {config.monthly_limit_cents} cents."
-    now = timezone.now()
     if skip:
         attempt.status, attempt.failure_reason, attempt.finished_at = RechargeStatus.SKIPPED, skip, now
         attempt.save(update_fields=["status", "failure_reason", "finished_at"])
@@ -300,19 +327,24 @@ def _attempt_data(attempt: RechargeAttempt) -> dict[str, Any]:
     }
 
 
-def on_payment_succeeded(*, intent: dict, stripe_event_id: str) -> bool:
+def on_payment_succeeded(*, intent: dict, stripe_event_id: str) -> Purchase | None:
     """Grant a succeeded auto-recharge payment, once: a paid purchase lot of the attempt's
-    credits. False for a PaymentIntent that is not an auto-recharge (a Checkout payment)."""
+    credits; the purchase. None for a PaymentIntent that is not an auto-recharge (Checkout's)."""
     attempt_id = _attempt_id(intent)
     if attempt_id is None:
-        return False
+        return None
     user_id = _user_of(attempt_id)
     if user_id is None:
         raise RechargeMismatch(f"No auto-recharge attempt {attempt_id}.")
     ledger.lock_wallet(user_id)
     attempt = RechargeAttempt.objects.select_for_update().get(pk=attempt_id)
+    if attempt.stripe_payment_intent_id and attempt.stripe_payment_intent_id != intent["id"]:
+        raise RechargeMismatch(
+            f"A second payment {intent['id']} for auto-recharge {attempt.pk} (paid by "
+            f"{attempt.stripe_payment_intent_id}): not granted; refund it."
+        )
     if attempt.status == RechargeStatus.SUCCEEDED:
-        return True  # a duplicate delivery: granted already
+        return attempt.purchase  # a duplicate delivery: granted already
     paid = (intent.get("amount_received") or intent.get("amount"), (intent.get("currency") or "").lower())
     if attempt.amount_cents is None or paid != (attempt.amount_cents, attempt.currency):
         raise RechargeMismatch(
@@ -381,7 +413,8 @@ def on_payment_succeeded(*, intent: dict, stripe_event_id: str) -> bool:
     logger.info(
         "[Billing] Auto-recharge %s granted %s credits to user %s", attempt.pk, attempt.credits, attempt.user_id
     )
-    return True
+    purchase.refresh_from_db()
+    return purchase
 
 
 def on_payment_failed(*, intent: dict) -> bool:
@@ -415,17 +448,18 @@ def _attempt_id(intent: dict) -> int | None:
 def retry_stalled() -> int:
     """Start attempts a lost task left behind: pending ones, and processing ones Stripe has not
     answered for AUTO_RECHARGE_RETRY_SECONDS (asked again with the same idempotency key)."""
-    cutoff = timezone.now() - timedelta(seconds=settings.AUTO_RECHARGE_RETRY_SECONDS)
+    now = timezone.now()
     stalled = list(
         RechargeAttempt.objects.filter(
-            status=RechargeStatus.PENDING, created_at__lt=timezone.now() - timedelta(seconds=30)
+            Q(status=RechargeStatus.PENDING, created_at__lt=now - timedelta(seconds=30))
+            | Q(
+                status=RechargeStatus.PROCESSING,
+                stripe_payment_intent_id__isnull=True,
+                started_at__lt=now - _retry_lease(),
+            )
         )
+        .order_by("id")
         .values_list("pk", flat=True)
-        .union(
-            RechargeAttempt.objects.filter(
-                status=RechargeStatus.PROCESSING, stripe_payment_intent_id__isnull=True, started_at__lt=cutoff
-            ).values_list("pk", flat=True)
-        )
     )
     started = 0
     for attempt_id in stalled:

@@ -676,6 +676,9 @@ class SavedPaymentMethod(models.Model):
     brand = models.CharField(max_length=32, blank=True, default="")
     last4 = models.CharField(max_length=4, blank=True, default="")
     saved_at = models.DateTimeField(help_text="When Stripe confirmed it (the event's time).")
+    removed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the user removed it (kept, so a late event cannot bring it back)."
+    )
 
     class Meta:
         db_table = "saved_payment_methods"

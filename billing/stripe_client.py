@@ -189,7 +189,9 @@ def charge_saved_card(
         status = "requires_action" if code == "authentication_required" else "failed"
         return RechargePayment(status, intent_id, code, exc.user_message or "The card was declined.")
     except stripe.StripeError as exc:
-        if isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError) or (exc.http_status or 500) >= 500:
+        unknown = isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError | stripe.IdempotencyError)
+        if unknown or exc.http_status == 409 or (exc.http_status or 500) >= 500:
+            # No answer, or the same key still in use elsewhere: the outcome is unknown, not a decline.
             raise StripeUnavailable() from exc
         return RechargePayment("failed", None, (exc.code or "stripe_error")[:64], exc.user_message or str(exc))
     return RechargePayment(intent.status, intent.id)

@@ -417,10 +417,13 @@ def _on_payment_intent_succeeded(stored: StripeWebhookEvent) -> str:
     intent = stored.payload["data"]["object"]
     _lock_payment_intent(intent.get("id"))
     try:
-        granted = auto_recharge.on_payment_succeeded(intent=intent, stripe_event_id=stored.stripe_event_id)
+        purchase = auto_recharge.on_payment_succeeded(intent=intent, stripe_event_id=stored.stripe_event_id)
     except auto_recharge.RechargeMismatch as exc:
         raise EventRejected(str(exc)) from None
-    return WebhookEventStatus.PROCESSED if granted else WebhookEventStatus.IGNORED
+    if purchase is None:
+        return WebhookEventStatus.IGNORED
+    _apply_waiting_clawbacks(purchase)  # a refund or dispute that arrived before the grant
+    return WebhookEventStatus.PROCESSED
 
 
 def _on_payment_intent_failed(stored: StripeWebhookEvent) -> str:

@@ -37,14 +37,14 @@ def send_emails_task() -> int:
     return notifications.send_due()
 
 
-@shared_task(
-    name="billing.start_auto_recharge",
-    autoretry_for=(stripe_client.StripeUnavailable,),
-    retry_backoff=30,
-    max_retries=5,
-)
-def start_auto_recharge_task(attempt_id: int) -> str:
-    return auto_recharge.start(attempt_id)
+@shared_task(name="billing.start_auto_recharge")
+def start_auto_recharge_task(attempt_id: int) -> str | None:
+    # No Celery retry: an attempt Stripe did not answer is asked again by `retry_auto_recharges`
+    # once its lease (AUTO_RECHARGE_RETRY_SECONDS) is over, so two askers never overlap.
+    try:
+        return auto_recharge.start(attempt_id)
+    except stripe_client.StripeUnavailable:
+        return None
 
 
 @shared_task(name="billing.retry_auto_recharges")

@@ -462,3 +462,92 @@ def test_a_charge_that_crosses_nothing_sends_one_statement_and_one_that_crosses_
     assert statements_for(150) == 3  # 50 left: the plan, the follow-up (balance.low), COMMIT
     assert len(events_of(user, "balance.low")) == 1
     assert statements_for(10) == 1  # still low: nothing new crossed
+
+
+# --- what the adversarial review found ---------------------------------------------------------
+
+
+def test_a_claw_back_of_a_recharge_does_not_start_another(client, fake_stripe):
+    """Only usage (charges, holds) starts a recharge: a refund taking the wallet back below the
+    threshold must not charge the card again at once."""
+    user = UserFactory()
+    with_card(user, fake=fake_stripe)
+    ledger.grant(user_id=user.id, amount=600, reason="funds")
+    enable(user)
+    cross(user)
+    succeed_webhook(client, fake_stripe, RechargeAttempt.objects.get(user=user), "evt_cb_ok")
+    ledger.clawback(user_id=user.id, amount=1000, reason="refunded", idempotency_key="refund-recharge")
+    assert available(user) == 400
+    assert RechargeAttempt.objects.filter(user=user).count() == 1
+    ledger.charge(user_id=user.id, amount=1, agent_id="a")  # the next usage does (still armed)
+    assert RechargeAttempt.objects.filter(user=user).count() == 2
+
+
+def test_saving_the_same_settings_again_below_the_threshold_does_not_recharge_again(fake_stripe):
+    user = UserFactory()
+    with_card(user, payment_method="pm_card_chargeDeclined", fake=fake_stripe)
+    ledger.grant(user_id=user.id, amount=50, reason="funds")
+    enable(user, threshold=100)  # below at once: one attempt (declined)
+    enable(user, threshold=100)  # the same again: nothing
+    assert RechargeAttempt.objects.filter(user=user).count() == 1
+    enable(user, threshold=200)  # a new threshold is a new crossing
+    assert RechargeAttempt.objects.filter(user=user).count() == 2
+
+
+def test_an_attempt_is_asked_of_stripe_by_one_asker_at_a_time(fake_stripe, settings):
+    settings.AUTO_RECHARGE_RETRY_SECONDS = 300
+    user = UserFactory()
+    with_card(user, fake=fake_stripe)
+    ledger.grant(user_id=user.id, amount=600, reason="funds")
+    recharge_started.disconnect(auto_recharge._queue_start)
+    try:
+        enable(user)
+        ledger.charge(user_id=user.id, amount=200, agent_id="a")
+    finally:
+        recharge_started.connect(auto_recharge._queue_start)
+    attempt = RechargeAttempt.objects.get(user=user)
+    claimed = auto_recharge._claim(attempt.pk)  # the task: claimed, Stripe not answered yet
+    assert claimed is not None
+    assert auto_recharge._claim(attempt.pk) is None  # the sweep meanwhile: within the lease, nothing
+    assert auto_recharge.retry_stalled() == 0
+    assert fake_stripe.requests_to("POST", "/v1/payment_intents") == []
+    settings.AUTO_RECHARGE_RETRY_SECONDS = 0  # the lease is over: asked again, same key
+    assert auto_recharge.retry_stalled() == 1
+    (request,) = fake_stripe.requests_to("POST", "/v1/payment_intents")
+    assert request.headers["Idempotency-Key"] == f"auto-recharge-{attempt.pk}"
+
+
+def test_a_second_payment_for_one_attempt_is_never_granted(client, fake_stripe):
+    user = UserFactory()
+    with_card(user, fake=fake_stripe)
+    ledger.grant(user_id=user.id, amount=600, reason="funds")
+    enable(user)
+    cross(user)
+    attempt = RechargeAttempt.objects.get(user=user)
+    succeed_webhook(client, fake_stripe, attempt, "evt_first")
+    other = {**fake_stripe.objects[attempt.stripe_payment_intent_id], "id": "pi_second_payment"}
+    answer = deliver(client, payment_intent_event(event_id="evt_second", intent=other)).json()
+    assert answer["status"] == "failed"
+    assert available(user) == 1400
+
+
+def test_a_removed_card_is_not_brought_back_by_a_late_event(client, fake_stripe):
+    user = UserFactory()
+    api = bearer_client(user)
+    api.post("/billing/payment-method/setup")
+    user.refresh_from_db()
+    fake_stripe.payment_method("pm_late", user.stripe_customer_id)
+    saved = setup_intent_event(
+        event_id="evt_late_1", user_id=user.id, customer=user.stripe_customer_id, payment_method="pm_late"
+    )
+    deliver(client, saved)
+    assert api.delete("/billing/payment-method").status_code == 204
+    redelivered = setup_intent_event(
+        event_id="evt_late_2",
+        user_id=user.id,
+        customer=user.stripe_customer_id,
+        payment_method="pm_late",
+        created=saved["created"] - 1,
+    )
+    deliver(client, redelivered)
+    assert api.get("/billing/payment-method").status_code == 404

@@ -51,15 +51,18 @@ def set_limits(
 @_money_verb
 def set_thresholds(*, user_id: int, **fields: Any) -> Wallet:
     """Set the wallet's `low_balance_threshold_credits` and/or `recharge_threshold_credits`
-    (None: the default / auto-recharge off); a new recharge threshold is armed. The available
+    (None: the default / auto-recharge off); a changed recharge threshold is armed. The available
     credits are checked against them at once, as a debit would: a wallet already below a new
     threshold alerts (and recharges) now, not at its next debit."""
     allowed = {"low_balance_threshold_credits", "recharge_threshold_credits"}
     if unknown := fields.keys() - allowed:
         raise TypeError(f"Not thresholds: {sorted(unknown)}")
     wallet = _lock_wallet(user_id)
-    if "recharge_threshold_credits" in fields:
-        fields["recharge_armed"] = True
+    if (
+        "recharge_threshold_credits" in fields
+        and fields["recharge_threshold_credits"] != wallet.recharge_threshold_credits
+    ):
+        fields["recharge_armed"] = True  # a new threshold; saving the same one again changes nothing
     Wallet.objects.filter(pk=wallet.pk).update(**fields, updated_at=timezone.now())
     thresholds.watch(wallet, debit=True)
     wallet.refresh_from_db()

@@ -110,7 +110,9 @@ def _post(
         lots.open_lot(wallet=wallet, row=row, terms=terms)
     else:
         lots.draw(wallet=wallet, row=row, amount=-amount, only_lot_ids=draw_from)
-    thresholds.watch(wallet, debit=amount < 0)
+    # Alerts for any change; only usage (charges and holds, in their own plans) starts a
+    # recharge: a claw-back, a staff debit or expiry leaves it armed for the next usage.
+    thresholds.watch(wallet, debit=False)
     return row
 
 

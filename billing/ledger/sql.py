@@ -120,16 +120,26 @@ def run_plan(steps: list[Step], followup: Followup | None = None) -> list[tuple]
             with transaction.atomic():
                 rows, more = _compound(db, steps, own_transaction=False, followup=followup)
                 return rows + _compound(db, followup.steps(), own_transaction=False)[0] if more else rows
-        rows, more = _compound(db, steps, own_transaction=True, followup=followup)
-        if more:  # the plan's transaction is still open: the follow-up, then COMMIT
-            try:
+        if followup is None:
+            return _compound(db, steps, own_transaction=True)[0]
+        try:
+            rows, more = _compound(db, steps, own_transaction=True, followup=followup)
+            if more:  # the plan's transaction is still open: the follow-up, then COMMIT
                 rows += _compound(db, followup.steps(), own_transaction=False)[0]
                 with db.cursor() as cursor:
                     cursor.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(DatabaseError), db.cursor() as cursor:
+        except PlanStopped:
+            raise  # the block rolled itself back
+        except BaseException:
+            # Whatever happened after the block (a time limit, a lost answer), no transaction of
+            # the plan may outlive the call: roll back, or close the connection if that fails.
+            try:
+                with db.cursor() as cursor:
                     cursor.execute("ROLLBACK")
-                raise
+            except DatabaseError:
+                with contextlib.suppress(DatabaseError):
+                    db.close()
+            raise
         return rows
     with transaction.atomic():
         rows = _one_by_one(db, steps)
@@ -202,8 +212,11 @@ def _compound(db, steps: list[Step], *, own_transaction: bool, followup: Followu
                 results.append(cursor.fetchall())
             if not cursor.nextset():
                 break
-    if not results or len(results[-1]) != 1:
-        raise OperationalError(2014, "The compound statement returned no step count.")
+    if not results or len(results[-1]) != 1 or len(results[-1][0]) != 2:
+        # The block ended before its last SELECT without an error reaching us (seen on a Galera
+        # node whose transaction another node's write aborted): its outcome is unknown, so the
+        # connection is treated as lost — closed, and so rolled back — and the call is refused.
+        raise OperationalError(2014, "The compound statement did not report its steps; its outcome is unknown.")
     reached, more = results[-1][0]
     if reached < len(steps):
         raise PlanStopped(_stopped_at(steps, reached))

@@ -6,15 +6,16 @@ own UPDATE or right after it under the same row lock:
 - `balance_alert_state`, a function of A alone: 2 when A ≤ 0, 1 when A is below the wallet's
   low-balance threshold (its own, else `BALANCE_LOW_THRESHOLD_CREDITS`), else 0;
 - `crossed`, what this change crossed: 1 `balance.low` (0 → 1 or 2), 2 `balance.depleted`
-  (→ 2 from 0 or 1), 4 `balance.recovered` (back to 0), 8 an auto-recharge (a debit leaving A
-  below `recharge_threshold_credits` while `recharge_armed`);
+  (→ 2 from 0 or 1), 4 `balance.recovered` (back to 0), 8 an auto-recharge (usage — a charge
+  or a hold — leaving A below `recharge_threshold_credits` while `recharge_armed`);
 - `recharge_armed`: false from a crossing until A is back at the threshold.
 
 Because the wallet row is locked by the change itself, concurrent debits that cross a threshold
 together see the crossing exactly once: one event, one recharge attempt. The events and the
 attempt are written by statements of the same plan (`after_steps`), so they exist if and only if
 the change committed — as the plan's follow-up, sent only when something was crossed. Credits
-coming in never start a recharge; they only re-arm it.
+coming in, claw-backs, staff debits and expiry never start a recharge (`debit=False`): credits
+coming in re-arm it, the others leave it as it was.
 """
 
 from __future__ import annotations
