@@ -33,6 +33,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from celery import current_app as celery_app
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q, Sum
@@ -182,8 +183,6 @@ def month_spent_cents(user_id: int, now: datetime | None = None) -> int:
 
 @receiver(recharge_started)
 def _queue_start(sender, attempt_id: int, **kwargs) -> None:
-    from celery import current_app as celery_app
-
     try:
         celery_app.tasks["billing.start_auto_recharge"].delay(attempt_id)
     except Exception:  # the broker is down: `retry_stalled` starts it
