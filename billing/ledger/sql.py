@@ -51,6 +51,9 @@ class Step:
     returns: bool = False
     # `sql` is a condition (a boolean expression), not a statement: the plan goes on only if it holds.
     is_condition: bool = False
+    # A returning step whose row may be missing (None); any other returning step without its row
+    # means the plan did not run as written (`PlanIncomplete`).
+    row_optional: bool = False
 
     def __post_init__(self):
         if self.returns and self.must_change_one_row:
@@ -166,6 +169,7 @@ def _one_by_one(db, steps: list[Step]) -> list[tuple]:
                 returned.append(cursor.fetchone())
             elif step.must_change_one_row and cursor.rowcount != 1:
                 raise PlanStopped(index)
+    _require_rows(steps, returned)
     return returned
 
 
@@ -220,7 +224,20 @@ def _compound(db, steps: list[Step], *, own_transaction: bool, followup: Followu
     reached, more = results[-1][0]
     if reached < len(steps):
         raise PlanStopped(_stopped_at(steps, reached))
-    return [rows[0] if rows else None for rows in results[:-1]], bool(more)
+    returned = [rows[0] if rows else None for rows in results[:-1]]
+    _require_rows(steps, returned)
+    return returned, bool(more)
+
+
+def _require_rows(steps: list[Step], returned: list) -> None:
+    """Every returning step (not `row_optional`) gave its row. Seen missing only on a Galera node
+    whose transaction another node's write aborted mid-block: the outcome is unknown, so the
+    connection is treated as lost (closed, and so rolled back) and the call refused (503)."""
+    expected = [step for step in steps if step.returns]
+    if len(expected) != len(returned) or any(
+        row is None and not step.row_optional for step, row in zip(expected, returned, strict=True)
+    ):
+        raise OperationalError(2014, "A step of the plan returned no row; its outcome is unknown.")
 
 
 def _stopped_at(steps: list[Step], reached: int) -> int:

@@ -128,6 +128,7 @@ def recharge_step(wallet: str) -> Step:
         [RechargeStatus.PENDING.value, at],
         must_change_one_row=False,
         returns=True,
+        row_optional=True,
     )
 
 

@@ -1,0 +1,169 @@
+"""The ledger on a MariaDB Galera cluster with writes on every node (issue: past one server).
+
+    make cluster-up && make bench-cluster        (or: python -m bench.cluster [--calls N])
+
+Needs the 3-node cluster of `scripts/galera.sh` on 127.0.0.1:4306-4308. Uses a database of its
+own (`ledger_cluster`, migrated the first time through node 1) and prints, for each scenario,
+what the callers saw and, read back on every node (with causal reads), whether the ledger's
+first invariant holds: each wallet's balance equals the sum of its ledger rows, and no more
+credits were charged than the wallet held. Then `reconcile_ledger` on every node. Exits 1 if
+any check fails.
+
+Scenarios (processes spread over the nodes round robin, each with its own connection):
+- hot wallet: 8 processes × N calls of `ledger.charge(amount=1)` on one wallet funded with 200
+  (the experiment the issue reported: rows without debits, 50-74 % errors);
+- distinct wallets: 8 processes, each charging its own wallet (no conflicts between nodes);
+- holds: 8 processes holding 2 and capturing 1 on one wallet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import multiprocessing
+import os
+import sys
+import time
+
+PORTS = (4306, 4307, 4308)
+DATABASE = os.environ.get("CLUSTER_DATABASE", "ledger_cluster")
+
+
+def _django(port: int) -> None:
+    os.environ["DATABASE_URL"] = f"mysql://root@127.0.0.1:{port}/{DATABASE}"
+    os.environ.setdefault("SECRET_KEY", "bench-only-secret")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+
+
+def _outcome(exc: Exception) -> str:
+    from billing import ledger
+
+    if isinstance(exc, ledger.InsufficientCredits):
+        return "refused: insufficient"
+    if isinstance(exc, ledger.LedgerBusy):
+        return "503 LEDGER_BUSY"
+    return f"ERROR {type(exc).__name__}: {str(exc)[:70]}"
+
+
+def _work(job: tuple) -> collections.Counter:
+    scenario, index, user_ids, calls = job
+    _django(PORTS[index % len(PORTS)])
+    from billing import ledger
+
+    seen: collections.Counter = collections.Counter()
+    user_id = user_ids[index % len(user_ids)]
+    for _ in range(calls):
+        try:
+            if scenario == "holds":
+                held = ledger.hold(user_id=user_id, amount=2, agent_id="bench")
+                ledger.capture(hold_id=held.hold.id, amount=1)
+            else:
+                ledger.charge(user_id=user_id, amount=1, agent_id="bench")
+            seen["ok"] += 1
+        except Exception as exc:  # counted and shown: the point of the run
+            seen[_outcome(exc)] += 1
+    return seen
+
+
+def _check(user_ids: list[int], funded: int) -> list[str]:
+    """The invariant on every node, read causally; the problems found."""
+    import MySQLdb
+
+    problems = []
+    marks = ",".join(["%s"] * len(user_ids))
+    for port in PORTS:
+        db = MySQLdb.connect(host="127.0.0.1", port=port, user="root", passwd="", db=DATABASE)
+        cursor = db.cursor()
+        cursor.execute("SET SESSION wsrep_sync_wait = 1")
+        cursor.execute(
+            "SELECT w.user_id, w.balance_credits, w.held_credits, COALESCE(SUM(t.amount), 0), "
+            "COALESCE(SUM(t.kind = 'charge'), 0) FROM credit_wallets w "
+            f"LEFT JOIN credit_transactions t ON t.wallet_id = w.id WHERE w.user_id IN ({marks}) GROUP BY w.id",
+            user_ids,
+        )
+        for user_id, balance, held, total, charges in cursor.fetchall():
+            if balance != total or balance < 0 or held < 0 or held > balance:
+                problems.append(f"node {port}: user {user_id} balance {balance} held {held} but rows sum to {total}")
+            if charges > funded:
+                problems.append(f"node {port}: user {user_id}: {charges} charges for {funded} credits")
+        db.close()
+    return problems
+
+
+def _scenario(name: str, wallets: int, funded: int, calls: int, processes: int = 8) -> bool:
+    from django.db import connection
+
+    from billing import ledger
+    from users.models import User
+
+    stamp = f"{int(time.time() * 1000)}"
+    user_ids = []
+    for n in range(wallets):
+        user = User.objects.create(email=f"cluster-{name.replace(' ', '-')}-{stamp}-{n}@example.com")
+        ledger.grant(user_id=user.id, amount=funded, reason="cluster bench")
+        user_ids.append(user.id)
+    connection.close()
+    started = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        seen = sum(pool.map(_work, [(name, i, user_ids, calls) for i in range(processes)]), collections.Counter())
+    seconds = time.perf_counter() - started
+    time.sleep(1)  # let every node apply the last write sets before the causal reads
+    problems = _check(user_ids, funded)
+    total = sum(seen.values())
+    shown = ", ".join(f"{key} {count} ({count / total:.0%})" for key, count in seen.most_common())
+    print(f"{name:<16} {processes} processes × {calls} calls over {len(PORTS)} nodes in {seconds:5.1f} s: {shown}")
+    for problem in problems:
+        print(f"    BROKEN: {problem}")
+    return not problems and not any(key.startswith("ERROR") for key in seen)
+
+
+def _reconcile_everywhere() -> bool:
+    import subprocess
+
+    clean = True
+    for port in PORTS:
+        env = {**os.environ, "DATABASE_URL": f"mysql://root@127.0.0.1:{port}/{DATABASE}"}
+        done = subprocess.run(
+            [sys.executable, "manage.py", "reconcile_ledger"], env=env, capture_output=True, text=True, check=False
+        )
+        print(f"reconcile_ledger on node {port}: {'clean' if done.returncode == 0 else 'DRIFT'}")
+        if done.returncode != 0:
+            print(done.stdout[-2000:], done.stderr[-2000:])
+            clean = False
+    return clean
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=60, help="calls per process and scenario (default 60)")
+    args = parser.parse_args()
+    import MySQLdb
+
+    try:
+        server = MySQLdb.connect(host="127.0.0.1", port=PORTS[0], user="root", passwd="", connect_timeout=3)
+    except MySQLdb.OperationalError:
+        sys.exit("No cluster on 127.0.0.1:4306: run `make cluster-up` first.")
+    cursor = server.cursor()
+    cursor.execute("SHOW STATUS LIKE 'wsrep_cluster_size'")
+    print(f"Galera cluster of {cursor.fetchone()[1]} nodes; database {DATABASE!r}", flush=True)
+    cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{DATABASE}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    server.close()
+    _django(PORTS[0])
+    from django.core.management import call_command
+
+    print("Applying migrations through node 1 (slow the first time: every DDL is replicated)…", flush=True)
+    call_command("migrate", verbosity=0)
+    results = [
+        _scenario("hot wallet", wallets=1, funded=200, calls=args.calls),
+        _scenario("distinct wallets", wallets=8, funded=args.calls * 2, calls=args.calls),
+        _scenario("holds", wallets=1, funded=200, calls=args.calls // 2),
+    ]
+    results.append(_reconcile_everywhere())
+    sys.exit(0 if all(results) else 1)
+
+
+if __name__ == "__main__":
+    main()
