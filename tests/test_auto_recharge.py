@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.core import mail
+from djstripe import models as djstripe_models
 from django.db import connection, transaction
 from django.test import Client
 
@@ -382,6 +383,10 @@ def test_saving_a_card_through_checkout_setup_and_removing_it(client, fake_strip
     assert deliver(client, saved).json()["status"] == "processed"
     card = api.get("/billing/payment-method").json()
     assert (card["payment_method_id"], card["brand"], card["last4"]) == ("pm_saved", "visa", "4242")
+    # Mirrored by dj-stripe, and made the customer's default at Stripe.
+    assert djstripe_models.PaymentMethod.objects.filter(id="pm_saved").exists()
+    (default,) = fake_stripe.requests_to("POST", f"/v1/customers/{user.stripe_customer_id}")
+    assert default.params["invoice_settings"] == {"default_payment_method": "pm_saved"}
     # An older event arriving late does not replace the newer card.
     older = setup_intent_event(
         event_id="evt_seti_old", user_id=user.id, customer=user.stripe_customer_id, payment_method="pm_old", created=1
