@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.core import mail
-from djstripe import models as djstripe_models
 from django.db import connection, transaction
 from django.test import Client
+from djstripe import models as djstripe_models
 
 from billing import auto_recharge, ledger, notifications
 from billing.models import (
