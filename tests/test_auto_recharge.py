@@ -71,6 +71,19 @@ def available(user) -> int:
     return wallet.balance_credits - wallet.held_credits
 
 
+def crossed_with_task_not_run(user):
+    """Fund 600, turn auto-recharge on (threshold 500) and charge 200: the crossing's attempt,
+    recorded but not yet started (its task has not run)."""
+    ledger.grant(user_id=user.id, amount=600, reason="funds")
+    recharge_started.disconnect(auto_recharge._queue_start)
+    try:
+        enable(user)
+        ledger.charge(user_id=user.id, amount=200, agent_id="a")
+    finally:
+        recharge_started.connect(auto_recharge._queue_start)
+    return RechargeAttempt.objects.get(user=user)
+
+
 def succeed_webhook(client, fake, attempt, event_id):
     intent = fake.objects[attempt.stripe_payment_intent_id]
     return deliver(client, payment_intent_event(event_id=event_id, intent=intent))
@@ -233,14 +246,7 @@ def test_the_webhook_before_the_stripe_answer_is_recorded_still_grants_once(clie
     """Stripe's event may arrive before the task records the PaymentIntent id."""
     user = UserFactory()
     with_card(user, fake=fake_stripe)
-    ledger.grant(user_id=user.id, amount=600, reason="funds")
-    recharge_started.disconnect(auto_recharge._queue_start)  # the task has not run yet
-    try:
-        enable(user)
-        ledger.charge(user_id=user.id, amount=200, agent_id="a")
-    finally:
-        recharge_started.connect(auto_recharge._queue_start)
-    attempt = RechargeAttempt.objects.get(user=user)
+    attempt = crossed_with_task_not_run(user)
     assert attempt.status == RechargeStatus.PENDING
     assert auto_recharge._claim(attempt.pk) is not None  # the task claimed it, Stripe is being asked
     intent = fake_stripe.create(
@@ -503,14 +509,7 @@ def test_an_attempt_is_asked_of_stripe_by_one_asker_at_a_time(fake_stripe, setti
     settings.AUTO_RECHARGE_RETRY_SECONDS = 300
     user = UserFactory()
     with_card(user, fake=fake_stripe)
-    ledger.grant(user_id=user.id, amount=600, reason="funds")
-    recharge_started.disconnect(auto_recharge._queue_start)
-    try:
-        enable(user)
-        ledger.charge(user_id=user.id, amount=200, agent_id="a")
-    finally:
-        recharge_started.connect(auto_recharge._queue_start)
-    attempt = RechargeAttempt.objects.get(user=user)
+    attempt = crossed_with_task_not_run(user)
     claimed = auto_recharge._claim(attempt.pk)  # the task: claimed, Stripe not answered yet
     assert claimed is not None
     assert auto_recharge._claim(attempt.pk) is None  # the sweep meanwhile: within the lease, nothing

@@ -12,7 +12,9 @@ Every verb here:
 - retries lock-wait timeouts and deadlocks itself when it owns the transaction, and
   raises `LedgerBusy` (retryable, never a 500) if they persist or the connection is lost.
 
-One lock order everywhere: wallet → hold → lots → agent run (→ shortfalls for claw-backs). Holds
+One lock order everywhere: wallet → hold → lots → agent run (→ shortfalls for claw-backs); code
+outside the ledger that writes what a debit reads under the wallet lock (auto-recharge attempts
+and settings) takes the wallet first (`lock_wallet`). Holds
 are settled by `capture`/`release`/`expire_hold`, which lock the wallet first, then the
 hold; an agent run's row is written by statements (`then=`) committed in the same plan,
 after both, and `expire_holds` ends a run through the `hold_expired` signal inside the
@@ -27,7 +29,10 @@ The modules:
 - `expiry` — `expire_lot`: a lot's unheld remainder past its expiry leaves the balance;
 - `lots` — lots and the burn order: which credits a debit or a hold takes (SQL, written once);
 - `caps` — spend caps per UTC day and month, checked inside the debit's own wallet UPDATE;
-  `limits` — `set_limits`, the user's caps and Finance's ceilings;
+  `limits` — `set_limits`, the user's caps and Finance's ceilings, and `set_thresholds`;
+- `thresholds` — balance alerts and auto-recharge crossings, decided under the wallet's lock by
+  the change itself (a plan's follow-up, sent only when something was crossed);
+- `outbox` — events as statements of a plan, committed with the change that causes them;
 - `posting` — what they share: checks, the wallet lock, idempotency replays, posting a row;
 - `retry` — the transaction retried after deadlocks and lock waits (`run_with_retries`);
 - `sql` — plans: a verb as a list of statements run in one transaction;
