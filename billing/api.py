@@ -511,11 +511,13 @@ class BalanceAlertsSerializer(serializers.Serializer):
 def _alerts_summary(wallet) -> dict:
     default = settings.BALANCE_LOW_THRESHOLD_CREDITS
     own = wallet.low_balance_threshold_credits
+    threshold = default if own is None else own
+    available = wallet.available_credits  # what the credits say now (a new wallet has seen no change yet)
     return {
         "low_balance_threshold_credits": own,
         "default_threshold_credits": default,
-        "threshold_credits": default if own is None else own,
-        "state": ("ok", "low", "depleted")[wallet.balance_alert_state],
+        "threshold_credits": threshold,
+        "state": "depleted" if available <= 0 else "low" if available < threshold else "ok",
     }
 
 

@@ -140,6 +140,7 @@ def test_own_threshold_through_the_api_and_the_low_balance_email(settings):
     user = UserFactory()
     client = bearer_client(user)
     ledger.grant(user_id=user.id, amount=1000, reason="funds")
+    assert bearer_client(UserFactory()).get("/billing/balance-alerts").json()["state"] == "depleted"  # no credits
     assert client.get("/billing/balance-alerts").json() == {
         "low_balance_threshold_credits": None,
         "default_threshold_credits": 100,
