@@ -12,7 +12,7 @@ TEST_DATABASE_URL ?= mysql://root@127.0.0.1:3306/test
 PYTEST_DB_FLAGS ?= $(if $(filter true,$(CI)),--create-db,--reuse-db)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps test-system-deps bench-deps apt-packages run test lint mariadb redis bench bench-profile bench-export bench-ledger bench-scale bench-http bench-profile-charge bench-quality cluster-up cluster-down cluster-status bench-cluster clean
+.PHONY: install system-deps test-system-deps bench-deps apt-packages run test lint mariadb redis bench bench-profile bench-export bench-ledger bench-scale bench-http bench-profile-charge bench-quality cluster-up cluster-down cluster-status bench-cluster test-cluster clean
 
 install: system-deps $(STAMP)
 
@@ -117,6 +117,12 @@ cluster-status:
 # The ledger on the cluster: processes charging one wallet through every node; invariants per node.
 bench-cluster: install
 	$(BIN)/python -m bench.cluster
+
+# The same as a check on a cluster of its own: up, the ledger on every node (exits 1 on any broken
+# invariant or unexpected error), down. Not yet part of `make test` (the cluster issue is open).
+test-cluster: install
+	@$(MAKE) --no-print-directory cluster-up
+	@status=0; $(BIN)/python -m bench.cluster || status=$$?; scripts/galera.sh down; exit $$status
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
