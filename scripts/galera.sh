@@ -59,6 +59,10 @@ wsrep_cluster_address=$(cluster_address)
 wsrep_node_name=node$n
 wsrep_node_address=127.0.0.1:$(gport "$n")
 wsrep_provider_options="gmcast.listen_addr=tcp://127.0.0.1:$(gport "$n");ist.recv_addr=127.0.0.1:$(($(gport "$n") + 1));base_port=$(gport "$n")"
+# Causal reads: a read on this node waits until it has applied every write set committed anywhere
+# before it started, so an idempotency look-up, a wallet check or a webhook's event row read on one
+# node sees what another node committed.
+wsrep_sync_wait=1
 wsrep_sst_method=rsync
 wsrep_sst_receive_address=127.0.0.1:$((4444 + n))
 CNF
