@@ -46,14 +46,13 @@ from billing.models import (
     IN_FLIGHT,
     AutoRecharge,
     Purchase,
-    PurchaseStatus,
     RechargeAttempt,
     RechargeStatus,
     SavedPaymentMethod,
 )
 from billing.packages import all_packages, get_package
 from billing.signals import recharge_started
-from billing.stripe_checkout import ensure_stripe_customer, key_digest
+from billing.stripe_checkout import ensure_stripe_customer, grant_paid_purchase, key_digest
 from core.errors import DomainError
 from users.models import User
 
@@ -350,11 +349,11 @@ def on_payment_succeeded(*, intent: dict, stripe_event_id: str) -> Purchase | No
             f"Amount mismatch: the payment is {paid[0]} {paid[1]}, attempt {attempt.pk} asked "
             f"{attempt.amount_cents} {attempt.currency}."
         )
-    if str(intent.get("customer") or "") != str(
-        SavedPaymentMethod.objects.filter(user_id=attempt.user_id).values_list("stripe_customer_id", flat=True).first()
-        or User.objects.filter(pk=attempt.user_id).values_list("stripe_customer_id", flat=True).first()
-    ):
+    # A card is saved only for its user's own customer (`_on_setup_succeeded`), so it is that one.
+    customer_id = User.objects.get(pk=attempt.user_id).stripe_customer_id
+    if not customer_id or intent.get("customer") != customer_id:
         raise RechargeMismatch(f"The payment's customer is not user {attempt.user_id}'s.")
+    package = get_package(attempt.package_id)
     purchase, _ = Purchase.objects.get_or_create(
         stripe_checkout_session_id=f"auto-recharge-{attempt.pk}",
         defaults={
@@ -363,56 +362,22 @@ def on_payment_succeeded(*, intent: dict, stripe_event_id: str) -> Purchase | No
             "credits": attempt.credits,
             "amount_cents": attempt.amount_cents,
             "currency": attempt.currency,
+            "credits_expire_in_days": package.expires_in_days if package else None,
             "created_by_checkout": False,
         },
     )
-    package = get_package(attempt.package_id)
-    days = package.expires_in_days if package else None
-    paid_at = timezone.now()
-    result = ledger.purchase(
-        user_id=attempt.user_id,
-        amount=attempt.credits,
-        checkout_session_id=purchase.stripe_checkout_session_id,
-        payment_intent_id=intent["id"],
-        stripe_event_id=stripe_event_id,
-        package_id=attempt.package_id,
-        purchase_id=purchase.id,
-        amount_cents=attempt.amount_cents,
-        currency=attempt.currency,
-        expires_at=paid_at + timedelta(days=days) if days else None,
-    )
-    Purchase.objects.filter(pk=purchase.pk).update(
-        status=PurchaseStatus.PAID,
-        transaction=result.transaction,
-        stripe_payment_intent_id=intent["id"],
-        paid_at=paid_at,
-        credits_expire_in_days=days,
-    )
-    attempt.status, attempt.finished_at, attempt.purchase = RechargeStatus.SUCCEEDED, paid_at, purchase
+    result = grant_paid_purchase(purchase, payment_intent_id=intent["id"], stripe_event_id=stripe_event_id)
+    attempt.status, attempt.finished_at, attempt.purchase = RechargeStatus.SUCCEEDED, purchase.paid_at, purchase
     attempt.charged_cents, attempt.credited_credits = paid[0], result.transaction.amount
     attempt.stripe_payment_intent_id = intent["id"]
     attempt.failure_code = attempt.failure_reason = ""
     attempt.save()
-    AutoRecharge.objects.filter(user_id=attempt.user_id).update(failures_in_row=0, updated_at=paid_at)
+    AutoRecharge.objects.filter(user_id=attempt.user_id).update(failures_in_row=0, updated_at=purchase.paid_at)
     data = {**_attempt_data(attempt), "balance_after": result.balance_after}
     events.emit("auto_recharge.succeeded", data, user_id=attempt.user_id)
-    events.emit(
-        "purchase.completed",
-        {
-            "purchase_id": purchase.id,
-            "user_id": attempt.user_id,
-            "package_id": attempt.package_id,
-            "credits": attempt.credits,
-            "amount_cents": attempt.amount_cents,
-            "currency": attempt.currency,
-            "balance_after": result.balance_after,
-        },
-        user_id=attempt.user_id,
-    )
     logger.info(
         "[Billing] Auto-recharge %s granted %s credits to user %s", attempt.pk, attempt.credits, attempt.user_id
     )
-    purchase.refresh_from_db()
     return purchase
 
 

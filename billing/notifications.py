@@ -48,19 +48,12 @@ def _message(event: OutboxEvent) -> tuple[str, str]:
 def send_due(*, limit: int = 200) -> int:
     """Send up to `limit` pending e-mails; how many were sent."""
     now = timezone.now()
-    due = list(
-        OutboxEvent.objects.filter(email_pending=True)
-        .filter(Q(emailed_at__isnull=True) | Q(emailed_at__lt=now - LEASE))
-        .order_by("id")
-        .values_list("pk", flat=True)[:limit]
-    )
+    lease_over = Q(emailed_at__isnull=True) | Q(emailed_at__lt=now - LEASE)
+    unclaimed = OutboxEvent.objects.filter(lease_over, email_pending=True)
+    due = list(unclaimed.order_by("id").values_list("pk", flat=True)[:limit])
     sent = 0
     for event_id in due:
-        claimed = (
-            OutboxEvent.objects.filter(pk=event_id, email_pending=True)
-            .filter(Q(emailed_at__isnull=True) | Q(emailed_at__lt=now - LEASE))
-            .update(emailed_at=now)
-        )
+        claimed = unclaimed.filter(pk=event_id).update(emailed_at=now)
         if not claimed:
             continue
         event = OutboxEvent.objects.select_related("user").get(pk=event_id)

@@ -1,11 +1,15 @@
-"""Start a Stripe Checkout for a credit package and record it as a pending purchase."""
+"""Start a Stripe Checkout for a credit package and record it as a pending purchase; grant a
+purchase once it is paid (Checkout's webhook and auto-recharge's share `grant_paid_purchase`)."""
 
 import hashlib
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
-from billing import stripe_client
-from billing.models import Purchase
+from django.utils import timezone
+
+from billing import events, ledger, stripe_client
+from billing.models import Purchase, PurchaseStatus
 from billing.packages import get_package
 from core.errors import DomainError
 from users.models import User
@@ -65,3 +69,44 @@ def start_checkout(*, user: User, package_id: str, idempotency_key: str | None =
         },
     )
     return CheckoutStarted(purchase=purchase, checkout_url=session.url)
+
+
+def grant_paid_purchase(
+    purchase: Purchase, *, payment_intent_id: str | None, stripe_event_id: str
+) -> ledger.LedgerResult:
+    """Credit a paid purchase (locked by the caller) as a paid lot — expiring after the
+    package's `credits_expire_in_days`, if any — mark it paid and emit `purchase.completed`,
+    in the caller's transaction. Once per purchase: the ledger row is keyed by its reference."""
+    paid_at = timezone.now()
+    days = purchase.credits_expire_in_days
+    result = ledger.purchase(
+        user_id=purchase.user_id,
+        amount=purchase.credits,
+        checkout_session_id=purchase.stripe_checkout_session_id,
+        payment_intent_id=payment_intent_id,
+        stripe_event_id=stripe_event_id,
+        package_id=purchase.package_id,
+        purchase_id=purchase.id,
+        amount_cents=purchase.amount_cents,
+        currency=purchase.currency,
+        expires_at=paid_at + timedelta(days=days) if days else None,
+    )
+    purchase.status = PurchaseStatus.PAID
+    purchase.transaction = result.transaction
+    purchase.stripe_payment_intent_id = payment_intent_id
+    purchase.paid_at = paid_at
+    purchase.save(update_fields=["status", "transaction", "stripe_payment_intent_id", "paid_at", "updated_at"])
+    events.emit(
+        "purchase.completed",
+        {
+            "purchase_id": purchase.id,
+            "user_id": purchase.user_id,
+            "package_id": purchase.package_id,
+            "credits": purchase.credits,
+            "amount_cents": purchase.amount_cents,
+            "currency": purchase.currency,
+            "balance_after": result.balance_after,
+        },
+        user_id=purchase.user_id,
+    )
+    return result

@@ -123,11 +123,15 @@ def create_checkout_session(
     )
 
 
+# The metadata `purpose` of a card-saving Checkout, by which its SetupIntent's event is recognised.
+CARD_SETUP_PURPOSE = "auto_recharge_card"
+
+
 def create_setup_session(
     *, user_id: int, customer_id: str, currency: str, idempotency_key: str
 ) -> stripe.checkout.Session:
     """A Checkout Session in `setup` mode: the user saves a card for off-session auto-recharges."""
-    metadata = {"user_id": str(user_id), "purpose": "auto_recharge_card"}
+    metadata = {"user_id": str(user_id), "purpose": CARD_SETUP_PURPOSE}
     frontend = settings.FRONTEND_URL.rstrip("/")
     return _call(
         client().v1.checkout.sessions.create,

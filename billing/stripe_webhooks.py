@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import stripe
 from django.conf import settings
@@ -22,6 +22,7 @@ from django.utils import timezone
 from billing import auto_recharge, events, ledger, metrics, stripe_client
 from billing.models import Purchase, PurchaseStatus, StripePaymentIntentLock, StripeWebhookEvent, WebhookEventStatus
 from billing.packages import get_package
+from billing.stripe_checkout import grant_paid_purchase
 from core.errors import DomainError
 from users.models import User
 
@@ -197,39 +198,8 @@ def _fulfil(stored: StripeWebhookEvent) -> str:
     purchase = _purchase_for_session(session)
     if purchase.transaction_id is not None:
         return WebhookEventStatus.PROCESSED  # another event for this session already granted it
-    payment_intent_id = _object_id(session.get("payment_intent"))
-    paid_at = timezone.now()
-    result = ledger.purchase(
-        user_id=purchase.user_id,
-        amount=purchase.credits,
-        checkout_session_id=purchase.stripe_checkout_session_id,
-        payment_intent_id=payment_intent_id,
-        stripe_event_id=stored.stripe_event_id,
-        package_id=purchase.package_id,
-        purchase_id=purchase.id,
-        amount_cents=purchase.amount_cents,
-        currency=purchase.currency,
-        expires_at=paid_at + timedelta(days=purchase.credits_expire_in_days)
-        if purchase.credits_expire_in_days
-        else None,
-    )
-    purchase.status = PurchaseStatus.PAID
-    purchase.transaction = result.transaction
-    purchase.stripe_payment_intent_id = payment_intent_id
-    purchase.paid_at = paid_at
-    purchase.save(update_fields=["status", "transaction", "stripe_payment_intent_id", "paid_at", "updated_at"])
-    events.emit(
-        "purchase.completed",
-        {
-            "purchase_id": purchase.id,
-            "user_id": purchase.user_id,
-            "package_id": purchase.package_id,
-            "credits": purchase.credits,
-            "amount_cents": purchase.amount_cents,
-            "currency": purchase.currency,
-            "balance_after": result.balance_after,
-        },
-        user_id=purchase.user_id,
+    grant_paid_purchase(
+        purchase, payment_intent_id=_object_id(session.get("payment_intent")), stripe_event_id=stored.stripe_event_id
     )
     _apply_waiting_clawbacks(purchase)
     session_id = purchase.stripe_checkout_session_id
@@ -393,7 +363,7 @@ def _on_setup_succeeded(stored: StripeWebhookEvent) -> str:
     """A card saved through Checkout in setup mode: stored for auto-recharge (newest event wins)."""
     intent = stored.payload["data"]["object"]
     metadata = intent.get("metadata") or {}
-    if metadata.get("purpose") != "auto_recharge_card":
+    if metadata.get("purpose") != stripe_client.CARD_SETUP_PURPOSE:
         return WebhookEventStatus.IGNORED
     try:
         user_id = int(metadata.get("user_id"))
