@@ -44,7 +44,9 @@ def _outcome(exc: Exception) -> str:
     if isinstance(exc, ledger.InsufficientCredits):
         return "refused: insufficient"
     if isinstance(exc, ledger.LedgerBusy):
-        return "503 LEDGER_BUSY"
+        cause = exc.__cause__
+        code = cause.args[0] if cause is not None and cause.args else "?"
+        return f"503 LEDGER_BUSY ({code})"
     return f"ERROR {type(exc).__name__}: {str(exc)[:70]}"
 
 

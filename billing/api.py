@@ -22,6 +22,7 @@ from billing.selectors import limits_summary, transactions_for_user, wallet_for_
 from billing.serializers import HoldSerializer, PackageSerializer, TransactionSerializer, WalletSerializer
 from billing.stripe_checkout import start_checkout
 from billing.stripe_webhooks import process_event, store_event, verify_event
+from core.db_routing import reads_from_replica
 from core.errors import error_body
 from core.idempotency import IDEMPOTENCY_PARAMETER, idempotency_key
 from core.serializers import StrictCharField, StrictIntegerField
@@ -76,6 +77,15 @@ class TransactionViewSet(viewsets.ReadOnlyModelViewSet):
         if getattr(self, "swagger_fake_view", False):
             return CreditTransaction.objects.none()
         return with_lots(transactions_for_user(user_id=self.request.user.id))
+
+    def list(self, request, *args, **kwargs):
+        # A listing decides nothing: the read replica may serve it (core.db_routing).
+        with reads_from_replica(user_id=request.user.id):
+            return super().list(request, *args, **kwargs)
+
+    def retrieve(self, request, *args, **kwargs):
+        with reads_from_replica(user_id=request.user.id):
+            return super().retrieve(request, *args, **kwargs)
 
 
 class AdminGrantApi(APIView):

@@ -15,6 +15,11 @@ REFUSALS = Counter("ledger_insufficient_credit_refusals_total", "Requests refuse
 WEBHOOK_EVENTS = Counter(
     "stripe_webhook_events_total", "Stripe webhook deliveries by event type and outcome.", ["type", "status"]
 )
+LEDGER_RETRIES = Counter(
+    "ledger_transaction_retries_total",
+    "Money transactions run again after a deadlock or Galera certification conflict (1213) or a lock wait (1205).",
+    ["error"],
+)
 FAILED_PAYMENTS = Counter("stripe_failed_payments_total", "Checkout sessions whose payment failed.")
 CHARGE_SECONDS = Histogram(
     "ledger_charge_seconds",

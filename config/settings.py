@@ -73,6 +73,7 @@ MIDDLEWARE = [
     "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "core.db_routing.PinWritersToPrimaryMiddleware",
     "axes.middleware.AxesMiddleware",  # last: answers a locked-out log-in with 429
 ]
 
@@ -113,8 +114,23 @@ def database_from_url(url: str) -> dict:
     scheme, sep, rest = url.partition("://")
     if sep and scheme.startswith("mysql+"):
         url = "mysql://" + rest
+    hosts = []
+    if sep and scheme.startswith("mysql"):
+        # A comma-separated host list (a Galera cluster's nodes, this server's own first): the
+        # connection goes to the first that is up and ready (core.mysql_failover).
+        userinfo, at, location = rest.rpartition("@")
+        netloc, slash, path = location.partition("/")
+        if "," in netloc:
+            for entry in netloc.split(","):
+                host, _, port = entry.strip().partition(":")
+                hosts.append((host, int(port) if port else 3306))
+            url = f"mysql://{userinfo}{at}{hosts[0][0]}:{hosts[0][1]}{slash}{path}"
     config = environ.Env.db_url_config(url)
-    if config["ENGINE"] == "django.db.backends.mysql":
+    if hosts:
+        config["ENGINE"] = "core.mysql_failover"
+        config["HOSTS"] = hosts
+        config.setdefault("OPTIONS", {})["connect_timeout"] = env.int("DATABASE_CONNECT_TIMEOUT", default=3)
+    if config["ENGINE"] in ("django.db.backends.mysql", "core.mysql_failover"):
         config.setdefault("OPTIONS", {}).update(
             {
                 "charset": "utf8mb4",
@@ -130,6 +146,16 @@ def database_from_url(url: str) -> dict:
 
 
 DATABASES = {"default": database_from_url(env.str("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"))}
+# An asynchronous read replica for reports, CSV downloads and transaction listings (core.db_routing
+# says which reads may go there: never one that decides money). Tests mirror it onto the primary.
+READ_REPLICA = None
+if env.str("DATABASE_REPLICA_URL", default=""):
+    READ_REPLICA = "replica"
+    DATABASES[READ_REPLICA] = database_from_url(env.str("DATABASE_REPLICA_URL"))
+    DATABASES[READ_REPLICA]["TEST"] = {**DATABASES[READ_REPLICA].get("TEST", {}), "MIRROR": "default"}
+DATABASE_ROUTERS = ["core.db_routing.ReplicaRouter"]
+# After a signed-in user's write, that user's reads stay on the primary this long (read-your-writes).
+REPLICA_PIN_SECONDS = env.int("REPLICA_PIN_SECONDS", default=10)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "users.User"

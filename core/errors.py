@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
-from django.db import DatabaseError, OperationalError
+from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -111,7 +111,7 @@ def api_exception_handler(exc, context):
             error_body("PAYLOAD_TOO_LARGE", "The request body is too large."),
             status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
         )
-    if isinstance(exc, OperationalError):
+    if isinstance(exc, OperationalError | InterfaceError):  # also a connection closed under us
         logger.error("[Billing] Error: database unavailable: %s", exc.__class__.__name__)
         return Response(
             error_body("SERVICE_UNAVAILABLE", "The database is unavailable; retry shortly."),

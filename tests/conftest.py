@@ -37,6 +37,9 @@ def pytest_configure(config):
 
     # Users are created in almost every test; a deliberately slow hasher would dominate the run.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # The replica alias mirrors the test database, but a test transaction is not visible on its own
+    # connection: reads go to it only where a test says so (tests/test_db_routing.py).
+    settings.READ_REPLICA = None
 
 
 def pytest_collection_modifyitems(config, items):
