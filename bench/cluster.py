@@ -19,11 +19,15 @@ Scenarios (processes spread over the nodes round robin, each with its own connec
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import multiprocessing
 import os
+import subprocess
 import sys
 import time
+import traceback
+from pathlib import Path
 
 PORTS = (4306, 4307, 4308)
 DATABASE = os.environ.get("CLUSTER_DATABASE", "ledger_cluster")
@@ -123,9 +127,11 @@ def _scenario(name: str, wallets: int, funded: int, calls: int, processes: int =
 
 
 def _reconcile_everywhere() -> bool:
-    import subprocess
-
     clean = True
+    # What Celery beat does every minute: holds past their expiry (a capture answered 503, or an
+    # earlier run of this command) are released before the books are checked.
+    env = {**os.environ, "DATABASE_URL": f"mysql://root@127.0.0.1:{PORTS[0]}/{DATABASE}"}
+    subprocess.run([sys.executable, "manage.py", "expire_holds"], env=env, capture_output=True, check=False)
     for port in PORTS:
         env = {**os.environ, "DATABASE_URL": f"mysql://root@127.0.0.1:{port}/{DATABASE}"}
         done = subprocess.run(
@@ -138,26 +144,144 @@ def _reconcile_everywhere() -> bool:
     return clean
 
 
+# --- throughput: the cluster next to the single server, in the same run ---------------------------
+
+SINGLE_SERVER = 3306
+FUNDS = 1_000_000  # the largest grant; more than any run spends, so every call is a charge
+
+
+def _create_database(port: int) -> None:
+    import MySQLdb
+
+    server = MySQLdb.connect(host="127.0.0.1", port=port, user="root", passwd="", connect_timeout=3)
+    server.cursor().execute(
+        f"CREATE DATABASE IF NOT EXISTS `{DATABASE}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+    )
+    server.close()
+
+
+def _seed(job: tuple) -> list[int]:
+    """In a process of its own (Django set up on `port`): migrate, then `wallets` funded users."""
+    port, wallets, stamp = job
+    _create_database(port)
+    _django(port)
+    from django.core.management import call_command
+
+    from billing import ledger
+    from users.models import User
+
+    call_command("migrate", verbosity=0)
+    ids = []
+    for n in range(wallets):
+        user = User.objects.create(email=f"throughput-{stamp}-{port}-{n}@example.com")
+        ledger.grant(user_id=user.id, amount=FUNDS, reason="cluster throughput")
+        ids.append(user.id)
+    return ids
+
+
+def _charge_for(job: tuple) -> collections.Counter:
+    port, user_id, until = job
+    _django(port)
+    from billing import ledger
+
+    seen: collections.Counter = collections.Counter()
+    while time.time() < until:
+        try:
+            ledger.charge(user_id=user_id, amount=1, agent_id="bench")
+            seen["ok"] += 1
+        except Exception as exc:  # counted: an error surfaced to a client
+            seen[_outcome(exc)] += 1
+            if not any(key.startswith("trace:") for key in seen):
+                seen["trace:" + "".join(traceback.format_exception(exc))[-3000:]] = 1
+    return seen
+
+
+def _rate(ports: tuple[int, ...], wallets: int, seconds: float, processes: int = 8) -> dict:
+    stamp = f"{int(time.time() * 1000)}"
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        user_ids = pool.apply(_seed, ((ports[0], wallets, stamp),))
+    time.sleep(1)  # the grants applied on every node
+    with context.Pool(processes) as pool:
+        until = time.time() + seconds + 3  # the processes need a moment to start Django
+        jobs = [(ports[i % len(ports)], user_ids[i % len(user_ids)], until) for i in range(processes)]
+        seen = sum(pool.map(_charge_for, jobs), collections.Counter())
+    ok = seen.pop("ok", 0)
+    for key in [key for key in seen if key.startswith("trace:")]:
+        del seen[key]
+        print(f"    the first error of a process:\n{key[6:]}")
+    return {"charges_per_second": round(ok / seconds, 1), "charges": ok, "errors": dict(seen)}
+
+
+def throughput(seconds: float) -> bool:
+    """Charges per second through 8 processes, on the single server and on the cluster (writes
+    spread over the 3 nodes), with one hot wallet and with a wallet per process. The hot wallet
+    on the cluster must keep ≥ 30 % of the single server's rate with 0 errors."""
+    from bench.report import table, write
+
+    rows = []
+    for name, ports in (("single server", (SINGLE_SERVER,)), ("Galera, writes on 3 nodes", PORTS)):
+        for case, wallets in (("one hot wallet", 1), ("a wallet per process", 8)):
+            result = _rate(ports, wallets, seconds)
+            rows.append({"database": name, "case": case, **result})
+            print(
+                f"  {name:<26} {case:<22} {result['charges_per_second']:8.1f} charges/s  errors {result['errors'] or 0}",
+                flush=True,
+            )
+    rate = {(r["database"], r["case"]): r for r in rows}
+    hot_share = rate[("Galera, writes on 3 nodes", "one hot wallet")]["charges_per_second"] / max(
+        rate[("single server", "one hot wallet")]["charges_per_second"], 0.1
+    )
+    errors = sum(sum(r["errors"].values()) for r in rows)
+    lines = [
+        f"Charges per second, 8 processes × {seconds:.0f} s each case, same run (`make bench-cluster`):",
+        "",
+        *table(
+            ["database", "case", "charges/s", "errors"],
+            [[r["database"], r["case"], r["charges_per_second"], sum(r["errors"].values())] for r in rows],
+        ),
+        "",
+        f"Hot wallet on the cluster: {hot_share:.0%} of the single server (target ≥ 30 %); errors surfaced: {errors}.",
+    ]
+    write("cluster", {"seconds": seconds, "rows": rows, "hot_wallet_share": round(hot_share, 4)}, lines)
+    return hot_share >= 0.30 and errors == 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=60, help="calls per process and scenario (default 60)")
+    parser.add_argument(
+        "--throughput",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="instead: charges per second on the single server and on the cluster, SECONDS per case",
+    )
+    parser.add_argument("--up", action="store_true", help="start a cluster when none answers, and stop it after")
     args = parser.parse_args()
     import MySQLdb
 
     try:
         server = MySQLdb.connect(host="127.0.0.1", port=PORTS[0], user="root", passwd="", connect_timeout=3)
     except MySQLdb.OperationalError:
-        sys.exit("No cluster on 127.0.0.1:4306: run `make cluster-up` first.")
+        if not args.up:
+            sys.exit("No cluster on 127.0.0.1:4306: run `make cluster-up` first.")
+        galera = str(Path(__file__).resolve().parent.parent / "scripts" / "galera.sh")
+        subprocess.run([galera, "up"], check=True)
+        atexit.register(subprocess.run, [galera, "down"], check=False)
+        server = MySQLdb.connect(host="127.0.0.1", port=PORTS[0], user="root", passwd="", connect_timeout=3)
     cursor = server.cursor()
     cursor.execute("SHOW STATUS LIKE 'wsrep_cluster_size'")
     print(f"Galera cluster of {cursor.fetchone()[1]} nodes; database {DATABASE!r}", flush=True)
-    cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{DATABASE}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
     server.close()
+    _create_database(PORTS[0])
     _django(PORTS[0])
     from django.core.management import call_command
 
     print("Applying migrations through node 1 (slow the first time: every DDL is replicated)…", flush=True)
     call_command("migrate", verbosity=0)
+    if args.throughput:
+        sys.exit(0 if throughput(args.throughput) else 1)
     results = [
         _scenario("hot wallet", wallets=1, funded=200, calls=args.calls),
         _scenario("distinct wallets", wallets=8, funded=args.calls * 2, calls=args.calls),

@@ -6,6 +6,7 @@ The metering endpoints that look up an agent's price (`/billing/charges`, `/bill
 import logging
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema
@@ -240,6 +241,11 @@ class StripeWebhookApi(APIView):
         stored = store_event(event)
         try:
             outcome = process_event(event_pk=stored.pk)
+        except (ledger.LedgerBusy, OperationalError, InterfaceError):
+            # Busy past the retry budget, or the database connection lost (a node died): nothing
+            # was kept; 503 like every other request (Stripe retries any answer but 2xx).
+            logger.warning("[Billing] Webhook %s not processed: the database was busy or unreachable", stored.pk)
+            raise
         except Exception:
             logger.exception("[Billing] Error: Webhook %s failed", stored.stripe_event_id)
             return Response(

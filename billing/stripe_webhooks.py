@@ -69,9 +69,13 @@ def verify_event(*, payload: bytes, signature: str | None) -> dict:
 
 
 def store_event(event: dict) -> StripeWebhookEvent:
-    """Store a verified event once (unique Stripe event id); later deliveries find it."""
-    stored, _ = StripeWebhookEvent.objects.get_or_create(
-        stripe_event_id=event["id"], defaults={"type": event["type"], "payload": event}
+    """Store a verified event once (unique Stripe event id); later deliveries find it. The same
+    event delivered at once through two Galera nodes: one insert loses certification (1213) and
+    is run again, finding the other's row."""
+    stored, _ = ledger.run_with_retries(
+        lambda: StripeWebhookEvent.objects.get_or_create(
+            stripe_event_id=event["id"], defaults={"type": event["type"], "payload": event}
+        )
     )
     return stored
 

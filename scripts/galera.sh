@@ -6,6 +6,8 @@
 #   scripts/galera.sh up       start (bootstrap node 1, join nodes 2 and 3 by SST, start the replica)
 #   scripts/galera.sh down     stop everything and delete the data directories
 #   scripts/galera.sh status   each node's wsrep state and the replica's
+#   scripts/galera.sh kill N   SIGKILL node N's server (a crash: no shutdown, no goodbye to the cluster)
+#   scripts/galera.sh start N  start node N again and wait until it has rejoined (Synced)
 #
 # Ports (override with GALERA_BASE_PORT, default 4306): nodes 4306, 4307, 4308 (SQL), Galera
 # replication 4567+n*10, IST 4568+n*10, SST 4444+n; the replica 4309. User root, no password, from
@@ -181,9 +183,26 @@ status() {
         | awk '/ Slave_IO_Running:| Slave_SQL_Running:| Seconds_Behind_Master:/ {printf "%s %s  ", $1, $2} END {print ""}'
 }
 
+kill_node() {  # node n
+    local pidfile=$DIR/node$1/mysqld.pid
+    [ -f "$pidfile" ] || { echo "node $1 is not running" >&2; exit 1; }
+    kill -9 "$(cat "$pidfile")"
+    rm -f "$pidfile"
+    echo "==> node $1 killed (SIGKILL)"
+}
+
+start_node() {  # node n: rejoins by IST (or SST when its state is lost)
+    local started=$SECONDS
+    start_server "$DIR/node$1/my.cnf"
+    wait_synced "$1"
+    echo "==> node $1 rejoined and Synced in $((SECONDS - started)) s"
+}
+
 case "${1:-}" in
     up) up ;;
     down) down ;;
     status) status ;;
-    *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+    kill) kill_node "${2:?node number}" ;;
+    start) start_node "${2:?node number}" ;;
+    *) echo "usage: $0 up|down|status|kill N|start N" >&2; exit 2 ;;
 esac

@@ -237,6 +237,27 @@ def test_other_event_types_are_stored_as_ignored(client):
     assert event_status("evt_other") == WebhookEventStatus.IGNORED
 
 
+def test_a_busy_or_unreachable_database_answers_503_with_nothing_kept(client, user, monkeypatch):
+    from django.db import OperationalError
+
+    for error, code in (
+        (ledger.LedgerBusy("The wallet is busy; retry the request."), "LEDGER_BUSY"),
+        (OperationalError(2013, "Lost connection to server during query"), "LEDGER_BUSY"),
+    ):
+
+        def broken(error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(ledger, "purchase", broken)
+        name = f"busy_{error.__class__.__name__}"
+        event = checkout_event(event_id=f"evt_{name}", session_id=f"cs_{name}", user_id=user.id)
+        response = deliver(client, event)
+
+        assert (response.status_code, response.json()["error_code"]) == (503, code)
+        assert event_status(f"evt_{name}") == WebhookEventStatus.FAILED
+    assert not CreditTransaction.objects.exists()
+
+
 def test_a_processing_error_rolls_back_marks_failed_and_answers_500(client, user, monkeypatch):
     def broken(**kwargs):
         raise RuntimeError("database hiccup")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -10,7 +11,7 @@ import uuid
 from typing import Any, NoReturn
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 
 from billing import metrics
@@ -63,8 +64,16 @@ def lock_wallet(user_id: int) -> Wallet:
     try:
         return Wallet.objects.select_for_update().get(user_id=user_id)
     except Wallet.DoesNotExist:
+        pass
+    # IntegrityError: created this moment by a transaction on another Galera node, not yet
+    # committed here (get_or_create's own read missed it; its savepoint rolled the insert back).
+    with contextlib.suppress(IntegrityError):
         Wallet.objects.get_or_create(user_id=user_id)
+    try:
         return Wallet.objects.select_for_update().get(user_id=user_id)
+    except Wallet.DoesNotExist:
+        # Still not visible: a conflict with that other node's transaction, retried whole.
+        raise OperationalError(1213, "The wallet was being created concurrently; run the transaction again.") from None
 
 
 _lock_wallet = lock_wallet

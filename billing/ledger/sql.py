@@ -123,8 +123,6 @@ def run_plan(steps: list[Step], followup: Followup | None = None) -> list[tuple]
             with transaction.atomic():
                 rows, more = _compound(db, steps, own_transaction=False, followup=followup)
                 return rows + _compound(db, followup.steps(), own_transaction=False)[0] if more else rows
-        if followup is None:
-            return _compound(db, steps, own_transaction=True)[0]
         try:
             rows, more = _compound(db, steps, own_transaction=True, followup=followup)
             if more:  # the plan's transaction is still open: the follow-up, then COMMIT
@@ -135,13 +133,15 @@ def run_plan(steps: list[Step], followup: Followup | None = None) -> list[tuple]
             raise  # the block rolled itself back
         except BaseException:
             # Whatever happened after the block (a time limit, a lost answer), no transaction of
-            # the plan may outlive the call: roll back, or close the connection if that fails.
-            try:
-                with db.cursor() as cursor:
-                    cursor.execute("ROLLBACK")
-            except DatabaseError:
-                with contextlib.suppress(DatabaseError):
-                    db.close()
+            # the plan may outlive the call: roll back, or close the connection if that fails
+            # (unless `_compound` closed it already).
+            if db.connection is not None:
+                try:
+                    with db.cursor() as cursor:
+                        cursor.execute("ROLLBACK")
+                except DatabaseError:
+                    with contextlib.suppress(DatabaseError):
+                        db.close()
             raise
         return rows
     with transaction.atomic():
@@ -211,15 +211,31 @@ def _compound(db, steps: list[Step], *, own_transaction: bool, followup: Followu
     with db.cursor() as cursor:
         cursor.execute(sql, params)
         results = []
-        while True:
-            if cursor.description:
-                results.append(cursor.fetchall())
-            if not cursor.nextset():
-                break
+        try:
+            while True:
+                if cursor.description:
+                    results.append(cursor.fetchall())
+                if not cursor.nextset():
+                    break
+        except (OperationalError, InterfaceError):
+            # A deadlock or certification conflict that arrives between the block's result sets
+            # leaves the client library refusing the connection's next statement: closed (so
+            # rolled back), and the next use reconnects.
+            with contextlib.suppress(DatabaseError):
+                db.close()
+            raise
     if not results or len(results[-1]) != 1 or len(results[-1][0]) != 2:
         # The block ended before its last SELECT without an error reaching us (seen on a Galera
-        # node whose transaction another node's write aborted): its outcome is unknown, so the
-        # connection is treated as lost — closed, and so rolled back — and the call is refused.
+        # node whose transaction another node's write aborted, a "brute-force abort").
+        if own_transaction:
+            # Its COMMIT comes after that SELECT, so nothing of it was committed: closing the
+            # connection rolls back whatever it left open, and the plan is reported as a
+            # certification conflict, which the caller runs again on a fresh connection.
+            with contextlib.suppress(DatabaseError):
+                db.close()
+            raise OperationalError(1213, "The compound statement was aborted before its end (rolled back).")
+        # Inside a caller's transaction its outcome is the caller's to find out: treated as a
+        # lost connection (closed, and so rolled back), and the call refused.
         raise OperationalError(2014, "The compound statement did not report its steps; its outcome is unknown.")
     reached, more = results[-1][0]
     if reached < len(steps):
