@@ -281,7 +281,10 @@ def main() -> None:
     print("Applying migrations through node 1 (slow the first time: every DDL is replicated)…", flush=True)
     call_command("migrate", verbosity=0)
     if args.throughput:
-        sys.exit(0 if throughput(args.throughput) else 1)
+        # Below target is reported (and marked in `make bench`'s summary), not a failed command:
+        # only broken invariants fail this one.
+        throughput(args.throughput)
+        return
     results = [
         _scenario("hot wallet", wallets=1, funded=200, calls=args.calls),
         _scenario("distinct wallets", wallets=8, funded=args.calls * 2, calls=args.calls),

@@ -17,7 +17,8 @@ same key (to another app server) after a 503 or a dropped connection until it ge
 A third of the way in, node 2's server is killed (SIGKILL); at 60 % it is started again and rejoins.
 Then, on every node with causal reads: every wallet's balance equals its ledger rows and what the
 clients were told they spent (0 overspent, 0 lost, 0 duplicated credits); each grant key and each
-Stripe session granted exactly once; no response ≥ 500 other than 503; `reconcile_ledger` clean.
+Stripe session granted exactly once; no response ≥ 500 other than 503, and no 503 (or dropped
+connection) outside the time the node was down or rejoining; `reconcile_ledger` clean.
 Prints the counts, with the certification conflicts the nodes saw and the retries the app made.
 Exits 1 on any failed check.
 """
@@ -92,6 +93,7 @@ def _app_environment(index: int, stripe_url: str) -> dict[str, str]:
         "ALLOWED_HOSTS": "127.0.0.1",
         "SECURE_SSL_REDIRECT": "false",
         "CONN_MAX_AGE": "60",  # as in production: the kill hits open connections
+        "CONN_HEALTH_CHECKS": "true",
         "THROTTLE_AGENTS": "1000000/s",
         "THROTTLE_GRANT": "1000000/s",
         "THROTTLE_AUTH": "1000000/s",

@@ -82,7 +82,8 @@ def store_event(event: dict) -> StripeWebhookEvent:
 
 def process_event(*, event_pk: int) -> WebhookOutcome:
     """Process a stored event exactly once. A processing error rolls everything back, marks
-    the event `failed` with the error and re-raises (the webhook answers 500 so Stripe retries).
+    the event `failed` with the error and re-raises (the webhook answers 500, or 503 when the
+    database was busy or unreachable, so Stripe retries).
     Lock waits and deadlocks (also inside the ledger verbs it calls) are retried first, as the
     ledger retries its own (`ledger.run_with_retries`)."""
     try:

@@ -142,6 +142,9 @@ def database_from_url(url: str) -> dict:
         )
         config["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
     config["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+    # With persistent connections: checked before each request reuses one (with a host list, also
+    # that its Galera node is still serving), so a dead or departed node is not found by a request.
+    config["CONN_HEALTH_CHECKS"] = env.bool("CONN_HEALTH_CHECKS", default=False)
     return config
 
 
@@ -152,6 +155,10 @@ READ_REPLICA = None
 if env.str("DATABASE_REPLICA_URL", default=""):
     READ_REPLICA = "replica"
     DATABASES[READ_REPLICA] = database_from_url(env.str("DATABASE_REPLICA_URL"))
+    # An unreachable replica is skipped after this long (core.db_routing), not after the OS's minutes.
+    DATABASES[READ_REPLICA].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=3)
+    )
     DATABASES[READ_REPLICA]["TEST"] = {**DATABASES[READ_REPLICA].get("TEST", {}), "MIRROR": "default"}
 DATABASE_ROUTERS = ["core.db_routing.ReplicaRouter"]
 # After a signed-in user's write, that user's reads stay on the primary this long (read-your-writes).

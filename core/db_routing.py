@@ -7,9 +7,13 @@ only when all of these hold:
   CSV downloads and the transaction listing — reads that decide nothing;
 - no transaction is open on the primary: a read inside a transaction (a wallet check, an
   idempotency look-up, a webhook's stored event, every ledger verb) belongs to that transaction;
-- the user the read is for has not written anything in the last `REPLICA_PIN_SECONDS` (a user
-  who just paid or ran an agent sees it in their listing at once: read-your-writes);
-- the replica answered when the block began (otherwise the primary serves it, logged).
+- the user the read is for has not sent a write request in the last `REPLICA_PIN_SECONDS` (a
+  user who just ran an agent or changed a setting sees it in their listing at once:
+  read-your-writes; the pin lives in the cache, so several workers need a shared `CACHE_URL`);
+  writes made for a user by others (a Stripe webhook's purchase, a staff grant, a queued run
+  finishing) reach their listing after the replica's lag;
+- the replica answered when the block began (otherwise the primary serves it, logged), within
+  `DATABASE_CONNECT_TIMEOUT`.
 
 Everything else — every write, every money verb (they run raw SQL on the primary's connection),
 every read outside such a block, the wallet page — goes to the primary.
@@ -36,9 +40,20 @@ def _pin_key(user_id: int) -> str:
 
 
 def pin_to_primary(user_id: int) -> None:
-    """The user wrote something: their reads stay on the primary for REPLICA_PIN_SECONDS."""
+    """The user wrote something: their reads stay on the primary for REPLICA_PIN_SECONDS. Best
+    effort: the write has committed, so a cache that fails here costs a stale listing, not an error."""
     if settings.READ_REPLICA:
-        cache.set(_pin_key(user_id), 1, timeout=settings.REPLICA_PIN_SECONDS)
+        try:
+            cache.set(_pin_key(user_id), 1, timeout=settings.REPLICA_PIN_SECONDS)
+        except Exception:
+            logger.warning("[Billing] Could not pin user %s to the primary", user_id, exc_info=True)
+
+
+def _pinned(user_id: int) -> bool:
+    try:
+        return bool(cache.get(_pin_key(user_id)))
+    except Exception:
+        return True  # unknown: the primary is always right
 
 
 def _replica_answers(alias: str) -> bool:
@@ -58,7 +73,7 @@ def reads_from_replica(*, user_id: int | None = None) -> Iterator[bool]:
     allowed = bool(
         alias
         and not connections[DEFAULT_DB_ALIAS].in_atomic_block
-        and (user_id is None or not cache.get(_pin_key(user_id)))
+        and (user_id is None or not _pinned(user_id))
         and _replica_answers(alias)
     )
     token = _replica_allowed.set(allowed)

@@ -173,10 +173,14 @@ down() {
 
 status() {
     local n
+    local state
     for n in $(seq 1 $NODES); do
         printf 'node %s (127.0.0.1:%s): ' "$n" "$(port "$n")"
-        sql "$n" "SELECT CONCAT(VARIABLE_VALUE) FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME IN ('WSREP_LOCAL_STATE_COMMENT','WSREP_CLUSTER_SIZE') ORDER BY VARIABLE_NAME DESC" 2>/dev/null \
-            | paste -sd' ' | sed 's/ / (cluster size /; s/$/)/' || echo down
+        if state=$(sql "$n" "SELECT CONCAT(VARIABLE_VALUE) FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME IN ('WSREP_LOCAL_STATE_COMMENT','WSREP_CLUSTER_SIZE') ORDER BY VARIABLE_NAME DESC" 2>/dev/null); then
+            echo "$state" | paste -sd' ' | sed 's/ / (cluster size /; s/$/)/'
+        else
+            echo down
+        fi
     done
     printf 'replica (127.0.0.1:%s): ' "$(port 4)"
     mariadb -h127.0.0.1 -P"$(port 4)" -uroot --connect-timeout=2 -e "SHOW SLAVE STATUS\G" 2>/dev/null \

@@ -19,8 +19,8 @@ def _aborted_first(monkeypatch, *, own_transaction_only: bool):
         text = real(steps, own_transaction=own_transaction, followup=followup)
         calls.append(own_transaction)
         if len(calls) == 1 and (own_transaction or not own_transaction_only):
-            # The block's writes ran; then it ended: no `SELECT reached, more`, no COMMIT.
-            return text.split("SELECT reached, more;")[0] + " END"
+            # The block's writes ran; then it ended: no final SELECT, no COMMIT.
+            return text.split(f"SELECT '{sql._END_MARK}', reached, more;")[0] + " END"
         return text
 
     monkeypatch.setattr(sql, "compound_sql", compound_sql)

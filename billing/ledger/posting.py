@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -65,10 +64,14 @@ def lock_wallet(user_id: int) -> Wallet:
         return Wallet.objects.select_for_update().get(user_id=user_id)
     except Wallet.DoesNotExist:
         pass
-    # IntegrityError: created this moment by a transaction on another Galera node, not yet
-    # committed here (get_or_create's own read missed it; its savepoint rolled the insert back).
-    with contextlib.suppress(IntegrityError):
+    try:
         Wallet.objects.get_or_create(user_id=user_id)
+    except IntegrityError as exc:
+        # A duplicate: created this moment by a transaction on another Galera node, not yet
+        # committed here (get_or_create's own read missed it; its savepoint rolled it back).
+        # Anything else (no such user) is a real error.
+        if not exc.args or exc.args[0] != 1062:
+            raise
     try:
         return Wallet.objects.select_for_update().get(user_id=user_id)
     except Wallet.DoesNotExist:

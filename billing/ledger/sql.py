@@ -29,8 +29,13 @@ from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 
-# MariaDB client/server errors after which the connection's state is unknown.
+# The block's last row starts with this, so no step's RETURNING row can pass for it.
+_END_MARK = "plan-end"
+
+# MariaDB client/server errors after which the connection's state is unknown (or, 1047, the
+# Galera node behind it no longer serves: closed, so the next connection goes to another node).
 _CONNECTION_ERRORS = {
+    1047,  # WSREP has not yet prepared node for application use
     1053,  # server shutdown in progress
     1317,  # query execution was interrupted (KILL QUERY)
     1927,  # connection was killed
@@ -194,7 +199,7 @@ def compound_sql(steps: list[Step], *, own_transaction: bool, followup: str | No
     tail = []
     if followup is not None:
         tail.append(f"IF reached = {len(steps)} AND ({followup}) THEN SET more = 1; END IF;")
-    tail.append("SELECT reached, more;")
+    tail.append(f"SELECT '{_END_MARK}', reached, more;")
     if own_transaction:
         head += ["DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN ROLLBACK; RESIGNAL; END;", "START TRANSACTION;"]
         # COMMIT is the block's last statement: an interruption can no longer land after it. With
@@ -224,7 +229,7 @@ def _compound(db, steps: list[Step], *, own_transaction: bool, followup: Followu
             with contextlib.suppress(DatabaseError):
                 db.close()
             raise
-    if not results or len(results[-1]) != 1 or len(results[-1][0]) != 2:
+    if not results or len(results[-1]) != 1 or results[-1][0][:1] != (_END_MARK,):
         # The block ended before its last SELECT without an error reaching us (seen on a Galera
         # node whose transaction another node's write aborted, a "brute-force abort").
         if own_transaction:
@@ -234,10 +239,11 @@ def _compound(db, steps: list[Step], *, own_transaction: bool, followup: Followu
             with contextlib.suppress(DatabaseError):
                 db.close()
             raise OperationalError(1213, "The compound statement was aborted before its end (rolled back).")
-        # Inside a caller's transaction its outcome is the caller's to find out: treated as a
-        # lost connection (closed, and so rolled back), and the call refused.
+        # Inside a caller's transaction its outcome is the caller's to find out: reported as a
+        # lost connection (the ledger closes the connection when it owns the transaction, or
+        # the caller's atomic block rolls back), and the call refused.
         raise OperationalError(2014, "The compound statement did not report its steps; its outcome is unknown.")
-    reached, more = results[-1][0]
+    _, reached, more = results[-1][0]
     if reached < len(steps):
         raise PlanStopped(_stopped_at(steps, reached))
     returned = [rows[0] if rows else None for rows in results[:-1]]
