@@ -149,7 +149,7 @@ def start_run(
         ).hold
         run.hold_id = held.id
     else:
-        run_plan([_insert_run(run, hold_of_run=False)])
+        ledger.run_with_retries(lambda: run_plan([_insert_run(run, hold_of_run=False)]))
     run._state.adding, run._state.db = False, connection.alias
     return run
 
@@ -230,7 +230,7 @@ def _settled_hold(run: AgentRun) -> AgentRun | None:
     else:
         step = _end_run(run, status=RunStatus.EXPIRED, error="Its credit hold was settled before it could run.")
     with contextlib.suppress(PlanStopped):  # finished meanwhile
-        run_plan([step])
+        ledger.run_with_retries(lambda: run_plan([step]))
     run.refresh_from_db()
     return run
 
@@ -312,7 +312,7 @@ def _event(run: AgentRun, event_type: str, **data) -> list[Step]:
 
 def _settle_without_hold(run: AgentRun, ending: Step) -> AgentRun:
     with contextlib.suppress(PlanStopped):
-        run_plan([ending])
+        ledger.run_with_retries(lambda: run_plan([ending]))
     run.refresh_from_db()
     return run
 
