@@ -29,11 +29,12 @@ import time
 import traceback
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
 PORTS = (4306, 4307, 4308)
 DATABASE = os.environ.get("CLUSTER_DATABASE", "ledger_cluster")
 
 
-def _django(port: int) -> None:
+def django_on(port: int) -> None:
     os.environ["DATABASE_URL"] = f"mysql://root@127.0.0.1:{port}/{DATABASE}"
     os.environ.setdefault("SECRET_KEY", "bench-only-secret")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -56,7 +57,7 @@ def _outcome(exc: Exception) -> str:
 
 def _work(job: tuple) -> collections.Counter:
     scenario, index, user_ids, calls = job
-    _django(PORTS[index % len(PORTS)])
+    django_on(PORTS[index % len(PORTS)])
     from billing import ledger
 
     seen: collections.Counter = collections.Counter()
@@ -126,17 +127,22 @@ def _scenario(name: str, wallets: int, funded: int, calls: int, processes: int =
     return not problems and not any(key.startswith("ERROR") for key in seen)
 
 
-def _reconcile_everywhere() -> bool:
+def _manage(port: int, command: str) -> subprocess.CompletedProcess:
+    """`manage.py <command>` on the node at `port` (the environment's SECRET_KEY and the rest)."""
+    env = {**os.environ, "DATABASE_URL": f"mysql://root@127.0.0.1:{port}/{DATABASE}"}
+    return subprocess.run(
+        [sys.executable, "manage.py", command], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+
+
+def reconcile_everywhere() -> bool:
+    """`expire_holds` (what Celery beat does every minute: holds past their expiry — a capture
+    answered 503, an earlier run — are released), then `reconcile_ledger` on every node, printed;
+    whether all were clean."""
+    _manage(PORTS[0], "expire_holds")
     clean = True
-    # What Celery beat does every minute: holds past their expiry (a capture answered 503, or an
-    # earlier run of this command) are released before the books are checked.
-    env = {**os.environ, "DATABASE_URL": f"mysql://root@127.0.0.1:{PORTS[0]}/{DATABASE}"}
-    subprocess.run([sys.executable, "manage.py", "expire_holds"], env=env, capture_output=True, check=False)
     for port in PORTS:
-        env = {**os.environ, "DATABASE_URL": f"mysql://root@127.0.0.1:{port}/{DATABASE}"}
-        done = subprocess.run(
-            [sys.executable, "manage.py", "reconcile_ledger"], env=env, capture_output=True, text=True, check=False
-        )
+        done = _manage(port, "reconcile_ledger")
         print(f"reconcile_ledger on node {port}: {'clean' if done.returncode == 0 else 'DRIFT'}")
         if done.returncode != 0:
             print(done.stdout[-2000:], done.stderr[-2000:])
@@ -164,7 +170,7 @@ def _seed(job: tuple) -> list[int]:
     """In a process of its own (Django set up on `port`): migrate, then `wallets` funded users."""
     port, wallets, stamp = job
     _create_database(port)
-    _django(port)
+    django_on(port)
     from django.core.management import call_command
 
     from billing import ledger
@@ -181,7 +187,7 @@ def _seed(job: tuple) -> list[int]:
 
 def _charge_for(job: tuple) -> collections.Counter:
     port, user_id, until = job
-    _django(port)
+    django_on(port)
     from billing import ledger
 
     seen: collections.Counter = collections.Counter()
@@ -266,7 +272,7 @@ def main() -> None:
     except MySQLdb.OperationalError:
         if not args.up:
             sys.exit("No cluster on 127.0.0.1:4306: run `make cluster-up` first.")
-        galera = str(Path(__file__).resolve().parent.parent / "scripts" / "galera.sh")
+        galera = str(ROOT / "scripts" / "galera.sh")
         subprocess.run([galera, "up"], check=True)
         atexit.register(subprocess.run, [galera, "down"], check=False)
         server = MySQLdb.connect(host="127.0.0.1", port=PORTS[0], user="root", passwd="", connect_timeout=3)
@@ -275,7 +281,7 @@ def main() -> None:
     print(f"Galera cluster of {cursor.fetchone()[1]} nodes; database {DATABASE!r}", flush=True)
     server.close()
     _create_database(PORTS[0])
-    _django(PORTS[0])
+    django_on(PORTS[0])
     from django.core.management import call_command
 
     print("Applying migrations through node 1 (slow the first time: every DDL is replicated)…", flush=True)
@@ -290,7 +296,7 @@ def main() -> None:
         _scenario("distinct wallets", wallets=8, funded=args.calls * 2, calls=args.calls),
         _scenario("holds", wallets=1, funded=200, calls=args.calls // 2),
     ]
-    results.append(_reconcile_everywhere())
+    results.append(reconcile_everywhere())
     sys.exit(0 if all(results) else 1)
 
 

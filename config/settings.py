@@ -103,6 +103,8 @@ TEMPLATES = [
 # under gunicorn's worker timeout, so a busy wallet is an answer, never a killed worker.
 LEDGER_LOCK_WAIT_SECONDS = env.int("LEDGER_LOCK_WAIT_SECONDS", default=5)
 LEDGER_RETRY_BUDGET_SECONDS = env.float("LEDGER_RETRY_BUDGET_SECONDS", default=12.0)
+# Seconds to wait for one database host (of a host list, or the replica) before moving on.
+DATABASE_CONNECT_TIMEOUT = env.int("DATABASE_CONNECT_TIMEOUT", default=3)
 
 
 def database_from_url(url: str) -> dict:
@@ -129,7 +131,7 @@ def database_from_url(url: str) -> dict:
     if hosts:
         config["ENGINE"] = "core.mysql_failover"
         config["HOSTS"] = hosts
-        config.setdefault("OPTIONS", {})["connect_timeout"] = env.int("DATABASE_CONNECT_TIMEOUT", default=3)
+        config.setdefault("OPTIONS", {})["connect_timeout"] = DATABASE_CONNECT_TIMEOUT
     if config["ENGINE"] in ("django.db.backends.mysql", "core.mysql_failover"):
         config.setdefault("OPTIONS", {}).update(
             {
@@ -156,9 +158,7 @@ if env.str("DATABASE_REPLICA_URL", default=""):
     READ_REPLICA = "replica"
     DATABASES[READ_REPLICA] = database_from_url(env.str("DATABASE_REPLICA_URL"))
     # An unreachable replica is skipped after this long (core.db_routing), not after the OS's minutes.
-    DATABASES[READ_REPLICA].setdefault("OPTIONS", {}).setdefault(
-        "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=3)
-    )
+    DATABASES[READ_REPLICA].setdefault("OPTIONS", {}).setdefault("connect_timeout", DATABASE_CONNECT_TIMEOUT)
     DATABASES[READ_REPLICA]["TEST"] = {**DATABASES[READ_REPLICA].get("TEST", {}), "MIRROR": "default"}
 DATABASE_ROUTERS = ["core.db_routing.ReplicaRouter"]
 # After a signed-in user's write, that user's reads stay on the primary this long (read-your-writes).

@@ -42,16 +42,19 @@ def is_retryable_error(exc: Exception) -> bool:
     """A lock-wait timeout or deadlock: the whole transaction may simply be run again. Inside a
     caller's transaction a verb reports one as `LedgerBusy` caused by it, for the caller (who
     owns the transaction) to retry."""
-    while isinstance(exc, LedgerBusy):
-        exc = exc.__cause__
-    return isinstance(exc, OperationalError) and bool(exc.args) and exc.args[0] in _RETRYABLE_MYSQL_ERRORS
+    return isinstance(_cause(exc), OperationalError) and exc_code(exc) in _RETRYABLE_MYSQL_ERRORS
 
 
 def exc_code(exc: BaseException) -> int | None:
     """The database error number behind `exc` (through `LedgerBusy` wrappers), if any."""
+    exc = _cause(exc)
+    return exc.args[0] if isinstance(exc, DatabaseError) and exc.args and isinstance(exc.args[0], int) else None
+
+
+def _cause(exc: BaseException) -> BaseException:
     while isinstance(exc, LedgerBusy) and exc.__cause__ is not None:
         exc = exc.__cause__
-    return exc.args[0] if isinstance(exc, DatabaseError) and exc.args and isinstance(exc.args[0], int) else None
+    return exc
 
 
 def run_with_retries(attempt: Callable[[], T]) -> T:
@@ -81,15 +84,14 @@ def run_with_retries(attempt: Callable[[], T]) -> T:
             # After a lock-wait timeout another full lock wait must still fit in the budget; after
             # a deadlock or certification conflict (they come fast) twice what this attempt took.
             took = time.monotonic() - began
+            code = exc_code(exc)
             needed = settings.LEDGER_LOCK_WAIT_SECONDS
-            if exc_code(exc) != 1205:
+            if code != 1205:
                 needed = min(needed, 2 * took)
             if number == _MAX_ATTEMPTS or time.monotonic() + needed > give_up_at:
                 raise LedgerBusy("The wallet is busy; retry the request.") from exc
-            metrics.LEDGER_RETRIES.labels(error=str(exc_code(exc))).inc()
-            logger.info(
-                "[Billing] Retrying a transaction after error %s (attempt %d took %.2f s)", exc_code(exc), number, took
-            )
+            metrics.LEDGER_RETRIES.labels(error=str(code)).inc()
+            logger.info("[Billing] Retrying a transaction after error %s (attempt %d took %.2f s)", code, number, took)
             time.sleep(random.uniform(0, min(_PAUSE_CAP, _PAUSE_BASE * 2**number)))
     raise AssertionError("unreachable")
 

@@ -57,7 +57,7 @@ class Step:
     # `sql` is a condition (a boolean expression), not a statement: the plan goes on only if it holds.
     is_condition: bool = False
     # A returning step whose row may be missing (None); any other returning step without its row
-    # means the plan did not run as written (`PlanIncomplete`).
+    # means the plan did not run as written (reported as a lost connection, error 2014).
     row_optional: bool = False
 
     def __post_init__(self):
