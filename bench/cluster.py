@@ -186,12 +186,14 @@ def _seed(job: tuple) -> list[int]:
 
 
 def _charge_for(job: tuple) -> collections.Counter:
-    port, user_id, until = job
+    port, user_id, seconds, ready = job
     django_on(port)
     from billing import ledger
 
     seen: collections.Counter = collections.Counter()
-    while time.time() < until:
+    ready.wait()  # every process has started Django: all charge over the same `seconds`
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
         try:
             ledger.charge(user_id=user_id, amount=1, agent_id="bench")
             seen["ok"] += 1
@@ -208,9 +210,9 @@ def _rate(ports: tuple[int, ...], wallets: int, seconds: float, processes: int =
     with context.Pool(1) as pool:
         user_ids = pool.apply(_seed, ((ports[0], wallets, stamp),))
     time.sleep(1)  # the grants applied on every node
-    with context.Pool(processes) as pool:
-        until = time.time() + seconds + 3  # the processes need a moment to start Django
-        jobs = [(ports[i % len(ports)], user_ids[i % len(user_ids)], until) for i in range(processes)]
+    with context.Manager() as manager, context.Pool(processes) as pool:
+        ready = manager.Barrier(processes)
+        jobs = [(ports[i % len(ports)], user_ids[i % len(user_ids)], seconds, ready) for i in range(processes)]
         seen = sum(pool.map(_charge_for, jobs), collections.Counter())
     ok = seen.pop("ok", 0)
     for key in [key for key in seen if key.startswith("trace:")]:
