@@ -1,6 +1,7 @@
 """What a Galera node does to a plan when another node's write aborts it (a "brute-force abort"),
 reproduced on one server: the compound statement ends early, without its last SELECT and without
-its COMMIT, and no error reaches the client."""
+its COMMIT, and no error reaches the client. And what a killed node or a dropped connection does:
+the plan's answer never arrives, whether or not it committed."""
 
 import pytest
 
@@ -52,3 +53,61 @@ def test_inside_a_callers_transaction_an_aborted_plan_is_refused_with_nothing_ke
     wallet = Wallet.objects.get(user=user)
     assert wallet.balance_credits == 100
     assert not CreditTransaction.objects.filter(wallet=wallet, kind="charge").exists()
+
+
+def _answer_lost_once(monkeypatch, *, after_commit: bool):
+    """The first plan's answer never arrives, as when the node it ran on is killed or the
+    connection drops: after the plan committed (`after_commit`) or before it ran."""
+    from django.db import InterfaceError
+
+    real = sql._compound
+    calls = []
+
+    def compound(db, steps, *, own_transaction, followup=None):
+        calls.append(own_transaction)
+        if len(calls) == 1:
+            if after_commit:
+                real(db, steps, own_transaction=own_transaction, followup=followup)
+            raise InterfaceError(0, "")  # what mysqlclient raises when the answer is cut off
+        return real(db, steps, own_transaction=own_transaction, followup=followup)
+
+    monkeypatch.setattr(sql, "_compound", compound)
+    return calls
+
+
+@pytest.mark.parametrize("after_commit", [True, False], ids=["committed", "not-run"])
+def test_a_charge_without_a_key_whose_answer_was_lost_is_taken_exactly_once(user, monkeypatch, after_commit):
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    calls = _answer_lost_once(monkeypatch, after_commit=after_commit)
+
+    charged = ledger.charge(user_id=user.id, amount=7, agent_id="profile-my-data")
+
+    assert calls[:2] == [True, True]  # run again on a fresh connection, not refused
+    assert not charged.replayed  # the call's one result, whichever attempt wrote it
+    wallet = Wallet.objects.get(user=user)
+    (row,) = CreditTransaction.objects.filter(wallet=wallet, kind="charge")
+    assert (wallet.balance_credits, row.balance_after, charged.transaction.id) == (93, 93, row.id)
+    assert row.idempotency_key.startswith("call:")  # the key the call gave itself
+
+
+def test_a_hold_whose_answer_was_lost_after_commit_is_held_once(user, monkeypatch):
+    from billing.models import CreditHold
+
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    _answer_lost_once(monkeypatch, after_commit=True)
+
+    held = ledger.hold(user_id=user.id, amount=30, agent_id="profile-my-data")
+
+    wallet = Wallet.objects.get(user=user)
+    (hold,) = CreditHold.objects.filter(wallet=wallet)
+    assert (wallet.held_credits, hold.id, held.replayed) == (30, held.hold.id, False)
+
+
+def test_keyless_charges_never_replay_each_other(user):
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    first = ledger.charge(user_id=user.id, amount=5, agent_id="profile-my-data")
+    second = ledger.charge(user_id=user.id, amount=5, agent_id="profile-my-data")
+
+    assert (first.replayed, second.replayed) == (False, False)
+    assert first.transaction.id != second.transaction.id
+    assert Wallet.objects.get(user=user).balance_credits == 90

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -24,6 +25,7 @@ from billing.ledger.errors import (
 )
 from billing.ledger.lots import LotTerms
 from billing.models import CreditTransaction, Wallet
+from core.fields import CALL_KEY_PREFIX
 
 logger = logging.getLogger("billing")
 
@@ -151,6 +153,20 @@ def _refuse_if_in_shortfall(wallet: Wallet) -> None:
 
 def _uuid_hex(value: Any) -> str | None:
     return None if value is None else uuid.UUID(str(value)).hex  # how UUIDField stores it on MySQL and SQLite
+
+
+def _key_of_call(key: str | None) -> str:
+    """`key`, or for a call sent without one a key of its own (`call:<uuid>`, never a client's).
+    With it the verb can be run again after its outcome became unknown (a connection lost
+    mid-commit, a cluster node killed): if the first run committed, the second finds its row
+    under the key and replays it instead of taking the credits twice."""
+    return key or CALL_KEY_PREFIX + uuid.uuid4().hex
+
+
+def _as_first_call(result, key: str | None):
+    """A replay of a call that came without a key can only be its own earlier run (its key is
+    unique to the call): answered as what it is, the call's one result."""
+    return dataclasses.replace(result, replayed=False) if key is None and result.replayed else result
 
 
 def _is_duplicate_key(exc: IntegrityError) -> bool:

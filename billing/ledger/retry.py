@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
+from django.db import DatabaseError, Error, InterfaceError, OperationalError, connection, transaction
 
 from billing import metrics
 from billing.ledger.errors import LedgerBusy
@@ -48,7 +48,7 @@ def is_retryable_error(exc: Exception) -> bool:
 def exc_code(exc: BaseException) -> int | None:
     """The database error number behind `exc` (through `LedgerBusy` wrappers), if any."""
     exc = _cause(exc)
-    return exc.args[0] if isinstance(exc, DatabaseError) and exc.args and isinstance(exc.args[0], int) else None
+    return exc.args[0] if isinstance(exc, Error) and exc.args and isinstance(exc.args[0], int) else None
 
 
 def _cause(exc: BaseException) -> BaseException:
@@ -57,12 +57,16 @@ def _cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def run_with_retries(attempt: Callable[[], T]) -> T:
+def run_with_retries(attempt: Callable[[], T], *, replayable: bool = False) -> T:
     """Run one whole transaction, `attempt()`, again after a lock-wait timeout or deadlock when
     we own the transaction (also one a ledger verb inside it reported as `LedgerBusy`), within
     LEDGER_RETRY_BUDGET_SECONDS; `LedgerBusy` (retryable, never a 500) if they persist or the
     connection was lost. Every money verb runs through it, and so do callers (webhooks) whose
-    transaction holds several verbs."""
+    transaction holds several verbs.
+
+    A lost connection leaves the attempt's outcome unknown (it may have committed). Only a
+    `replayable` attempt is run again then, on a fresh connection: one that writes under an
+    idempotency key and replays the row already there (charges and holds always have a key)."""
     give_up_at = time.monotonic() + settings.LEDGER_RETRY_BUDGET_SECONDS
     for number in range(1, _MAX_ATTEMPTS + 1):
         began = time.monotonic()
@@ -71,12 +75,15 @@ def run_with_retries(attempt: Callable[[], T]) -> T:
         except (OperationalError, InterfaceError, LedgerBusy) as exc:
             if isinstance(exc, LedgerBusy) and not is_retryable_error(exc):
                 raise
-            if is_connection_error(exc):
-                if not connection.in_atomic_block:
-                    with contextlib.suppress(DatabaseError):
-                        connection.close()
-                raise LedgerBusy("The database connection was interrupted; retry the request.") from exc
-            if not is_retryable_error(exc):
+            lost = is_connection_error(exc)
+            if lost:
+                if connection.in_atomic_block:
+                    raise LedgerBusy("The database connection was interrupted; retry the request.") from exc
+                with contextlib.suppress(DatabaseError):
+                    connection.close()
+                if not replayable:
+                    raise LedgerBusy("The database connection was interrupted; retry the request.") from exc
+            elif not is_retryable_error(exc):
                 raise
             if connection.in_atomic_block:
                 # An outer transaction owns the locks; only its owner can retry.
@@ -89,6 +96,8 @@ def run_with_retries(attempt: Callable[[], T]) -> T:
             if code != 1205:
                 needed = min(needed, 2 * took)
             if number == _MAX_ATTEMPTS or time.monotonic() + needed > give_up_at:
+                if lost:
+                    raise LedgerBusy("The database connection was interrupted; retry the request.") from exc
                 raise LedgerBusy("The wallet is busy; retry the request.") from exc
             metrics.LEDGER_RETRIES.labels(error=str(code)).inc()
             logger.info("[Billing] Retrying a transaction after error %s (attempt %d took %.2f s)", code, number, took)

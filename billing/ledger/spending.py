@@ -19,11 +19,13 @@ from billing import metrics
 from billing.ledger import caps, lots, thresholds
 from billing.ledger.errors import HoldExpired, HoldNotPending, InvalidAmount, LedgerBusy, LedgerInconsistent
 from billing.ledger.posting import (
+    _as_first_call,
     _charge_fingerprint,
     _count_after_commit,
     _explain_refusal,
     _fingerprint,
     _is_duplicate_key,
+    _key_of_call,
     _loaded_row,
     _log_after_commit,
     _replay_for_user,
@@ -59,12 +61,13 @@ def charge(
         "amount": -amount,
         "agent_id": agent_id,
         "agent_run_id": agent_run_id,
-        "idempotency_key": idempotency_key,
+        "idempotency_key": _key_of_call(idempotency_key),
         "request_fingerprint": _charge_fingerprint(amount, agent_id),
         "metadata": metadata or {},
     }
     with metrics.timed("charge"):
-        result = run_with_retries(lambda: _charge_once(user_id=user_id, fields=fields))
+        result = run_with_retries(lambda: _charge_once(user_id=user_id, fields=fields), replayable=True)
+    result = _as_first_call(result, idempotency_key)
     if not result.replayed:
         _after_charge(user_id, amount, agent_id)
     return result
@@ -202,18 +205,21 @@ def hold(
     Idempotent on `idempotency_key`."""
     _require_positive(amount)
     fingerprint = _fingerprint("hold", amount=amount, agent_id=agent_id)
-    return run_with_retries(
+    key = _key_of_call(idempotency_key)
+    result = run_with_retries(
         lambda: _hold_once(
             user_id=user_id,
             amount=amount,
             agent_id=agent_id,
-            key=idempotency_key,
+            key=key,
             fingerprint=fingerprint,
             expires_at=expires_at,
             agent_run_id=agent_run_id,
             then=then or [],
-        )
+        ),
+        replayable=True,
     )
+    return _as_first_call(result, idempotency_key)
 
 
 def _hold_once(*, user_id, amount, agent_id, key, fingerprint, expires_at, agent_run_id, then) -> HoldResult:
