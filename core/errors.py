@@ -112,7 +112,8 @@ def api_exception_handler(exc, context):
             status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
         )
     if isinstance(exc, OperationalError | InterfaceError):  # also a connection closed under us
-        logger.error("[Billing] Error: database unavailable: %s", exc.__class__.__name__)
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else "?"
+        logger.error("[Billing] Error: database unavailable: %s %s", exc.__class__.__name__, code)
         return Response(
             error_body("SERVICE_UNAVAILABLE", "The database is unavailable; retry shortly."),
             status=status.HTTP_503_SERVICE_UNAVAILABLE,

@@ -111,3 +111,18 @@ def test_keyless_charges_never_replay_each_other(user):
     assert (first.replayed, second.replayed) == (False, False)
     assert first.transaction.id != second.transaction.id
     assert Wallet.objects.get(user=user).balance_credits == 90
+
+
+def test_a_capture_whose_answer_was_lost_is_refused_not_guessed(user, monkeypatch):
+    """A capture has no key to find its own first run by: the call answers 503 (LedgerBusy) and
+    the client's retry (with its Idempotency-Key) finds the outcome; nothing is taken twice."""
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    held = ledger.hold(user_id=user.id, amount=30, agent_id="profile-my-data")
+    _answer_lost_once(monkeypatch, after_commit=True)
+
+    with pytest.raises(ledger.LedgerBusy):
+        ledger.capture(hold_id=held.hold.id)
+
+    wallet = Wallet.objects.get(user=user)
+    assert (wallet.balance_credits, wallet.held_credits) == (70, 0)
+    assert CreditTransaction.objects.filter(wallet=wallet, kind="charge").count() == 1
