@@ -10,7 +10,9 @@ Every verb here:
 - is idempotent on its `idempotency_key`: the same key replays the first result, the
   same key with different parameters raises `IdempotencyConflict`;
 - retries lock-wait timeouts and deadlocks itself when it owns the transaction, and
-  raises `LedgerBusy` (retryable, never a 500) if they persist or the connection is lost.
+  raises `LedgerBusy` (retryable, never a 500) if they persist or the connection is lost —
+  except charge and hold, which always write under a key (`call:<uuid>` when the caller gave
+  none) and so are run again after a lost answer, replaying the first run if it committed.
 
 One lock order everywhere: wallet → hold → lots → agent run (→ shortfalls for claw-backs); code
 outside the ledger that writes what a debit reads under the wallet lock (auto-recharge attempts

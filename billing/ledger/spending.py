@@ -54,7 +54,8 @@ def charge(
 
     One plan (`_charge_plan`): the conditional debit and the ledger row, one round trip on
     MariaDB. A refusal is explained afterwards from a read (too few credits, a shortfall, no
-    wallet yet); a reused idempotency key replays the first row. Idempotent on the key."""
+    wallet yet); a reused idempotency key replays the first row. Idempotent on the key; a call
+    without one gets its own (`_key_of_call`), so a lost answer is run again without charging twice."""
     _require_positive(amount)
     fields = {
         "kind": TransactionKind.CHARGE,
