@@ -138,7 +138,12 @@ def database_from_url(url: str) -> dict:
                 "charset": "utf8mb4",
                 "init_command": "SET sql_mode='STRICT_TRANS_TABLES,NO_ZERO_DATE,"
                 "NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION', "
-                f"SESSION innodb_lock_wait_timeout = {LEDGER_LOCK_WAIT_SECONDS}",
+                f"SESSION innodb_lock_wait_timeout = {LEDGER_LOCK_WAIT_SECONDS}, "
+                # On a Galera node, reads are causal (they see every write committed anywhere in
+                # the cluster before them) whatever the node's own setting: a replay lookup or a
+                # refusal after a lost answer must see a first run committed through another node.
+                # Ignored by a server without Galera.
+                "SESSION wsrep_sync_wait = @@wsrep_sync_wait | 1",
                 "isolation_level": "read committed",
             }
         )

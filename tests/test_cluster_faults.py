@@ -57,21 +57,24 @@ def test_inside_a_callers_transaction_an_aborted_plan_is_refused_with_nothing_ke
 
 def _answer_lost_once(monkeypatch, *, after_commit: bool):
     """The first plan's answer never arrives, as when the node it ran on is killed or the
-    connection drops: after the plan committed (`after_commit`) or before it ran."""
+    connection drops: after the plan committed (`after_commit`: its follow-up too, when one was
+    due) or before it ran."""
     from django.db import InterfaceError
 
-    real = sql._compound
+    from billing.ledger import spending
+
+    real = spending.run_plan
     calls = []
 
-    def compound(db, steps, *, own_transaction, followup=None):
-        calls.append(own_transaction)
+    def run_plan(steps, followup=None):
+        calls.append(len(steps))
         if len(calls) == 1:
             if after_commit:
-                real(db, steps, own_transaction=own_transaction, followup=followup)
+                real(steps, followup)
             raise InterfaceError(0, "")  # what mysqlclient raises when the answer is cut off
-        return real(db, steps, own_transaction=own_transaction, followup=followup)
+        return real(steps, followup)
 
-    monkeypatch.setattr(sql, "_compound", compound)
+    monkeypatch.setattr(spending, "run_plan", run_plan)
     return calls
 
 
@@ -82,7 +85,7 @@ def test_a_charge_without_a_key_whose_answer_was_lost_is_taken_exactly_once(user
 
     charged = ledger.charge(user_id=user.id, amount=7, agent_id="profile-my-data")
 
-    assert calls[:2] == [True, True]  # run again on a fresh connection, not refused
+    assert len(calls) == 2  # run again on a fresh connection, not refused
     assert not charged.replayed  # the call's one result, whichever attempt wrote it
     wallet = Wallet.objects.get(user=user)
     (row,) = CreditTransaction.objects.filter(wallet=wallet, kind="charge")
@@ -114,8 +117,8 @@ def test_keyless_charges_never_replay_each_other(user):
 
 
 def test_a_capture_whose_answer_was_lost_is_refused_not_guessed(user, monkeypatch):
-    """A capture has no key to find its own first run by: the call answers 503 (LedgerBusy) and
-    the client's retry (with its Idempotency-Key) finds the outcome; nothing is taken twice."""
+    """A capture has no key to find its own first run by: the call answers 503 (LedgerBusy), and
+    a retry finds the hold settled (HoldNotPending) or captures it once; nothing is taken twice."""
     ledger.grant(user_id=user.id, amount=100, reason="seed")
     held = ledger.hold(user_id=user.id, amount=30, agent_id="profile-my-data")
     _answer_lost_once(monkeypatch, after_commit=True)
@@ -126,3 +129,47 @@ def test_a_capture_whose_answer_was_lost_is_refused_not_guessed(user, monkeypatc
     wallet = Wallet.objects.get(user=user)
     assert (wallet.balance_credits, wallet.held_credits) == (70, 0)
     assert CreditTransaction.objects.filter(wallet=wallet, kind="charge").count() == 1
+
+
+def test_a_charge_whose_answer_was_lost_is_run_once_more_when_the_budget_is_spent(user, monkeypatch, settings):
+    """Past the retry budget a lost answer still earns one run: the caller learns the outcome
+    (here: the first run committed) instead of a 503 it cannot safely retry without a key."""
+    settings.LEDGER_RETRY_BUDGET_SECONDS = 0
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    _answer_lost_once(monkeypatch, after_commit=True)
+
+    charged = ledger.charge(user_id=user.id, amount=7, agent_id="profile-my-data")
+
+    assert (charged.replayed, Wallet.objects.get(user=user).balance_credits) == (False, 93)
+
+
+def test_a_charge_whose_answer_was_lost_and_then_refused_finds_its_first_run(user, monkeypatch):
+    """The wallet held exactly the amount: the second run is refused (no credits left), and the
+    refusal is not the answer: the first run's row under the call's key is."""
+    ledger.grant(user_id=user.id, amount=7, reason="seed")
+    _answer_lost_once(monkeypatch, after_commit=True)
+
+    charged = ledger.charge(user_id=user.id, amount=7, agent_id="profile-my-data")
+
+    wallet = Wallet.objects.get(user=user)
+    (row,) = CreditTransaction.objects.filter(wallet=wallet, kind="charge")
+    assert (wallet.balance_credits, charged.transaction.id, charged.replayed) == (0, row.id, False)
+
+
+def test_with_a_clients_key_a_lost_answer_is_still_the_first_answer(user, monkeypatch):
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    _answer_lost_once(monkeypatch, after_commit=True)
+
+    charged = ledger.charge(user_id=user.id, amount=7, agent_id="profile-my-data", idempotency_key="client:k1")
+    again = ledger.charge(user_id=user.id, amount=7, agent_id="profile-my-data", idempotency_key="client:k1")
+
+    assert (charged.replayed, again.replayed) == (False, True)  # 201, then 200 for the real replay
+    assert Wallet.objects.get(user=user).balance_credits == 93
+
+
+def test_every_connection_reads_causally_on_a_galera_node():
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT @@SESSION.wsrep_sync_wait & 1")
+        assert cursor.fetchone()[0] == 1

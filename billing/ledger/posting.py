@@ -163,10 +163,14 @@ def _key_of_call(key: str | None) -> str:
     return key or CALL_KEY_PREFIX + uuid.uuid4().hex
 
 
-def _as_first_call(result, key: str | None):
-    """A replay of a call that came without a key can only be its own earlier run (its key is
-    unique to the call): answered as what it is, the call's one result."""
-    return dataclasses.replace(result, replayed=False) if key is None and result.replayed else result
+def _as_first_call(result, key: str | None, *, answer_lost: bool):
+    """A replay that is this call's own earlier run, answered as what it is: the call's one
+    result (logged and counted once, 201). Certainly so for a call that came without a key (its
+    key is unique to the call); with a client's key, when an earlier run's answer was lost (a
+    concurrent request with the same key could have won instead: then that one is counted too)."""
+    if result.replayed and (not key or answer_lost):
+        return dataclasses.replace(result, replayed=False)
+    return result
 
 
 def _is_duplicate_key(exc: IntegrityError) -> bool:

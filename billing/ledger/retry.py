@@ -57,37 +57,47 @@ def _cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def run_with_retries(attempt: Callable[[], T], *, replayable: bool = False) -> T:
+def run_with_retries(attempt: Callable[[], T]) -> T:
     """Run one whole transaction, `attempt()`, again after a lock-wait timeout or deadlock when
     we own the transaction (also one a ledger verb inside it reported as `LedgerBusy`), within
     LEDGER_RETRY_BUDGET_SECONDS; `LedgerBusy` (retryable, never a 500) if they persist or the
     connection was lost. Every money verb runs through it, and so do callers (webhooks) whose
-    transaction holds several verbs.
+    transaction holds several verbs."""
+    return _run(attempt, replayable=False)[0]
 
-    A lost connection leaves the attempt's outcome unknown (it may have committed). Only a
-    `replayable` attempt is run again then, on a fresh connection: one that writes under an
-    idempotency key and replays the row already there (charges and holds always have a key)."""
+
+def run_replayable(attempt: Callable[[], T]) -> tuple[T, bool]:
+    """`run_with_retries` for an attempt that writes under an idempotency key and replays the
+    row already there (charge, hold): after a lost answer (its outcome unknown: it may have
+    committed) it is run again too, on a fresh connection, and once more even when the budget
+    is spent, so the caller learns the outcome rather than a 503. Also says whether an answer
+    was lost on the way (a replay is then most likely the call's own first run)."""
+    return _run(attempt, replayable=True)
+
+
+def _run(attempt: Callable[[], T], *, replayable: bool) -> tuple[T, bool]:
     give_up_at = time.monotonic() + settings.LEDGER_RETRY_BUDGET_SECONDS
-    for number in range(1, _MAX_ATTEMPTS + 1):
+    answer_lost = False
+    for number in range(1, _MAX_ATTEMPTS + 2):
         began = time.monotonic()
         try:
-            return attempt()
+            return attempt(), answer_lost
         except (OperationalError, InterfaceError, LedgerBusy) as exc:
             if isinstance(exc, LedgerBusy) and not is_retryable_error(exc):
                 raise
             lost = is_connection_error(exc)
-            if lost:
-                if connection.in_atomic_block:
+            if not lost and not is_retryable_error(exc):
+                raise
+            if connection.in_atomic_block or (connection.connection is not None and not connection.autocommit):
+                # An outer transaction owns the locks (and the outcome); only its owner can retry.
+                if lost:
                     raise LedgerBusy("The database connection was interrupted; retry the request.") from exc
+                raise LedgerBusy("The wallet is busy; retry the request.") from exc
+            if lost:
                 with contextlib.suppress(DatabaseError):
                     connection.close()
                 if not replayable:
                     raise LedgerBusy("The database connection was interrupted; retry the request.") from exc
-            elif not is_retryable_error(exc):
-                raise
-            if connection.in_atomic_block:
-                # An outer transaction owns the locks; only its owner can retry.
-                raise LedgerBusy("The wallet is busy; retry the request.") from exc
             # After a lock-wait timeout another full lock wait must still fit in the budget; after
             # a deadlock or certification conflict (they come fast) twice what this attempt took.
             took = time.monotonic() - began
@@ -95,13 +105,17 @@ def run_with_retries(attempt: Callable[[], T], *, replayable: bool = False) -> T
             needed = settings.LEDGER_LOCK_WAIT_SECONDS
             if code != 1205:
                 needed = min(needed, 2 * took)
-            if number == _MAX_ATTEMPTS or time.monotonic() + needed > give_up_at:
-                if lost:
+            out_of_budget = number >= _MAX_ATTEMPTS or time.monotonic() + needed > give_up_at
+            first_loss = lost and not answer_lost  # earns one more run, budget or not
+            if out_of_budget and not first_loss:
+                if lost or answer_lost:
                     raise LedgerBusy("The database connection was interrupted; retry the request.") from exc
                 raise LedgerBusy("The wallet is busy; retry the request.") from exc
+            answer_lost = answer_lost or lost
             metrics.LEDGER_RETRIES.labels(error=str(code)).inc()
             logger.info("[Billing] Retrying a transaction after error %s (attempt %d took %.2f s)", code, number, took)
-            time.sleep(random.uniform(0, min(_PAUSE_CAP, _PAUSE_BASE * 2**number)))
+            if not out_of_budget:
+                time.sleep(random.uniform(0, min(_PAUSE_CAP, _PAUSE_BASE * 2**number)))
     raise AssertionError("unreachable")
 
 

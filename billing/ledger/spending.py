@@ -33,7 +33,7 @@ from billing.ledger.posting import (
     _uuid_hex,
 )
 from billing.ledger.results import Captured, HoldResult, LedgerResult
-from billing.ledger.retry import run_with_retries
+from billing.ledger.retry import run_replayable, run_with_retries
 from billing.ledger.sql import PlanStopped, Step, remember_inserted_id, run_plan
 from billing.models import CreditHold, CreditTransaction, HoldStatus, TransactionKind
 from billing.signals import hold_expired
@@ -67,8 +67,8 @@ def charge(
         "metadata": metadata or {},
     }
     with metrics.timed("charge"):
-        result = run_with_retries(lambda: _charge_once(user_id=user_id, fields=fields), replayable=True)
-    result = _as_first_call(result, idempotency_key)
+        result, answer_lost = run_replayable(lambda: _charge_once(user_id=user_id, fields=fields))
+    result = _as_first_call(result, idempotency_key, answer_lost=answer_lost)
     if not result.replayed:
         _after_charge(user_id, amount, agent_id)
     return result
@@ -207,7 +207,7 @@ def hold(
     _require_positive(amount)
     fingerprint = _fingerprint("hold", amount=amount, agent_id=agent_id)
     key = _key_of_call(idempotency_key)
-    result = run_with_retries(
+    result, answer_lost = run_replayable(
         lambda: _hold_once(
             user_id=user_id,
             amount=amount,
@@ -217,10 +217,9 @@ def hold(
             expires_at=expires_at,
             agent_run_id=agent_run_id,
             then=then or [],
-        ),
-        replayable=True,
+        )
     )
-    return _as_first_call(result, idempotency_key)
+    return _as_first_call(result, idempotency_key, answer_lost=answer_lost)
 
 
 def _hold_once(*, user_id, amount, agent_id, key, fingerprint, expires_at, agent_run_id, then) -> HoldResult:

@@ -5,8 +5,11 @@ is down (connection refused, timed out) or up but not serving (`wsrep_ready` OFF
 off from the cluster's primary component) is skipped, and one that serves but is not Synced (a
 state-transfer donor, desynced) is used only when no node is Synced; so a new connection — every
 request's with CONN_MAX_AGE=0, or after a persistent one fails its check — goes to the next
-node. A connection lost mid-request is never moved: its transaction is rolled back by the server
-and the request answered 503 (the ledger's `LedgerBusy`), and the client's retry reconnects.
+node. A connection lost mid-request is not moved mid-transaction: its transaction is rolled back
+by the server (or committed, if the answer was lost after COMMIT). Charges and holds are then run
+again on a new connection, replaying their first run if it committed (they always carry an
+idempotency key); other requests answer 503 (the ledger's `LedgerBusy`), and the client's retry
+reconnects. Every connection reads causally (`wsrep_sync_wait`, set in `config.settings`).
 """
 
 from __future__ import annotations
