@@ -20,7 +20,7 @@ class ExactCharField(models.CharField):
 # Idempotency keys a client sends (1–255 characters) are stored under this prefix, so they can
 # never equal a key the system writes itself (`stripe-checkout:<session>`, `stripe-clawback:<event>` …).
 CLIENT_KEY_PREFIX = "client:"
-# A charge or hold sent without a key gets one of its own under this prefix (`call:<uuid>`), so
+# A charge or hold sent without a key gets one of its own under this prefix (`call:<time><random>`), so
 # that after a lost connection it can be run again safely: a first run that did commit is found
 # by its key and replayed, never repeated (`billing.ledger.posting._key_of_call`).
 CALL_KEY_PREFIX = "call:"

@@ -11,7 +11,7 @@ Every verb here:
   same key with different parameters raises `IdempotencyConflict`;
 - retries lock-wait timeouts and deadlocks itself when it owns the transaction, and
   raises `LedgerBusy` (retryable, never a 500) if they persist or the connection is lost —
-  except charge and hold, which always write under a key (`call:<uuid>` when the caller gave
+  except charge and hold, which always write under a key (`call:<time><random>` when the caller gave
   none) and so are run again after a lost answer, replaying the first run if it committed.
 
 One lock order everywhere: wallet → hold → lots → agent run (→ shortfalls for claw-backs); code

@@ -7,6 +7,8 @@ import functools
 import hashlib
 import json
 import logging
+import secrets
+import time
 import uuid
 from typing import Any, NoReturn
 
@@ -156,11 +158,13 @@ def _uuid_hex(value: Any) -> str | None:
 
 
 def _key_of_call(key: str | None) -> str:
-    """`key`, or for a call sent without one a key of its own (`call:<uuid>`, never a client's).
-    With it the verb can be run again after its outcome became unknown (a connection lost
-    mid-commit, a cluster node killed): if the first run committed, the second finds its row
-    under the key and replays it instead of taking the credits twice."""
-    return key or CALL_KEY_PREFIX + uuid.uuid4().hex
+    """`key`, or for a call sent without one a key of its own (`call:<time><random>`, never a
+    client's). With it the verb can be run again after its outcome became unknown (a connection
+    lost mid-commit, a cluster node killed): if the first run committed, the second finds its row
+    under the key and replays it instead of taking the credits twice. The time (ns, hex) comes
+    first so that a wallet's new keys land at the end of its part of the unique index, not all
+    over it; 64 random bits make two calls in the same nanosecond differ."""
+    return key or f"{CALL_KEY_PREFIX}{time.time_ns():016x}{secrets.token_hex(8)}"
 
 
 def _as_first_call(result, key: str | None, *, answer_lost: bool):
