@@ -173,3 +173,31 @@ def test_every_connection_reads_causally_on_a_galera_node():
     with connection.cursor() as cursor:
         cursor.execute("SELECT @@SESSION.wsrep_sync_wait & 1")
         assert cursor.fetchone()[0] == 1
+
+
+def test_a_plan_interrupted_into_a_null_is_run_again_not_a_raw_error(user, monkeypatch):
+    """KILL QUERY (or a Galera brute-force abort) landing while the burn order's window is
+    computed can let the statement go on with NULL credits: MariaDB then refuses the row (1048).
+    That is an interruption, not bad input: rolled back, and the charge is run again."""
+    from billing.ledger import spending
+    from billing.ledger.sql import Step
+
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    real = spending.run_plan
+    calls = []
+
+    def run_plan(steps, followup=None):
+        calls.append(1)
+        if len(calls) == 1:  # as if the draws' credits came out NULL
+            null_draw = "INSERT INTO credit_draws (transaction_id, lot_id, credits) SELECT NULL, NULL, NULL"
+            steps = [*steps, Step(null_draw, must_change_one_row=False)]
+        return real(steps, followup)
+
+    monkeypatch.setattr(spending, "run_plan", run_plan)
+
+    charged = ledger.charge(user_id=user.id, amount=7, agent_id="profile-my-data")
+
+    assert len(calls) == 2
+    wallet = Wallet.objects.get(user=user)
+    assert (wallet.balance_credits, charged.transaction.balance_after) == (93, 93)
+    assert CreditTransaction.objects.filter(wallet=wallet, kind="charge").count() == 1

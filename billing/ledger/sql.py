@@ -27,10 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, transaction
 
 # The block's last row starts with this, so no step's RETURNING row can pass for it.
 _END_MARK = "plan-end"
+
+# "Column … cannot be null": from a plan's statement, the sign that it was interrupted.
+_NULL_IN_NOT_NULL = 1048
 
 # MariaDB client/server errors after which the connection's state is unknown (or, 1047, the
 # Galera node behind it no longer serves: closed, so the next connection goes to another node).
@@ -213,22 +216,31 @@ def _compound(db, steps: list[Step], *, own_transaction: bool, followup: Followu
     follow-up is due."""
     params = [param for step in steps for param in step.params]
     sql = compound_sql(steps, own_transaction=own_transaction, followup=followup.condition if followup else None)
-    with db.cursor() as cursor:
-        cursor.execute(sql, params)
-        results = []
-        try:
-            while True:
-                if cursor.description:
-                    results.append(cursor.fetchall())
-                if not cursor.nextset():
-                    break
-        except (OperationalError, InterfaceError):
-            # A deadlock or certification conflict that arrives between the block's result sets
-            # leaves the client library refusing the connection's next statement: closed (so
-            # rolled back), and the next use reconnects.
-            with contextlib.suppress(DatabaseError):
-                db.close()
-            raise
+    try:
+        with db.cursor() as cursor:
+            cursor.execute(sql, params)
+            results = []
+            try:
+                while True:
+                    if cursor.description:
+                        results.append(cursor.fetchall())
+                    if not cursor.nextset():
+                        break
+            except (OperationalError, InterfaceError):
+                # A deadlock or certification conflict that arrives between the block's result
+                # sets leaves the client library refusing the connection's next statement:
+                # closed (so rolled back), and the next use reconnects.
+                with contextlib.suppress(DatabaseError):
+                    db.close()
+                raise
+    except IntegrityError as exc:
+        if exc.args and exc.args[0] == _NULL_IN_NOT_NULL:
+            # No step writes NULL where it may not, unless interrupted: a statement killed
+            # (KILL QUERY, a Galera brute-force abort) while a subquery or window was computed
+            # can go on with NULL for its value. Reported as the interruption it is (nothing of
+            # the block was committed: the error came before its COMMIT).
+            raise OperationalError(1317, f"A statement of the plan was interrupted: {exc.args[1:]}") from exc
+        raise
     if not results or len(results[-1]) != 1 or results[-1][0][:1] != (_END_MARK,):
         # The block ended before its last SELECT without an error reaching us (seen on a Galera
         # node whose transaction another node's write aborted, a "brute-force abort").
