@@ -74,7 +74,7 @@ def lock_wallet(user_id: int) -> Wallet:
         # A duplicate: created this moment by a transaction on another Galera node, not yet
         # committed here (get_or_create's own read missed it; its savepoint rolled it back).
         # Anything else (no such user) is a real error.
-        if not exc.args or exc.args[0] != 1062:
+        if not _is_duplicate_key(exc):
             raise
     try:
         return Wallet.objects.select_for_update().get(user_id=user_id)

@@ -90,14 +90,12 @@ def _run(attempt: Callable[[], T], *, replayable: bool) -> tuple[T, bool]:
                 raise
             if connection.in_atomic_block or (connection.connection is not None and not connection.autocommit):
                 # An outer transaction owns the locks (and the outcome); only its owner can retry.
-                if lost:
-                    raise LedgerBusy("The database connection was interrupted; retry the request.") from exc
-                raise LedgerBusy("The wallet is busy; retry the request.") from exc
+                raise _given_up(lost) from exc
             if lost:
                 with contextlib.suppress(DatabaseError):
                     connection.close()
                 if not replayable:
-                    raise LedgerBusy("The database connection was interrupted; retry the request.") from exc
+                    raise _given_up(lost) from exc
             # After a lock-wait timeout another full lock wait must still fit in the budget; after
             # a deadlock or certification conflict (they come fast) twice what this attempt took.
             took = time.monotonic() - began
@@ -108,15 +106,20 @@ def _run(attempt: Callable[[], T], *, replayable: bool) -> tuple[T, bool]:
             out_of_budget = number >= _MAX_ATTEMPTS or time.monotonic() + needed > give_up_at
             first_loss = lost and not answer_lost  # earns one more run, budget or not
             if out_of_budget and not first_loss:
-                if lost or answer_lost:
-                    raise LedgerBusy("The database connection was interrupted; retry the request.") from exc
-                raise LedgerBusy("The wallet is busy; retry the request.") from exc
+                raise _given_up(lost or answer_lost) from exc
             answer_lost = answer_lost or lost
             metrics.LEDGER_RETRIES.labels(error=str(code)).inc()
             logger.info("[Billing] Retrying a transaction after error %s (attempt %d took %.2f s)", code, number, took)
             if not out_of_budget:
                 time.sleep(random.uniform(0, min(_PAUSE_CAP, _PAUSE_BASE * 2**number)))
     raise AssertionError("unreachable")
+
+
+def _given_up(lost: bool) -> LedgerBusy:
+    """What the caller is told: the outcome is unknown (an answer was lost), or the wallet was busy."""
+    if lost:
+        return LedgerBusy("The database connection was interrupted; retry the request.")
+    return LedgerBusy("The wallet is busy; retry the request.")
 
 
 def _money_verb(fn: Callable[..., T]) -> Callable[..., T]:

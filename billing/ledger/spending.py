@@ -62,16 +62,25 @@ def charge(
         "amount": -amount,
         "agent_id": agent_id,
         "agent_run_id": agent_run_id,
-        "idempotency_key": _key_of_call(idempotency_key),
         "request_fingerprint": _charge_fingerprint(amount, agent_id),
         "metadata": metadata or {},
     }
     with metrics.timed("charge"):
-        result, answer_lost = run_replayable(lambda: _charge_once(user_id=user_id, fields=fields))
-    result = _as_first_call(result, idempotency_key, answer_lost=answer_lost)
+        result = _once_per_call(
+            idempotency_key, lambda key: _charge_once(user_id=user_id, fields={**fields, "idempotency_key": key})
+        )
     if not result.replayed:
         _after_charge(user_id, amount, agent_id)
     return result
+
+
+def _once_per_call(idempotency_key: str | None, attempt: Callable[[str], T]) -> T:
+    """Run `attempt(key)` — a charge or hold written under `key` — with `run_replayable`: under
+    the caller's key, or one of the call's own, so that a lost answer is run again safely; a
+    replay of the call's own first run is answered as its first answer."""
+    key = _key_of_call(idempotency_key)
+    result, answer_lost = run_replayable(lambda: attempt(key))
+    return _as_first_call(result, idempotency_key, answer_lost=answer_lost)
 
 
 def _after_charge(user_id: int, amount: int, agent_id: str) -> None:
@@ -206,9 +215,9 @@ def hold(
     Idempotent on `idempotency_key`."""
     _require_positive(amount)
     fingerprint = _fingerprint("hold", amount=amount, agent_id=agent_id)
-    key = _key_of_call(idempotency_key)
-    result, answer_lost = run_replayable(
-        lambda: _hold_once(
+    return _once_per_call(
+        idempotency_key,
+        lambda key: _hold_once(
             user_id=user_id,
             amount=amount,
             agent_id=agent_id,
@@ -217,9 +226,8 @@ def hold(
             expires_at=expires_at,
             agent_run_id=agent_run_id,
             then=then or [],
-        )
+        ),
     )
-    return _as_first_call(result, idempotency_key, answer_lost=answer_lost)
 
 
 def _hold_once(*, user_id, amount, agent_id, key, fingerprint, expires_at, agent_run_id, then) -> HoldResult:
