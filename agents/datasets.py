@@ -48,6 +48,7 @@ def parse_csv(text: str, *, field: str = "data.csv") -> Dataset:
     if len(set(columns)) != len(columns):
         raise DatasetError("Column names in the header row must be unique.", field=field)
     rows: list[dict[str, Scalar]] = []
+    max_rows = settings.AGENT_MAX_ROWS
     try:
         for line_number, record in enumerate(reader, start=2):
             if not record:
@@ -57,7 +58,8 @@ def parse_csv(text: str, *, field: str = "data.csv") -> Dataset:
                     f"Line {line_number} has {len(record)} fields; the header has {len(columns)}.", field=field
                 )
             rows.append({name: (value if value != "" else None) for name, value in zip(columns, record, strict=False)})
-            _check_row_limit(len(rows))
+            if len(rows) > max_rows:
+                _check_row_limit(len(rows))
     except csv.Error as exc:
         raise DatasetError(f"The CSV cannot be read: {exc}.", field=field) from exc
     return Dataset(columns=columns, rows=rows, source_format="csv")

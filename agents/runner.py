@@ -62,8 +62,9 @@ class RunOutcome:
 def _fingerprint(agent_id: str, tool_configuration: dict, dataset: Dataset) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps([agent_id, tool_configuration, dataset.columns], sort_keys=True, default=str).encode())
+    encode = json.JSONEncoder(default=str).encode  # json.dumps(…, default=str) without a new encoder per row
     for row in dataset.rows:
-        digest.update(json.dumps([row[c] for c in dataset.columns], default=str).encode())
+        digest.update(encode([row[c] for c in dataset.columns]).encode())
     return digest.hexdigest()
 
 

@@ -157,7 +157,7 @@ def prepare_run_input(
     except OptionsError as exc:
         raise InvalidRunInput({"tool_configuration": exc.errors}) from exc
     if hasattr(tool, "candidate_pairs"):  # a tool whose work grows with pairs of records says how many
-        _refuse_too_many_pairs(tool.candidate_pairs(dataset, configuration))
+        _refuse_too_many_pairs(tool.candidate_pairs(dataset, configuration, at_most=settings.AGENT_MASTER_MAX_PAIRS))
     return RunInput(dataset=dataset, configuration=configuration)
 
 

@@ -84,3 +84,24 @@ def test_explain_lists_the_scored_pairs_and_what_each_field_contributed():
     assert pair["fields"]["city"] == {"level": "missing", "weight": 0.0}
     assert set(result["summary"]["field_weights"]) == {"name", "email", "city"}
     assert "pairs" not in master.run(parse_rows(rows), master.parse_options({}))["clusters"][0]
+
+
+def test_pairs_alike_in_one_field_of_three_are_not_compared_unless_the_others_are_empty():
+    """A pair must share a blocking key in two fields (or, where the records fill fewer fields,
+    in all but one of those both fill): one typo never loses a pair, one shared postcode finds none."""
+    frame = pd.DataFrame(
+        {
+            "surname": ["smith", "smyth", "jones", "taylor", "brown", "brown"],
+            "postcode": ["2600", "2600", "2600", "2600", "4000", None],
+            "ssn": ["5304218", "5304281", "8812345", "7711111", "6600000", None],
+        }
+    )
+    fields = [linkage.make_field(c, frame[c].astype(object)) for c in frame.columns]
+    pairs = {tuple(p) for p in linkage.candidate_pairs(fields, len(frame), 60).tolist()}
+    # 0–1: a surname typo (same sound) and two transposed ssn digits, same postcode: compared.
+    # 0–2, 0–3, 2–3 …: the same postcode only: not compared.
+    # 4–5: the same surname, postcode and ssn missing on one side: compared.
+    assert pairs == {(0, 1), (4, 5)}
+    two = [linkage.make_field(c, frame[c].astype(object)) for c in ("postcode", "ssn")]
+    # With two fields, one shared key is enough: a typo in the other must not lose the pair.
+    assert {(0, 1), (0, 2)} <= {tuple(p) for p in linkage.candidate_pairs(two, len(frame), 60).tolist()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import string
+from operator import itemgetter
 
 import numpy as np
 import pandas as pd
@@ -38,11 +39,19 @@ BOOLEANS = BOOL_TRUE | BOOL_FALSE
 SIMPLE_KINDS = re.compile(f"(?P<integer>{INT_PATTERN})|(?P<float>{FLOAT_PATTERN})|(?P<email>{EMAIL_PATTERN})")
 MAYBE_DATE = "maybe-date"
 ASCII_LETTERS = frozenset(string.ascii_letters)
+_TEXT_TYPES = {str, type(None)}
 
 
 def to_frame(dataset: Dataset) -> pd.DataFrame:
     """All values as text (or None), columns in input order: what the tools work on."""
-    frame = pd.DataFrame.from_records(dataset.rows, columns=dataset.columns)
+    rows = dataset.rows
+    columns = {
+        name: np.fromiter(map(itemgetter(name), rows), dtype=object, count=len(rows)) for name in dataset.columns
+    }
+    if all(set(map(type, values)) <= _TEXT_TYPES for values in columns.values()):
+        return pd.DataFrame(columns, columns=dataset.columns, dtype=object)  # CSV: already text
+    # Native JSON values: pandas' per-column type inference decides how they read (1 as "1.0" beside 2.5).
+    frame = pd.DataFrame.from_records(rows, columns=dataset.columns)
     return frame.astype(object).apply(lambda column: column.map(as_text))
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 
 import jellyfish
 import numpy as np
@@ -40,8 +41,8 @@ KINDS = ("name", "text", "id", "date", "email", "phone")
 LEVELS = ("different", "similar", "close", "exact")  # index = level; missing is -1
 EXACT = 3
 SAMPLE_SHARE = 0.8  # a column is of a kind when this share of its sampled values is
-KIND_SAMPLE = 5000
-U_SAMPLE_PAIRS = 50_000
+KIND_SAMPLE = 1000  # distinct values, spread over the column, that decide its kind
+U_SAMPLE_PAIRS = 20_000
 # Prior probabilities of each level for unrelated records (u) and for true matches (m), and how
 # many pairs' worth of evidence each prior counts for.
 U_PRIOR = {
@@ -58,6 +59,7 @@ M_PSEUDO_PAIRS = 50.0
 PRIOR_MATCH_SHARE, PRIOR_PSEUDO_PAIRS = 0.01, 50.0
 MAX_MATCH_SHARE = 0.5  # matches are the minority of candidate pairs; EM may not swap the classes
 EM_MAX_ITERATIONS, EM_TOLERANCE = 100, 1e-6
+MIN_SHARED_FIELDS = 2  # fields in which a pair must share a blocking key to be compared (see candidate_pairs)
 COMPLETE_COMPONENTS_UP_TO = 100  # members; larger linked components are judged on their scored pairs
 
 _PUNCTUATION = re.compile(r"[^\w\s@.+-]", re.UNICODE)
@@ -88,6 +90,16 @@ class Field:
     def filled(self) -> int:
         return int(self.counts.sum())
 
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        """Each distinct value's length in characters."""
+        return np.fromiter(map(len, self.values), dtype=np.int64, count=len(self.values))
+
+    @cached_property
+    def digits(self) -> np.ndarray:
+        """A date field's distinct values (YYYYMMDD) as rows of 8 character codes."""
+        return _digits(self.values)
+
 
 def column_kind(name: str, values: pd.Series) -> str:
     """What a column holds, judged on a sample of its distinct values."""
@@ -95,7 +107,8 @@ def column_kind(name: str, values: pd.Series) -> str:
     present = present[present.str.strip() != ""]
     if PHONE_NAME.search(name):
         return "phone"
-    sample = pd.Series(present.unique()[:KIND_SAMPLE]).astype(str).str.strip()
+    distinct = present.unique()
+    sample = pd.Series(distinct[:: max(1, len(distinct) // KIND_SAMPLE)][:KIND_SAMPLE]).astype(str).str.strip()
     if sample.empty:
         return "text"
     if sample.str.fullmatch(_COMPACT_DATE).mean() >= SAMPLE_SHARE:
@@ -135,19 +148,30 @@ def normalise(values: pd.Series, kind: str) -> pd.Series:
 
 
 def make_field(name: str, values: pd.Series, kind: str | None = None) -> Field:
-    kind = kind or column_kind(name, values)
-    codes, uniques = pd.factorize(normalise(values, kind), use_na_sentinel=True)
+    # Columns repeat their values: each distinct raw value is judged and normalised once.
+    raw_codes, raw_values = pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=True)
+    raw = pd.Series(raw_values, dtype=object)
+    kind = kind or column_kind(name, raw)
+    codes, uniques = pd.factorize(normalise(raw, kind), use_na_sentinel=True)
+    codes = np.append(codes, -1)[raw_codes]  # a missing raw value (-1) indexes the appended -1
     uniques = np.asarray(uniques, dtype=object)
     aux = None
     if kind in ("name", "text"):
-        aux = np.array([_phonetic(v) for v in uniques], dtype=object)
+        sounds: dict[str, str] = {}  # tokens repeat across values (street, road …): each is coded once
+        aux = np.array([_phonetic(v, sounds) for v in uniques], dtype=object)
     elif kind == "email":
         aux = np.array([v.split("@")[0] for v in uniques], dtype=object)
     return Field(name, kind, codes.astype(np.int64), uniques, aux=aux)
 
 
-def _phonetic(value: str) -> str:
-    return " ".join(jellyfish.nysiis(token) for token in value.split() if token.isalpha()) or value
+def _phonetic(value: str, sounds: dict[str, str]) -> str:
+    keys = []
+    for token in value.split():
+        if token.isalpha():
+            if token not in sounds:
+                sounds[token] = jellyfish.nysiis(token)
+            keys.append(sounds[token])
+    return " ".join(keys) or value
 
 
 # --- blocking -------------------------------------------------------------------------------------
@@ -184,6 +208,9 @@ BLOCKING_KEYS = {
 }
 
 
+MAX_PASSES_PER_FIELD = max(map(len, BLOCKING_KEYS.values()))
+
+
 def _blocks(codes: np.ndarray, max_block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows sorted by key, and the start and size of each block worth comparing."""
     rows = np.flatnonzero(codes >= 0)
@@ -212,11 +239,24 @@ def estimate_pairs(fields: list[Field], max_block_size: int) -> int:
     return total
 
 
+@lru_cache(maxsize=256)
+def _upper_triangle(size: int) -> tuple[np.ndarray, np.ndarray]:
+    first, second = np.triu_indices(size, 1)
+    first.flags.writeable = second.flags.writeable = False  # shared between calls
+    return first, second
+
+
+def pairs_of(members: np.ndarray) -> np.ndarray:
+    """Every pair of the (sorted) members, as (left, right) rows with left < right."""
+    first, second = _upper_triangle(len(members))
+    return np.stack([members[first], members[second]], axis=1)
+
+
 def _pairs_within(order: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Every pair of rows sharing a block, as (left, right) with left < right."""
     chunks = []
     for size in np.unique(sizes):
-        first, second = np.triu_indices(size, 1)
+        first, second = _upper_triangle(int(size))
         block_starts = starts[sizes == size][:, None]
         left, right = order[block_starts + first], order[block_starts + second]
         chunks.append(np.stack([np.minimum(left, right).ravel(), np.maximum(left, right).ravel()], axis=1))
@@ -224,13 +264,37 @@ def _pairs_within(order: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> n
 
 
 def candidate_pairs(fields: list[Field], records: int, max_block_size: int) -> np.ndarray:
-    """The distinct pairs that share a key in at least one blocking pass, sorted."""
-    found = [_pairs_within(*_blocks(_key_codes(fld, key), max_block_size)) for fld, key in blocking_passes(fields)]
+    """The distinct pairs worth comparing, sorted: pairs that share a block in some pass and that
+    share a key (of any pass, in a block of any size) in at least MIN_SHARED_FIELDS fields — or,
+    where the two records fill fewer fields, in all but one of the fields both fill (never fewer
+    than one). A typo in one field thus loses no pair, while pairs alike in one field only (the
+    same first name, the same postcode), which cannot outweigh their disagreement everywhere
+    else, are not compared at all."""
+    codes = [(fld, [_key_codes(fld, key) for key in BLOCKING_KEYS[fld.kind]]) for fld in fields]
+    found = [_pairs_within(*_blocks(key_codes, max_block_size)) for _, per_key in codes for key_codes in per_key]
     if not found:
         return np.empty((0, 2), dtype=np.int64)
     pairs = np.concatenate(found)
-    keys = np.unique(pairs[:, 0] * records + pairs[:, 1])
-    return np.stack([keys // records, keys % records], axis=1)
+    keys = _distinct(pairs[:, 0] * records + pairs[:, 1])
+    left, right = keys // records, keys % records
+    shared = np.zeros(len(keys), dtype=np.int64)
+    filled = np.zeros(len(keys), dtype=np.int64)
+    for fld, per_key in codes:
+        filled += (fld.codes[left] >= 0) & (fld.codes[right] >= 0)
+        alike = np.zeros(len(keys), dtype=bool)
+        for key_codes in per_key:
+            a = key_codes[left]
+            alike |= (a >= 0) & (a == key_codes[right])
+        shared += alike
+    keep = shared >= np.maximum(1, np.minimum(MIN_SHARED_FIELDS, filled - 1))
+    return np.stack([left[keep], right[keep]], axis=1)
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct integers: `np.unique` by sorting (numpy 2's default hash-based
+    `np.unique` is 50 times slower on a million int64)."""
+    values = np.sort(values)
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
 
 
 # --- comparison -----------------------------------------------------------------------------------
@@ -253,11 +317,11 @@ def _levels(kind: str, left: np.ndarray, right: np.ndarray, fld: Field, li: np.n
         level[(tokens >= 0.9) | (jw >= 0.95)] = 2
     elif kind in ("id", "phone"):
         edits = cpdist(left, right, scorer=OSA.distance, workers=-1)
-        longest = np.maximum(np.char.str_len(left.astype(str)), np.char.str_len(right.astype(str)))
+        longest = np.maximum(fld.lengths[li], fld.lengths[ri])
         level[(edits == 2) & (longest >= 6)] = 1
         level[(edits == 1) & (longest >= 3)] = 2  # one typo or two transposed digits, in a real id
     elif kind == "date":
-        a, b = _digits(left), _digits(right)  # records × 8 character codes: YYYYMMDD
+        a, b = fld.digits[li], fld.digits[ri]  # value pairs × 8 character codes: YYYYMMDD
         year = (a[:, :4] == b[:, :4]).all(axis=1)
         month, day = (a[:, 4:6] == b[:, 4:6]).all(axis=1), (a[:, 6:] == b[:, 6:]).all(axis=1)
         agree = year.astype(int) + month + day
@@ -291,7 +355,7 @@ def compare(fields: list[Field], pairs: np.ndarray) -> np.ndarray:
         if not len(unequal):
             continue
         lo, hi = np.minimum(left[unequal], right[unequal]), np.maximum(left[unequal], right[unequal])
-        distinct, back = np.unique(lo * len(fld.values) + hi, return_inverse=True)
+        back, distinct = pd.factorize(lo * len(fld.values) + hi)  # hashing: no sort needed
         li, ri = distinct // len(fld.values), distinct % len(fld.values)
         gamma[unequal, column] = _levels(fld.kind, fld.values[li], fld.values[ri], fld, li, ri)[back]
     return gamma
@@ -468,7 +532,7 @@ def components(records: int, links: np.ndarray) -> list[np.ndarray]:
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
     roots = np.array([find(x) for x in range(records)]) if len(links) else parent
-    linked = np.unique(links) if len(links) else np.empty(0, dtype=np.int64)
+    linked = _distinct(links.ravel())
     groups: dict[int, list[int]] = {}
     for row in linked.tolist():
         groups.setdefault(int(roots[row]), []).append(row)
@@ -482,14 +546,16 @@ def average_linkage(members: np.ndarray, log_odds: dict[tuple[int, int], float],
     k = len(members)
     if k == 2:  # a component of two is one link that reached the threshold
         return [[int(m) for m in members]]
-    total, count = np.zeros((k, k)), np.zeros((k, k))
     rows = [int(m) for m in members]
-    for i, a in enumerate(rows):
-        for j in range(i + 1, k):
-            value = log_odds.get((a, rows[j]))  # members are sorted: (a, b) with a < b
-            if value is not None:
-                total[i, j] = total[j, i] = value
-                count[i, j] = count[j, i] = 1
+    first, second = _upper_triangle(k)
+    scores = [log_odds.get((rows[i], rows[j])) for i, j in zip(first.tolist(), second.tolist(), strict=True)]
+    if None not in scores and min(scores) >= threshold_bits:  # every average reaches it: all merge
+        return [rows]
+    known = np.array([score is not None for score in scores])
+    total, count = np.zeros((k, k)), np.zeros((k, k))
+    total[first[known], second[known]] = [score for score in scores if score is not None]
+    count[first[known], second[known]] = 1
+    total, count = total + total.T, count + count.T
     groups = [[int(m)] for m in members]
     alive = np.ones(k, dtype=bool)
     while True:

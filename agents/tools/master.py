@@ -94,6 +94,9 @@ def validate_against(dataset: Dataset, options: dict) -> None:
 
 
 def _survivor(values: list, rule: str, recency: list) -> object:
+    first = values[0]
+    if first is not None and all(v == first for v in values) and str(first).strip() != "":
+        return first  # the usual case, whatever the rule: the records agree
     present = [(i, v) for i, v in enumerate(values) if v is not None and str(v).strip() != ""]
     if not present:
         return None
@@ -116,16 +119,21 @@ def _fields(frame: pd.DataFrame, columns: list[str]) -> list[linkage.Field]:
     return [linkage.make_field(column, frame[column]) for column in columns]
 
 
-def candidate_pairs(dataset: Dataset, config: dict) -> int:
+def candidate_pairs(dataset: Dataset, config: dict, at_most: int) -> int:
     """How many record pairs `run` would compare, at most (a pair found by two blocking passes
-    counts twice); computed from the blocks alone, so a run too big to afford is refused first."""
+    counts twice); computed from the blocks alone, so a run too big to afford is refused first.
+    When even the blocks' worst case (every record in a block of `max_block_size` in every pass)
+    stays within `at_most`, that worst case is the answer and no block is built."""
+    columns = config.get("match_columns") or dataset.columns
+    worst = linkage.MAX_PASSES_PER_FIELD * len(columns) * len(dataset.rows) * (config["max_block_size"] - 1) // 2
+    if worst <= at_most:
+        return worst
     frame = to_frame(dataset)
-    fields = _fields(frame, config.get("match_columns") or dataset.columns)
-    return linkage.estimate_pairs(fields, config["max_block_size"])
+    return linkage.estimate_pairs(_fields(frame, columns), config["max_block_size"])
 
 
 def _clusters(records: int, pairs: np.ndarray, log_odds: np.ndarray, threshold: float, fields, model, weights):
-    """Clusters (sorted row lists) and every scored pair inside them: {(a, b): row in `scored`}."""
+    """Clusters (sorted row lists) and every scored pair inside their components: {(a, b): log2 odds}."""
     threshold_bits = math.log2(threshold / (1 - threshold)) if 0 < threshold < 1 else (-60 if threshold <= 0 else 60)
     groups = linkage.bounded_components(records, pairs, log_odds, threshold_bits)
     # Only pairs inside one linked component matter from here on.
@@ -133,16 +141,13 @@ def _clusters(records: int, pairs: np.ndarray, log_odds: np.ndarray, threshold: 
     for number, members in enumerate(groups):
         component[members] = number
     inside = np.flatnonzero((component[pairs[:, 0]] >= 0) & (component[pairs[:, 0]] == component[pairs[:, 1]]))
-    scored = {(int(a), int(b)): int(i) for (a, b), i in zip(pairs[inside].tolist(), inside, strict=True)}
-    extra = []  # unscored pairs inside small components: scored now, so that clusters are judged whole
-    for members in groups:
-        if len(members) <= linkage.COMPLETE_COMPONENTS_UP_TO:
-            left, right = np.triu_indices(len(members), 1)
-            extra.extend((int(members[a]), int(members[b])) for a, b in zip(left, right, strict=True))
-    extra = np.array([p for p in extra if p not in scored], dtype=np.int64).reshape(-1, 2)
+    # Unscored pairs inside small components: scored now, so that clusters are judged whole.
+    small = [members for members in groups if len(members) <= linkage.COMPLETE_COMPONENTS_UP_TO]
+    within = np.concatenate([linkage.pairs_of(members) for members in small]) if small else np.empty((0, 2), int)
+    extra = within[~np.isin(within[:, 0] * records + within[:, 1], pairs[inside, 0] * records + pairs[inside, 1])]
     extra_odds = linkage.log_odds(model, fields, extra, linkage.compare(fields, extra), weights)
-    odds = {pair: float(log_odds[i]) for pair, i in scored.items()}
-    odds.update({(int(a), int(b)): float(o) for (a, b), o in zip(extra.tolist(), extra_odds, strict=True)})
+    odds = dict(zip(map(tuple, pairs[inside].tolist()), log_odds[inside].tolist(), strict=True))
+    odds.update(zip(map(tuple, extra.tolist()), extra_odds.tolist(), strict=True))
     clusters = []
     for members in groups:
         if len(members) <= linkage.COMPLETE_COMPONENTS_UP_TO:
