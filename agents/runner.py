@@ -63,8 +63,9 @@ def _fingerprint(agent_id: str, tool_configuration: dict, dataset: Dataset) -> s
     digest = hashlib.sha256()
     digest.update(json.dumps([agent_id, tool_configuration, dataset.columns], sort_keys=True, default=str).encode())
     encode = json.JSONEncoder(default=str).encode  # json.dumps(…, default=str) without a new encoder per row
-    for row in dataset.rows:
-        digest.update(encode([row[c] for c in dataset.columns]).encode())
+    columns = [dataset.values[c] for c in dataset.columns]
+    for record in zip(*columns, strict=True) if columns else ((),) * dataset.row_count:
+        digest.update(encode(record).encode())
     return digest.hexdigest()
 
 
@@ -93,7 +94,7 @@ def submit_run(
             user_id=user_id,
             agent_id=agent_id,
             configuration=tool_configuration,
-            input_rows=len(dataset.rows),
+            input_rows=dataset.row_count,
             idempotency_key=idempotency_key,
             fingerprint=fingerprint,
             input_payload=_dataset_payload(dataset) if run_async else None,
@@ -331,11 +332,11 @@ def _replay(run: AgentRun, fingerprint: str) -> RunOutcome:
 
 
 def _dataset_payload(dataset: Dataset) -> dict:
-    return {"columns": dataset.columns, "rows": dataset.rows, "source_format": dataset.source_format}
+    return dataset.to_message()
 
 
 def _dataset_from_payload(payload: dict) -> Dataset:
-    return Dataset(columns=payload["columns"], rows=payload["rows"], source_format=payload["source_format"])
+    return Dataset.from_message(payload)
 
 
 @receiver(hold_expired)

@@ -164,7 +164,7 @@ def _run_limited(tool: str, payload: dict, config: dict, memory_mb: int) -> byte
     The result is encoded while the limit still applies, so an oversized result is a memory error too.
     """
     function = _resolve(tool)
-    dataset = Dataset(columns=payload["columns"], rows=payload["rows"], source_format=payload["source_format"])
+    dataset = Dataset.from_message(payload)
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     limit = _statm_kb()[0] * 1024 + memory_mb * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))

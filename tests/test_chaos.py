@@ -235,7 +235,7 @@ class RunVictim(Doomed):
         def in_tool(tool, payload, config, **kwargs):
             self.phase = "in the tool" if self.warm else "starting a sandbox worker, then the tool"
             if self.armed == DURING_TOOL:
-                self.die_in(self.victim.fraction * payload["rows"][0]["pause"], DURING_TOOL)
+                self.die_in(self.victim.fraction * payload["values"]["pause"][0], DURING_TOOL)
             try:
                 return run_tool(tool, payload, config, **kwargs)
             finally:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import string
-from operator import itemgetter
 
 import numpy as np
 import pandas as pd
@@ -40,18 +39,21 @@ SIMPLE_KINDS = re.compile(f"(?P<integer>{INT_PATTERN})|(?P<float>{FLOAT_PATTERN}
 MAYBE_DATE = "maybe-date"
 ASCII_LETTERS = frozenset(string.ascii_letters)
 _TEXT_TYPES = {str, type(None)}
+# A text's shape: what the kind patterns see of it (lengths, separators, digits, letters, an exponent).
+_SHAPE = str.maketrans(
+    {**dict.fromkeys("0123456789", "9"), **dict.fromkeys(string.ascii_letters.replace("e", "").replace("E", ""), "a")}
+    | {"E": "e"}
+)
+_BOOLEAN_SHAPE = re.compile(r"[ae]{1,5}")  # the shape of every word in BOOLEANS
 
 
 def to_frame(dataset: Dataset) -> pd.DataFrame:
     """All values as text (or None), columns in input order: what the tools work on."""
-    rows = dataset.rows
-    columns = {
-        name: np.fromiter(map(itemgetter(name), rows), dtype=object, count=len(rows)) for name in dataset.columns
-    }
-    if all(set(map(type, values)) <= _TEXT_TYPES for values in columns.values()):
-        return pd.DataFrame(columns, columns=dataset.columns, dtype=object)  # CSV: already text
+    if dataset.source_format == "csv" or all(set(map(type, v)) <= _TEXT_TYPES for v in dataset.values.values()):
+        columns = {name: np.array(dataset.values[name], dtype=object) for name in dataset.columns}
+        return pd.DataFrame(columns, columns=dataset.columns, index=pd.RangeIndex(dataset.row_count), dtype=object)
     # Native JSON values: pandas' per-column type inference decides how they read (1 as "1.0" beside 2.5).
-    frame = pd.DataFrame.from_records(rows, columns=dataset.columns)
+    frame = pd.DataFrame.from_records(dataset.rows, columns=dataset.columns)
     return frame.astype(object).apply(lambda column: column.map(as_text))
 
 
@@ -92,9 +94,24 @@ def classify(values: pd.Series) -> pd.Series:
     return pd.Series(classify_distinct(distinct)[codes], index=text.index, dtype=object)
 
 
-def classify_distinct(texts: np.ndarray) -> np.ndarray:
-    """`classify` for an array of texts (str) the caller has already made distinct."""
-    kinds = np.array(list(map(_kind, map(str.strip, texts))), dtype=object)
+def classify_distinct(texts: np.ndarray, stripped: list[str] | None = None) -> np.ndarray:
+    """`classify` for an array of texts (str) the caller has already made distinct.
+
+    Which pattern a text matches depends only on its character classes, so the texts are
+    classified by their shape (`_SHAPE`: ASCII digits as 9, ASCII letters as a, e and E as e for
+    exponents) — a column of 100,000 ids or amounts has a handful of shapes. Only a boolean
+    depends on the letters themselves, and only dates are parsed one text at a time. `stripped`:
+    the texts stripped, when the caller has them.
+    """
+    if stripped is None:
+        stripped = list(map(str.strip, texts))
+    shape_codes, shapes = _numbered(_shapes(stripped))
+    kinds = np.array(list(map(_kind_of_shape, shapes)), dtype=object)[shape_codes]
+    if len(shapes):
+        may_be_boolean = np.fromiter(map(bool, map(_BOOLEAN_SHAPE.fullmatch, shapes)), dtype=bool, count=len(shapes))
+        for index in np.flatnonzero(may_be_boolean[shape_codes]).tolist():
+            if stripped[index].lower() in BOOLEANS:
+                kinds[index] = "boolean"
     maybe_date = np.flatnonzero(kinds == MAYBE_DATE)
     kinds[maybe_date] = "text"
     if len(maybe_date):
@@ -105,11 +122,37 @@ def classify_distinct(texts: np.ndarray) -> np.ndarray:
     return kinds
 
 
+def _shapes(texts: list[str]) -> list[str]:
+    """Each text's `_SHAPE`: translated as one string (three times faster than one by one)."""
+    joined = "\0".join(texts)
+    if joined.count("\0") == max(len(texts) - 1, 0):  # no text holds the separator
+        return joined.translate(_SHAPE).split("\0") if texts else []
+    return [text.translate(_SHAPE) for text in texts]
+
+
+def _numbered(texts: list[str]) -> tuple[np.ndarray, list[str]]:
+    """`pd.factorize` of texts: codes in first-seen order and the distinct texts. pandas' string
+    hash table ends a text at its first NUL ("0\0" == "0"), so texts holding one are numbered by a dict."""
+    if not any("\0" in text for text in texts):
+        codes, distinct = pd.factorize(np.array(texts, dtype=object))
+        return codes, list(distinct)
+    numbering: dict[str, int] = {}
+    codes = np.fromiter(
+        (numbering.setdefault(text, len(numbering)) for text in texts), dtype=np.int64, count=len(texts)
+    )
+    return codes, list(numbering)
+
+
 def _kind(text: str) -> str:
     """boolean, integer, float or email (first that fits, in that order), else text; text that
     `parse_dates` would try is MAYBE_DATE."""
     if text.lower() in BOOLEANS:
         return "boolean"
+    return _kind_of_shape(text)
+
+
+def _kind_of_shape(text: str) -> str:
+    """`_kind` without the boolean test: the same for a text and for its `_SHAPE`."""
     match = SIMPLE_KINDS.fullmatch(text)
     if match:
         return match.lastgroup

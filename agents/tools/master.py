@@ -125,7 +125,7 @@ def candidate_pairs(dataset: Dataset, config: dict, at_most: int) -> int:
     When even the blocks' worst case (every record in a block of `max_block_size` in every pass)
     stays within `at_most`, that worst case is the answer and no block is built."""
     columns = config.get("match_columns") or dataset.columns
-    worst = linkage.MAX_PASSES_PER_FIELD * len(columns) * len(dataset.rows) * (config["max_block_size"] - 1) // 2
+    worst = linkage.MAX_PASSES_PER_FIELD * len(columns) * dataset.row_count * (config["max_block_size"] - 1) // 2
     if worst <= at_most:
         return worst
     frame = to_frame(dataset)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import re
-from operator import itemgetter
 
 import numpy as np
 import pandas as pd
@@ -75,13 +74,9 @@ def _factorized_columns(dataset: Dataset) -> list[tuple[np.ndarray, np.ndarray]]
     """Each column's `pd.factorize` codes and distinct values, as text the way `to_frame` gives it
     (str, or None as code -1). CSV cells already are that text, so only native JSON values go
     through `to_frame`, whose per-column type inference decides how they read (1 as "1.0" beside 2.5)."""
-    rows = dataset.rows
-    columns = [
-        pd.factorize(np.fromiter(map(itemgetter(name), rows), dtype=object, count=len(rows)))
-        for name in dataset.columns
-    ]
-    if all(set(map(type, distinct)) <= {str} for _, distinct in columns):
-        return columns
+    columns = [pd.factorize(np.array(dataset.values[name], dtype=object)) for name in dataset.columns]
+    if dataset.source_format == "csv" or all(set(map(type, distinct)) <= {str} for _, distinct in columns):
+        return columns  # CSV cells are text by construction
     frame = to_frame(dataset)
     return [pd.factorize(frame[name].to_numpy(dtype=object)) for name in dataset.columns]
 
@@ -104,13 +99,15 @@ def _profile_column(name: str, codes: np.ndarray, uniques: np.ndarray, config: d
     row_count = len(codes)
     present_codes = codes[codes >= 0]
     counts = np.bincount(present_codes, minlength=len(uniques))
-    not_blank = np.fromiter(map(bool, map(str.strip, uniques)), dtype=bool, count=len(uniques))
+    stripped = list(map(str.strip, uniques))
+    not_blank = np.fromiter(map(bool, stripped), dtype=bool, count=len(uniques))
     distinct_values = uniques[not_blank]
+    stripped = [text for text in stripped if text]
     distinct_counts = counts[not_blank]
     filled_rows = _rows_of(not_blank, present_codes)
     filled_count = len(filled_rows)
 
-    kind_of = classify_distinct(distinct_values)
+    kind_of = classify_distinct(distinct_values, stripped)
     kind_codes, kind_names = pd.factorize(kind_of)
     kinds = _value_counts(np.bincount(kind_codes[filled_rows], minlength=len(kind_names)), kind_names)
     kind_counts = {k: int(n) for k, n in kinds.items()}
@@ -174,7 +171,7 @@ def _profile_column(name: str, codes: np.ndarray, uniques: np.ndarray, config: d
 
 def run(dataset: Dataset, config: dict) -> dict:
     # Without columns there is no row to profile (as a pandas frame of such rows has none).
-    row_count = len(dataset.rows) if dataset.columns else 0
+    row_count = dataset.row_count if dataset.columns else 0
     columns, warnings = [], []
     factorized = _factorized_columns(dataset)
     for name, (codes, uniques) in zip(dataset.columns, factorized, strict=True):
