@@ -166,7 +166,7 @@ def _refuse_too_many_pairs(pairs: int) -> None:
     limit = settings.AGENT_MASTER_MAX_PAIRS
     if pairs > limit:
         raise PayloadTooLarge(
-            f"Matching this input would compare about {pairs:,} record pairs; the limit "
+            f"Matching this input could compare up to {pairs:,} record pairs; the limit "
             f"(AGENT_MASTER_MAX_PAIRS) is {limit:,}. Narrow tool_configuration.match_columns, lower "
             "tool_configuration.max_block_size, or split the input into smaller batches.",
             pairs=pairs,

@@ -262,3 +262,10 @@ def test_master_most_recent_needs_a_recency_column():
     with pytest.raises(OptionsError) as err:
         config(master, default_rule="most_recent")
     assert "recency_column" in err.value.errors
+
+
+def test_rows_without_columns_are_cleaned_and_profiled_without_error():
+    dataset = parse_rows([{}, {}, {}])
+    cleaned = clean.run(dataset, clean.parse_options({}))
+    assert cleaned["summary"]["rows_in"] == cleaned["summary"]["rows_out"] == 0
+    assert profile.run(dataset, profile.parse_options({}))["row_count"] == 0

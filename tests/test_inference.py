@@ -9,7 +9,7 @@ from agents.tools import inference
 
 # Characters the kind patterns care about (digits, ASCII and other letters, separators, signs,
 # exponents, @, whitespace, a non-ASCII digit) and words that are kinds of their own.
-ALPHABET = "0123456789aeEfnoyrstuxzAZ é٣-/.,:+@$€ T\0"
+ALPHABET = "0123456789aeEfnoyrstuxzAZ é٣-/.,:+@$€ T\0\ud800"
 WORDS = ["true", "Yes", "f", "N", "FALSE", "fals", "2024-01-03", "Mar 4, 2024", "3 Mar 2024", "1e5", "-.5", "a@b.co"]
 texts = st.one_of(st.text(ALPHABET, max_size=14), st.sampled_from(WORDS))
 
@@ -46,3 +46,11 @@ def test_kinds_of_a_column_of_many_shapes():
         "datetime",
         "text",
     ]
+
+
+def test_texts_pandas_would_cut_short_are_still_told_apart():
+    """pandas' string hash table stops at a NUL and cannot read a lone surrogate."""
+    codes, distinct = inference.factorize_texts(["a", "a\0b", None, "a", float("nan"), "\ud8001", "1"])
+    assert codes.tolist() == [0, 1, -1, 0, -1, 2, 3]
+    assert distinct.tolist() == ["a", "a\0b", "\ud8001", "1"]
+    assert inference.classify_distinct(np.array(["\ud8001Ⅻ", "١"], dtype=object)).tolist() == ["text", "integer"]

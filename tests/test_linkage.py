@@ -105,3 +105,25 @@ def test_pairs_alike_in_one_field_of_three_are_not_compared_unless_the_others_ar
     two = [linkage.make_field(c, frame[c].astype(object)) for c in ("postcode", "ssn")]
     # With two fields, one shared key is enough: a typo in the other must not lose the pair.
     assert {(0, 1), (0, 2)} <= {tuple(p) for p in linkage.candidate_pairs(two, len(frame), 60).tolist()}
+
+
+def test_the_same_value_of_an_identifying_field_is_enough_to_compare_a_pair():
+    """The same e-mail under a nickname, a new phone and a new city: one field alike, but it identifies."""
+    others = range(2, 10)
+    frame = pd.DataFrame(
+        {
+            "name": ["david jones", "dave jones", *(f"person {chr(97 + i)}{chr(98 + i)}" for i in others)],
+            "email": ["dj51760@mail.com", "dj51760@mail.com", *(f"p{i}@mail.com" for i in others)],
+            "phone": ["5551810111", "5557966646", *(f"55500000{i:02d}" for i in others)],
+            "city": ["austin", "atlanta", *(["atlanta", "austin"] * 4)],
+        }
+    )
+    fields = [linkage.make_field(c, frame[c].astype(object)) for c in frame.columns]
+    pairs = {tuple(p) for p in linkage.candidate_pairs(fields, len(frame), 60).tolist()}
+    assert (0, 1) in pairs  # the e-mail, whose every value is nearly unique, identifies
+    assert (1, 2) not in pairs and (0, 3) not in pairs  # the same city only: not compared
+
+
+def test_values_differing_after_a_nul_stay_different():
+    ids = field("text", "ann smith", "ann smith\x00jones", "bob")
+    assert len(set(ids.codes.tolist())) == 3

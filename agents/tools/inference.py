@@ -51,7 +51,8 @@ def to_frame(dataset: Dataset) -> pd.DataFrame:
     """All values as text (or None), columns in input order: what the tools work on."""
     if dataset.source_format == "csv" or all(set(map(type, v)) <= _TEXT_TYPES for v in dataset.values.values()):
         columns = {name: np.array(dataset.values[name], dtype=object) for name in dataset.columns}
-        return pd.DataFrame(columns, columns=dataset.columns, index=pd.RangeIndex(dataset.row_count), dtype=object)
+        rows = dataset.row_count if dataset.columns else 0  # no columns: no rows, as pandas builds it from records
+        return pd.DataFrame(columns, columns=dataset.columns, index=pd.RangeIndex(rows), dtype=object)
     # Native JSON values: pandas' per-column type inference decides how they read (1 as "1.0" beside 2.5).
     frame = pd.DataFrame.from_records(dataset.rows, columns=dataset.columns)
     return frame.astype(object).apply(lambda column: column.map(as_text))
@@ -90,7 +91,7 @@ def classify(values: pd.Series) -> pd.Series:
     """The kind of each non-null text value (index preserved)."""
     text = values.dropna().astype(str)
     # Columns repeat their values: each distinct one is classified once.
-    codes, distinct = pd.factorize(text.to_numpy())
+    codes, distinct = factorize_texts(text.to_numpy(dtype=object))
     return pd.Series(classify_distinct(distinct)[codes], index=text.index, dtype=object)
 
 
@@ -105,7 +106,7 @@ def classify_distinct(texts: np.ndarray, stripped: list[str] | None = None) -> n
     """
     if stripped is None:
         stripped = list(map(str.strip, texts))
-    shape_codes, shapes = _numbered(_shapes(stripped))
+    shape_codes, shapes = factorize_texts(_shapes(stripped))
     kinds = np.array(list(map(_kind_of_shape, shapes)), dtype=object)[shape_codes]
     if len(shapes):
         may_be_boolean = np.fromiter(map(bool, map(_BOOLEAN_SHAPE.fullmatch, shapes)), dtype=bool, count=len(shapes))
@@ -130,17 +131,34 @@ def _shapes(texts: list[str]) -> list[str]:
     return [text.translate(_SHAPE) for text in texts]
 
 
-def _numbered(texts: list[str]) -> tuple[np.ndarray, list[str]]:
-    """`pd.factorize` of texts: codes in first-seen order and the distinct texts. pandas' string
-    hash table ends a text at its first NUL ("0\0" == "0"), so texts holding one are numbered by a dict."""
-    if not any("\0" in text for text in texts):
-        codes, distinct = pd.factorize(np.array(texts, dtype=object))
-        return codes, list(distinct)
+def factorize_texts(values) -> tuple[np.ndarray, np.ndarray]:
+    """`pd.factorize(values)` for texts (str; None or NaN → -1): codes in first-seen order and the distinct
+    texts. pandas' string hash table cuts a text at its first NUL and cannot read a lone surrogate,
+    so it takes "a\0b" for "a": texts holding either are numbered by a dict instead. Values that
+    are not all text go to pandas as they are."""
+    array = np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values
+    missing = pd.isna(array)
+    try:
+        joined = "".join(array[~missing])
+    except TypeError:
+        return pd.factorize(array)
+    if "\0" not in joined and (joined.isascii() or _encodable(joined)):
+        return pd.factorize(array)
     numbering: dict[str, int] = {}
     codes = np.fromiter(
-        (numbering.setdefault(text, len(numbering)) for text in texts), dtype=np.int64, count=len(texts)
+        (-1 if gone else numbering.setdefault(text, len(numbering)) for text, gone in zip(array, missing, strict=True)),
+        dtype=np.int64,
+        count=len(array),
     )
-    return codes, list(numbering)
+    return codes, np.array(list(numbering), dtype=object)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _kind(text: str) -> str:

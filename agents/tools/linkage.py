@@ -38,7 +38,7 @@ from rapidfuzz import fuzz
 from rapidfuzz.distance import OSA, JaroWinkler
 from rapidfuzz.process import cpdist
 
-from agents.tools.inference import EMAIL_PATTERN, PHONE_NAME, classify, parse_dates
+from agents.tools.inference import EMAIL_PATTERN, PHONE_NAME, classify, factorize_texts, parse_dates
 
 KINDS = ("name", "text", "id", "date", "email", "phone")
 LEVELS = ("different", "similar", "close", "exact")  # index = level; missing is -1
@@ -63,6 +63,7 @@ PRIOR_MATCH_SHARE, PRIOR_PSEUDO_PAIRS = 0.01, 50.0
 MAX_MATCH_SHARE = 0.5  # matches are the minority of candidate pairs; EM may not swap the classes
 EM_MAX_ITERATIONS, EM_TOLERANCE = 100, 1e-6
 MIN_SHARED_FIELDS = 2  # fields in which a pair must share a blocking key to be compared (see candidate_pairs)
+IDENTIFYING_SHARE = 0.5  # distinct values per filled record from which one shared value is enough
 COMPLETE_COMPONENTS_UP_TO = 100  # members; larger linked components are judged on their scored pairs
 
 _PUNCTUATION = re.compile(r"[^\w\s@.+-]", re.UNICODE)
@@ -152,10 +153,10 @@ def normalise(values: pd.Series, kind: str) -> pd.Series:
 
 def make_field(name: str, values: pd.Series, kind: str | None = None) -> Field:
     # Columns repeat their values: each distinct raw value is judged and normalised once.
-    raw_codes, raw_values = pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=True)
+    raw_codes, raw_values = factorize_texts(values.to_numpy(dtype=object))
     raw = pd.Series(raw_values, dtype=object)
     kind = kind or column_kind(name, raw)
-    codes, uniques = pd.factorize(normalise(raw, kind), use_na_sentinel=True)
+    codes, uniques = factorize_texts(normalise(raw, kind).to_numpy(dtype=object))
     codes = np.append(codes, -1)[raw_codes]  # a missing raw value (-1) indexes the appended -1
     uniques = np.asarray(uniques, dtype=object)
     aux = None
@@ -196,7 +197,7 @@ def _key_codes(fld: Field, key: str) -> np.ndarray:
         per_value = np.array([v[:4] + "".join(sorted((v[4:6], v[6:]))) for v in fld.values], dtype=object)
     else:
         raise ValueError(key)
-    value_codes, _ = pd.factorize(pd.Series(per_value, dtype=object), use_na_sentinel=True)
+    value_codes, _ = factorize_texts(per_value)
     value_codes = np.append(value_codes, -1)  # a missing record (-1) indexes the appended -1
     return value_codes[fld.codes]
 
@@ -270,9 +271,11 @@ def candidate_pairs(fields: list[Field], records: int, max_block_size: int) -> n
     """The distinct pairs worth comparing, sorted: pairs that share a block in some pass and that
     share a key (of any pass, in a block of any size) in at least MIN_SHARED_FIELDS fields — or,
     where the two records fill fewer fields, in all but one of the fields both fill (never fewer
-    than one). A typo in one field thus loses no pair, while pairs alike in one field only (the
-    same first name, the same postcode), which cannot outweigh their disagreement everywhere
-    else, are not compared at all."""
+    than one) — or that hold the same value of an identifying field (one whose distinct values are
+    at least IDENTIFYING_SHARE of its filled records: an e-mail, an id). A typo in one field thus
+    loses no pair, and the same e-mail under a nickname, a new phone and a new city is still
+    compared, while pairs alike in one common field only (the same first name, the same postcode),
+    which cannot outweigh their disagreement everywhere else, are not compared at all."""
     codes = [(fld, [_key_codes(fld, key) for key in BLOCKING_KEYS[fld.kind]]) for fld in fields]
     found = [_pairs_within(*_blocks(key_codes, max_block_size)) for _, per_key in codes for key_codes in per_key]
     if not found:
@@ -282,6 +285,7 @@ def candidate_pairs(fields: list[Field], records: int, max_block_size: int) -> n
     left, right = keys // records, keys % records
     shared = np.zeros(len(keys), dtype=np.int64)
     filled = np.zeros(len(keys), dtype=np.int64)
+    identified = np.zeros(len(keys), dtype=bool)
     for fld, per_key in codes:
         filled += (fld.codes[left] >= 0) & (fld.codes[right] >= 0)
         alike = np.zeros(len(keys), dtype=bool)
@@ -289,7 +293,10 @@ def candidate_pairs(fields: list[Field], records: int, max_block_size: int) -> n
             a = key_codes[left]
             alike |= (a >= 0) & (a == key_codes[right])
         shared += alike
-    keep = shared >= np.maximum(1, np.minimum(MIN_SHARED_FIELDS, filled - 1))
+        if len(fld.values) >= IDENTIFYING_SHARE * fld.filled:
+            a = fld.codes[left]
+            identified |= (a >= 0) & (a == fld.codes[right])
+    keep = identified | (shared >= np.maximum(1, np.minimum(MIN_SHARED_FIELDS, filled - 1)))
     return np.stack([left[keep], right[keep]], axis=1)
 
 
