@@ -3,8 +3,8 @@
 1. Each match column becomes a field of a kind (name, text, id, date, email, phone), normalised.
 2. Blocking: one pass per field and key (exact value, phonetic key, first token, transposition-
    proof keys …); a pair that a pass puts in one block is compared when it shares a key in two
-   fields (or in all but one of the fields both records fill). Oversized blocks carry no signal
-   and are skipped.
+   fields (or in all but one of the fields both records fill) or the value of an identifying
+   field. Oversized blocks carry no signal and are skipped.
 3. Each candidate pair gets a comparison level per field, and a match probability from
    Fellegi–Sunter weights learned on the data itself (`agents.tools.linkage`).
 4. Pairs reaching `threshold` are linked; within each linked component, clusters form by
