@@ -243,8 +243,16 @@ def estimate_pairs(fields: list[Field], max_block_size: int) -> int:
     return total
 
 
-@lru_cache(maxsize=256)
+CACHED_TRIANGLES_UP_TO = 128  # members; larger triangles (up to 12.5M pairs) are not kept between runs
+
+
 def _upper_triangle(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The index pairs (i, j), i < j, of `size` members: cached for the small sizes met again and again."""
+    return _cached_upper_triangle(size) if size <= CACHED_TRIANGLES_UP_TO else np.triu_indices(size, 1)
+
+
+@lru_cache(maxsize=CACHED_TRIANGLES_UP_TO)
+def _cached_upper_triangle(size: int) -> tuple[np.ndarray, np.ndarray]:
     first, second = np.triu_indices(size, 1)
     first.flags.writeable = second.flags.writeable = False  # shared between calls
     return first, second
