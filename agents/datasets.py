@@ -35,10 +35,11 @@ def _records(text: str) -> Iterator[list[str]]:
     without a quote, met where a record starts, is plain comma-separated fields and is split in C;
     the reader reads only the records that hold a quote (and the lines a quoted field spans).
     Text with carriage returns, or with a line over csv's field size limit, is left to the reader."""
-    lines = text.split("\n")
-    if not text or "\r" in text or max(map(len, lines)) > csv.field_size_limit():
-        return csv.reader(io.StringIO(text))
-    return _split_or_read(lines)
+    if text and "\r" not in text:
+        lines = text.split("\n")
+        if max(map(len, lines)) <= csv.field_size_limit():
+            return _split_or_read(lines)
+    return csv.reader(io.StringIO(text))
 
 
 def _split_or_read(lines: list[str]) -> Iterator[list[str]]:

@@ -47,9 +47,14 @@ _SHAPE = str.maketrans(
 _BOOLEAN_SHAPE = re.compile(r"[ae]{1,5}")  # the shape of every word in BOOLEANS
 
 
+def is_text(dataset: Dataset) -> bool:
+    """Whether every value already is text or None (always so for CSV): `to_frame` keeps it as it is."""
+    return dataset.source_format == "csv" or all(set(map(type, v)) <= _TEXT_TYPES for v in dataset.values.values())
+
+
 def to_frame(dataset: Dataset) -> pd.DataFrame:
     """All values as text (or None), columns in input order: what the tools work on."""
-    if dataset.source_format == "csv" or all(set(map(type, v)) <= _TEXT_TYPES for v in dataset.values.values()):
+    if is_text(dataset):
         columns = {name: np.array(dataset.values[name], dtype=object) for name in dataset.columns}
         rows = dataset.row_count if dataset.columns else 0  # no columns: no rows, as pandas builds it from records
         return pd.DataFrame(columns, columns=dataset.columns, index=pd.RangeIndex(rows), dtype=object)

@@ -13,7 +13,14 @@ import numpy as np
 import pandas as pd
 
 from agents.tools.dataset import Dataset
-from agents.tools.inference import classify_distinct, dominant_kind_of_counts, factorize_texts, parse_dates, to_frame
+from agents.tools.inference import (
+    classify_distinct,
+    dominant_kind_of_counts,
+    factorize_texts,
+    is_text,
+    parse_dates,
+    to_frame,
+)
 from agents.tools.options import Integer, Number, Options
 
 ID_NAME = re.compile(r"(^|_)(id|uuid|key|code|number)$", re.IGNORECASE)
@@ -72,11 +79,10 @@ def _numeric_stats(numbers: pd.Series) -> dict:
 
 def _factorized_columns(dataset: Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each column's `pd.factorize` codes and distinct values, as text the way `to_frame` gives it
-    (str, or None as code -1). CSV cells already are that text, so only native JSON values go
+    (str, or None as code -1). Text (all CSV cells) already is that, so only native JSON values go
     through `to_frame`, whose per-column type inference decides how they read (1 as "1.0" beside 2.5)."""
-    columns = [factorize_texts(dataset.values[name]) for name in dataset.columns]
-    if dataset.source_format == "csv" or all(set(map(type, distinct)) <= {str} for _, distinct in columns):
-        return columns  # CSV cells are text by construction
+    if is_text(dataset):
+        return [factorize_texts(dataset.values[name]) for name in dataset.columns]
     frame = to_frame(dataset)
     return [factorize_texts(frame[name].to_numpy(dtype=object)) for name in dataset.columns]
 
