@@ -7,6 +7,7 @@ Python in `agents.tools.dataset`.
 import csv
 import io
 from collections.abc import Iterator
+from itertools import chain, repeat
 from typing import Any
 
 from django.conf import settings
@@ -30,66 +31,93 @@ def _check_row_limit(count: int) -> None:
         raise DatasetError(f"At most {settings.AGENT_MAX_ROWS} rows are accepted.", too_large=True)
 
 
-def _records(text: str) -> Iterator[list[str]]:
-    """The CSV's records exactly as `csv.reader` reads them (a blank line is []), faster: a line
-    without a quote, met where a record starts, is plain comma-separated fields and is split in C;
-    the reader reads only the records that hold a quote (and the lines a quoted field spans).
-    Text with carriage returns, or with a line over csv's field size limit, is left to the reader."""
-    if text and "\r" not in text:
-        lines = text.split("\n")
-        if max(map(len, lines)) <= csv.field_size_limit():
-            return _split_or_read(lines)
-    return csv.reader(io.StringIO(text))
-
-
-def _split_or_read(lines: list[str]) -> Iterator[list[str]]:
-    position = 0
-    last = len(lines) - 1
-
-    def unread() -> Iterator[str]:  # the reader's source: the lines from `position` on, with their ends
-        nonlocal position
-        while position <= last:
-            position += 1
-            yield lines[position - 1] if position - 1 == last else lines[position - 1] + "\n"
-
-    reader = csv.reader(unread())
-    while position <= last:
-        line = lines[position]
-        if '"' in line:
-            record = next(reader, None)
-            if record is None:
-                return
-            yield record
-        elif line or position < last:  # the text's final newline ends the last record, as for the reader
-            position += 1
-            yield line.split(",") if line else []
-        else:
-            return
-
-
 def parse_csv(text: str, *, field: str = "data.csv") -> Dataset:
     """Parse CSV with a header row; an empty cell is a null."""
-    if len(text.encode("utf-8", errors="ignore")) > settings.AGENT_MAX_INPUT_BYTES:
+    try:
+        size, plain_text = len(text.encode("utf-8")), "\0" not in text
+    except UnicodeEncodeError:  # a lone surrogate
+        size, plain_text = len(text.encode("utf-8", errors="ignore")), False
+    if size > settings.AGENT_MAX_INPUT_BYTES:
         raise DatasetError(
             f"The CSV may be at most {settings.AGENT_MAX_INPUT_BYTES} bytes.", field=field, too_large=True
         )
     with gc_paused():
-        return _parse_csv(text, field)
+        return _parse_csv(text, field, plain_text)
 
 
-def _parse_csv(text: str, field: str) -> Dataset:
-    reader = _records(text)
+def _parse_csv(text: str, field: str, plain_text: bool) -> Dataset:
+    records = _split_records(text)
+    if records is None:
+        return _read_csv(text, field, plain_text)
+    columns = _columns_of(records[0], field)
+    width = len(columns)
+    _check_row_limit(len(records) - 1)
+    cells = list(chain.from_iterable(records[1:]))  # row after row: a column is every width-th cell
+    values = {name: [cell or None for cell in cells[index::width]] for index, name in enumerate(columns)}
+    return Dataset(columns, values=values, source_format="csv", plain_text=plain_text)
+
+
+def _split_records(text: str) -> list[list[str]] | None:
+    """The CSV's records, header first and blank lines left out, exactly as `csv.reader` reads
+    them, when every record has the header's number of fields — most CSV — and faster: every line
+    is split on commas in C, and only lines holding a quote (with the lines a quoted field spans)
+    go through the reader. None for text this does not read: carriage returns, a line over csv's
+    field size limit, a blank header, a record of another width or one the reader fails on;
+    `_read_csv` reads that with the reader alone and reports what is wrong."""
+    if not text or "\r" in text:
+        return None
+    lines = text.split("\n")
+    limit = csv.field_size_limit()
+    if not lines[0] or (len(text) > limit and max(map(len, lines)) > limit):
+        return None
+    records: list[list[str] | None] = list(map(str.split, lines, repeat(",")))
+    spanned = False
+    if '"' in text:
+        position = 0
+
+        def unread() -> Iterator[str]:  # the reader's source: the lines from `position` on, with their ends
+            nonlocal position
+            while position < len(lines):
+                position += 1
+                yield lines[position - 1] + "\n" if position < len(lines) else lines[position - 1]
+
+        reader = csv.reader(unread())
+        for index in [index for index, line in enumerate(lines) if '"' in line]:
+            if index < position:  # a line of a quoted field read already
+                continue
+            position = index
+            try:
+                records[index] = next(reader)
+            except (csv.Error, StopIteration):
+                return None
+            for spanned_line in range(index + 1, position):
+                records[spanned_line] = None
+                spanned = True
+    if spanned or "" in lines:  # a blank line is no record, as for the reader
+        records = [record for record, line in zip(records, lines, strict=True) if record is not None and line]
+    if list(map(len, records)).count(len(records[0])) != len(records):
+        return None
+    return records
+
+
+def _columns_of(header: list[str], field: str) -> list[str]:
+    columns = [name.strip() for name in header]
+    if not any(columns) or any(not name for name in columns):
+        raise DatasetError("Every column in the header row needs a name.", field=field)
+    if len(set(columns)) != len(columns):
+        raise DatasetError("Column names in the header row must be unique.", field=field)
+    return columns
+
+
+def _read_csv(text: str, field: str, plain_text: bool) -> Dataset:
+    reader = csv.reader(io.StringIO(text))
     try:
         header = next(reader)
     except StopIteration:
         raise DatasetError("The CSV is empty; a header row is required.", field=field) from None
     except csv.Error as exc:
         raise DatasetError(f"The CSV cannot be read: {exc}.", field=field) from exc
-    columns = [name.strip() for name in header]
-    if not any(columns) or any(not name for name in columns):
-        raise DatasetError("Every column in the header row needs a name.", field=field)
-    if len(set(columns)) != len(columns):
-        raise DatasetError("Column names in the header row must be unique.", field=field)
+    columns = _columns_of(header, field)
     records: list[list[str]] = []
     max_rows = settings.AGENT_MAX_ROWS
     try:
@@ -107,7 +135,7 @@ def _parse_csv(text: str, field: str) -> Dataset:
         raise DatasetError(f"The CSV cannot be read: {exc}.", field=field) from exc
     by_column = zip(*records, strict=True) if records else ([] for _ in columns)
     values = {name: [value or None for value in column] for name, column in zip(columns, by_column, strict=True)}
-    return Dataset(columns, values=values, source_format="csv")
+    return Dataset(columns, values=values, source_format="csv", plain_text=plain_text)
 
 
 def parse_rows(items: Any, *, field: str = "data.rows") -> Dataset:

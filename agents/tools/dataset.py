@@ -24,6 +24,9 @@ class Dataset:
     values: dict[str, list[Scalar]]
     row_count: int
     source_format: Literal["csv", "rows"]
+    # True when every text value is known to hold no NUL and no lone surrogate (the parser checked
+    # the whole input at once), so factorising its texts needs no per-column check.
+    plain_text: bool
 
     def __init__(
         self,
@@ -32,12 +35,14 @@ class Dataset:
         source_format: Literal["csv", "rows"] = "rows",
         *,
         values: dict[str, list[Scalar]] | None = None,
+        plain_text: bool = False,
     ) -> None:
         """From `rows` (dicts; a missing key is None) or from `values` by column (equal lengths)."""
         if (rows is None) == (values is None):
             raise TypeError("Give either rows or values.")
         self.columns = list(columns)
         self.source_format = source_format
+        self.plain_text = plain_text
         if values is None:
             self.values = {name: [row.get(name) for row in rows] for name in self.columns}
             self.row_count = len(rows)
@@ -63,6 +68,7 @@ class Dataset:
             "values": self.values,
             "row_count": self.row_count,
             "source_format": self.source_format,
+            "plain_text": self.plain_text,
         }
 
     @classmethod
@@ -70,11 +76,14 @@ class Dataset:
         """`to_message`'s output back; also the row form ({"rows": [...]}) that queued runs stored before."""
         if "values" not in message:
             return cls(message["columns"], rows=message["rows"], source_format=message["source_format"])
+        plain_text = message.get("plain_text", False)
         if not message["columns"]:
-            dataset = cls([], values={}, source_format=message["source_format"])
+            dataset = cls([], values={}, source_format=message["source_format"], plain_text=plain_text)
             dataset.row_count = message.get("row_count", 0)
             return dataset
-        return cls(message["columns"], values=message["values"], source_format=message["source_format"])
+        return cls(
+            message["columns"], values=message["values"], source_format=message["source_format"], plain_text=plain_text
+        )
 
     def to_payload(self, rows: list[dict[str, Scalar]] | None = None) -> dict[str, Any]:
         """The same format the caller sent: {"csv": "..."} or {"rows": [...]}."""

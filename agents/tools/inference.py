@@ -37,6 +37,10 @@ BOOLEANS = BOOL_TRUE | BOOL_FALSE
 # One pass instead of three: a full match takes the first alternative that fits.
 SIMPLE_KINDS = re.compile(f"(?P<integer>{INT_PATTERN})|(?P<float>{FLOAT_PATTERN})|(?P<email>{EMAIL_PATTERN})")
 MAYBE_DATE = "maybe-date"
+# The kinds a value can have; `kinds_of_distinct` gives them as codes into this array.
+KINDS = np.array(["text", "integer", "float", "email", "boolean", "date", "datetime"], dtype=object)
+KIND_CODES = {kind: code for code, kind in enumerate(KINDS)} | {MAYBE_DATE: len(KINDS)}
+_MAYBE_DATE_CODE = KIND_CODES[MAYBE_DATE]
 ASCII_LETTERS = frozenset(string.ascii_letters)
 _TEXT_TYPES = {str, type(None)}
 # A text's shape: what the kind patterns see of it (lengths, separators, digits, letters, an exponent).
@@ -100,48 +104,66 @@ def classify(values: pd.Series) -> pd.Series:
     return pd.Series(classify_distinct(distinct)[codes], index=text.index, dtype=object)
 
 
-def classify_distinct(texts: np.ndarray, stripped: list[str] | None = None) -> np.ndarray:
-    """`classify` for an array of texts (str) the caller has already made distinct.
+def classify_distinct(texts: np.ndarray) -> np.ndarray:
+    """`classify` for an array of texts (str) the caller has already made distinct."""
+    return KINDS[kinds_of_distinct(texts)[0]]
+
+
+def kinds_of_distinct(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For texts (str) the caller has made distinct: each one's kind as a code into `KINDS` (its
+    kind as `classify` gives it, of the text stripped), whether it is blank (empty or whitespace
+    only; its kind is text) and its length.
 
     Which pattern a text matches depends only on its character classes, so the texts are
     classified by their shape (`_SHAPE`: ASCII digits as 9, ASCII letters as a, e and E as e for
-    exponents) — a column of 100,000 ids or amounts has a handful of shapes. Only a boolean
-    depends on the letters themselves, and only dates are parsed one text at a time. `stripped`:
-    the texts stripped, when the caller has them.
+    exponents) — a column of 100,000 ids or amounts has a handful of shapes. A shape keeps a
+    text's length and whitespace, so stripping and blanks are judged on the few distinct shapes.
+    Only a boolean depends on the letters themselves, and only dates are parsed one text at a time.
     """
-    if stripped is None:
-        stripped = list(map(str.strip, texts))
-    shape_codes, shapes = factorize_texts(_shapes(stripped))
-    kinds = np.array(list(map(_kind_of_shape, shapes)), dtype=object)[shape_codes]
-    if len(shapes):
-        may_be_boolean = np.fromiter(map(bool, map(_BOOLEAN_SHAPE.fullmatch, shapes)), dtype=bool, count=len(shapes))
-        for index in np.flatnonzero(may_be_boolean[shape_codes]).tolist():
-            if stripped[index].lower() in BOOLEANS:
-                kinds[index] = "boolean"
-    maybe_date = np.flatnonzero(kinds == MAYBE_DATE)
-    kinds[maybe_date] = "text"
+    shapes = _shapes(texts)
+    shape_codes, distinct_shapes = _numbered(shapes)
+    stripped = [shape.strip() for shape in distinct_shapes]
+    kinds = np.array([KIND_CODES[_kind_of_shape(shape)] for shape in stripped], dtype=np.int8)[shape_codes]
+    blank = np.array([not shape for shape in stripped], dtype=bool)[shape_codes]
+    lengths = np.fromiter(map(len, shapes), dtype=np.int64, count=len(shapes))
+    may_be_boolean = np.array([_BOOLEAN_SHAPE.fullmatch(shape) is not None for shape in stripped], dtype=bool)
+    for index in np.flatnonzero(may_be_boolean[shape_codes]).tolist():
+        if texts[index].strip().lower() in BOOLEANS:
+            kinds[index] = KIND_CODES["boolean"]
+    maybe_date = np.flatnonzero(kinds == _MAYBE_DATE_CODE)
+    kinds[maybe_date] = KIND_CODES["text"]
     if len(maybe_date):
         dates, timed = parse_dates(pd.Series(texts[maybe_date], dtype=object))
         found, timed = dates.notna().to_numpy(), timed.to_numpy()
-        kinds[maybe_date[found & ~timed]] = "date"
-        kinds[maybe_date[found & timed]] = "datetime"
-    return kinds
+        kinds[maybe_date[found & ~timed]] = KIND_CODES["date"]
+        kinds[maybe_date[found & timed]] = KIND_CODES["datetime"]
+    return kinds, blank, lengths
 
 
-def _shapes(texts: list[str]) -> list[str]:
+def _shapes(texts) -> list[str]:
     """Each text's `_SHAPE`: translated as one string (three times faster than one by one)."""
     joined = "\0".join(texts)
     if joined.count("\0") == max(len(texts) - 1, 0):  # no text holds the separator
-        return joined.translate(_SHAPE).split("\0") if texts else []
+        return joined.translate(_SHAPE).split("\0") if len(texts) else []
     return [text.translate(_SHAPE) for text in texts]
 
 
-def factorize_texts(values) -> tuple[np.ndarray, np.ndarray]:
+def _numbered(texts: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Codes and distinct texts in first-seen order, for texts with few distinct values (a dict,
+    so any text is told apart; cheaper than an object array and `pd.factorize` for a list)."""
+    numbering = {text: code for code, text in enumerate(dict.fromkeys(texts))}
+    return np.fromiter(map(numbering.__getitem__, texts), dtype=np.intp, count=len(texts)), list(numbering)
+
+
+def factorize_texts(values, *, plain: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """`pd.factorize(values)` for texts (str; None or NaN → -1): codes in first-seen order and the distinct
     texts. pandas' string hash table cuts a text at its first NUL and cannot read a lone surrogate,
     so it takes "a\0b" for "a": texts holding either are numbered by a dict instead. Values that
-    are not all text go to pandas as they are."""
+    are not all text go to pandas as they are. `plain`: the caller knows the texts hold neither
+    (`Dataset.plain_text`, or texts derived from such), so the check is skipped."""
     array = np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values
+    if plain:
+        return pd.factorize(array)
     missing = pd.isna(array)
     try:
         joined = "".join(array[~missing])

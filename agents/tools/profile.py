@@ -1,6 +1,6 @@
 """profile-my-data: what each column holds and how clean the table is.
 
-Columns repeat their values, so each distinct value is stripped, classified and parsed once and
+Columns repeat their values, so each distinct value is classified (by its shape) and parsed once and
 the per-row figures are rebuilt from `pd.factorize` codes; the figures equal pandas' on the rows.
 """
 
@@ -11,13 +11,16 @@ import re
 
 import numpy as np
 import pandas as pd
+from pandas.core.sorting import nargsort
 
 from agents.tools.dataset import Dataset
 from agents.tools.inference import (
-    classify_distinct,
+    KIND_CODES,
+    KINDS,
     dominant_kind_of_counts,
     factorize_texts,
     is_text,
+    kinds_of_distinct,
     parse_dates,
     to_frame,
 )
@@ -28,6 +31,8 @@ ID_NAME = re.compile(r"(^|_)(id|uuid|key|code|number)$", re.IGNORECASE)
 CATEGORICAL_RATIO = 0.05
 # Kinds a column type absorbs without calling the column "mixed".
 COMPATIBLE_KINDS = {"float": {"integer", "float"}, "datetime": {"date", "datetime"}, "categorical": {"text"}}
+NUMBER_KINDS = [KIND_CODES["integer"], KIND_CODES["float"]]
+DATE_KINDS = [KIND_CODES["date"], KIND_CODES["datetime"]]
 
 
 OPTIONS = Options(
@@ -82,7 +87,7 @@ def _factorized_columns(dataset: Dataset) -> list[tuple[np.ndarray, np.ndarray]]
     (str, or None as code -1). Text (all CSV cells) already is that, so only native JSON values go
     through `to_frame`, whose per-column type inference decides how they read (1 as "1.0" beside 2.5)."""
     if is_text(dataset):
-        return [factorize_texts(dataset.values[name]) for name in dataset.columns]
+        return [factorize_texts(dataset.values[name], plain=dataset.plain_text) for name in dataset.columns]
     frame = to_frame(dataset)
     return [factorize_texts(frame[name].to_numpy(dtype=object)) for name in dataset.columns]
 
@@ -95,29 +100,32 @@ def _rows_of(selected: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return rows[rows >= 0]
 
 
-def _value_counts(counts: np.ndarray, values: np.ndarray) -> pd.Series:
-    """`Series.value_counts()` from the counts of values in first-seen order (as `pd.factorize`
-    gives them): the same sort on the same order, so ties come out alike."""
-    return pd.Series(counts, index=values).sort_values(ascending=False)
+def _top(counts: np.ndarray, values: np.ndarray, k: int) -> list[tuple[object, int]]:
+    """The k first of `Series(counts, index=values).sort_values(ascending=False)` for values in
+    first-seen order (as `pd.factorize` gives them), so ties come out as in `value_counts()`: the
+    same pandas sort, on the counts alone."""
+    order = nargsort(counts, kind="quicksort", ascending=False)[:k]
+    return list(zip(values[order].tolist(), counts[order].tolist(), strict=True))
 
 
 def _profile_column(name: str, codes: np.ndarray, uniques: np.ndarray, config: dict) -> tuple[dict, list[str]]:
     row_count = len(codes)
     present_codes = codes[codes >= 0]
     counts = np.bincount(present_codes, minlength=len(uniques))
-    stripped = list(map(str.strip, uniques))
-    not_blank = np.fromiter(map(bool, stripped), dtype=bool, count=len(uniques))
-    distinct_values = uniques[not_blank]
-    stripped = [text for text in stripped if text]
+    kind_codes, blank, lengths = kinds_of_distinct(uniques)
+    not_blank = ~blank
+    distinct_values, kind_codes, lengths = uniques[not_blank], kind_codes[not_blank], lengths[not_blank]
     distinct_counts = counts[not_blank]
     filled_rows = _rows_of(not_blank, present_codes)
     filled_count = len(filled_rows)
 
-    kind_of = classify_distinct(distinct_values, stripped)
-    kind_codes, kind_names = pd.factorize(kind_of)
-    kinds = _value_counts(np.bincount(kind_codes[filled_rows], minlength=len(kind_names)), kind_names)
-    kind_counts = {k: int(n) for k, n in kinds.items()}
-    column_type = dominant_kind_of_counts(kinds)
+    # The kinds in the order the rows' value_counts() gives them: by count, ties in first-seen order.
+    kinds_seen, first_seen = np.unique(kind_codes, return_index=True)
+    kinds_seen = kinds_seen[np.argsort(first_seen)]
+    kind_counts = dict(
+        _top(np.bincount(kind_codes[filled_rows], minlength=len(KINDS))[kinds_seen], KINDS[kinds_seen], len(kinds_seen))
+    )
+    column_type = dominant_kind_of_counts(pd.Series(kind_counts, dtype=np.int64))
     distinct = len(distinct_values)
     if (
         column_type == "text"
@@ -126,8 +134,7 @@ def _profile_column(name: str, codes: np.ndarray, uniques: np.ndarray, config: d
     ):
         column_type = "categorical"
 
-    top = _value_counts(distinct_counts, distinct_values).head(config["top_values"])
-    lengths = np.fromiter(map(len, distinct_values), dtype=np.int64, count=distinct)
+    top = _top(distinct_counts, distinct_values, config["top_values"])
     profile = {
         "name": name,
         "type": column_type,
@@ -135,7 +142,7 @@ def _profile_column(name: str, codes: np.ndarray, uniques: np.ndarray, config: d
         "empty_count": int(counts[~not_blank].sum()),
         "distinct_count": distinct,
         "type_counts": kind_counts,
-        "top_values": [{"value": value, "count": int(count)} for value, count in top.items()],
+        "top_values": [{"value": value, "count": count} for value, count in top],
         "length": {
             "min": int(lengths.min()),
             "max": int(lengths.max()),
@@ -145,11 +152,11 @@ def _profile_column(name: str, codes: np.ndarray, uniques: np.ndarray, config: d
         else None,
     }
     if column_type in ("integer", "float"):
-        numeric = np.isin(kind_of, ["integer", "float"])
+        numeric = np.isin(kind_codes, NUMBER_KINDS)
         parsed = pd.to_numeric(pd.Series(distinct_values[numeric], dtype=object), errors="coerce").to_numpy()
         profile.update(_numeric_stats(pd.Series(parsed[_rows_of(numeric, filled_rows)])))
     if column_type in ("date", "datetime"):
-        dates, _ = parse_dates(pd.Series(distinct_values[np.isin(kind_of, ["date", "datetime"])], dtype=object))
+        dates, _ = parse_dates(pd.Series(distinct_values[np.isin(kind_codes, DATE_KINDS)], dtype=object))
         dates = dates.dropna()
         fmt = "%Y-%m-%d" if column_type == "date" else "%Y-%m-%dT%H:%M:%S"
         profile["min"], profile["max"] = dates.min().strftime(fmt), dates.max().strftime(fmt)
