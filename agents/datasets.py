@@ -62,14 +62,28 @@ def _split_records(text: str) -> list[list[str]] | None:
     them, when every record has the header's number of fields — most CSV — and faster: every line
     is split on commas in C, and only lines holding a quote (with the lines a quoted field spans)
     go through the reader. None for text this does not read: carriage returns, a line over csv's
-    field size limit, a blank header, a record of another width or one the reader fails on;
-    `_read_csv` reads that with the reader alone and reports what is wrong."""
-    if not text or "\r" in text:
+    field size limit, a header the reader would refuse, a record of another width or one the reader fails on;
+    `_read_csv` reads that with the reader alone and reports what is wrong. So does text of more
+    lines than the row limit allows: the reader stops at the limit, where splitting all of it
+    first would hold a list per line (a 10 MB text of blank lines would take 1 GB)."""
+    if not text or "\r" in text or text.count("\n") > settings.AGENT_MAX_ROWS + 1:
         return None
     lines = text.split("\n")
     limit = csv.field_size_limit()
     if not lines[0] or (len(text) > limit and max(map(len, lines)) > limit):
         return None
+    # A header or a quote-free line the reader would refuse is refused before any other line is
+    # split: a line without a quote has its commas + 1 fields (quoted and blank lines are judged later).
+    commas = lines[0].count(",") if '"' not in lines[0] else None
+    if commas is not None:
+        header = [name.strip() for name in lines[0].split(",")]
+        if not all(header) or len(set(header)) != len(header):  # the reader's path reports it, reading no further
+            return None
+        widths = list(map(str.count, lines, repeat(",")))
+        if widths.count(commas) != len(lines) and any(
+            line and '"' not in line for line, width in zip(lines, widths, strict=True) if width != commas
+        ):
+            return None
     records: list[list[str] | None] = list(map(str.split, lines, repeat(",")))
     spanned = False
     if '"' in text:

@@ -111,3 +111,23 @@ def test_text_is_known_plain_only_without_a_nul_or_a_lone_surrogate():
         assert profile.run(dataset, config)["columns"][0]["distinct_count"] == 2
         assert not Dataset.from_message(json.loads(json.dumps(dataset.to_message()))).plain_text
     assert Dataset.from_message(json.loads(json.dumps(parse_csv("a\nx\n").to_message()))).plain_text
+
+
+def test_text_the_reader_stops_early_on_is_not_split_first(settings):
+    """Splitting holds a list per line: text over the row limit, a header the reader refuses or a
+    plain line of another width goes to the reader, which stops where it fails (the 10 MB of blank
+    lines below would otherwise take about 200 MB of the web process)."""
+    import tracemalloc
+
+    settings.AGENT_MAX_ROWS = 1000
+    settings.AGENT_MAX_INPUT_BYTES = 20_000_000
+    blank_lines = "a\n" + "\n" * 2_000_000  # valid: a header and no rows
+    cases = [blank_lines, "a\n" * 1002, "," * 2000 + "\n" + "," * 2000 + "\n", "a,b\n" + "1\n" + "1,2\n" * 500]
+    for text in cases:
+        assert datasets._split_records(text) is None
+    tracemalloc.start()
+    dataset = parse_csv(blank_lines)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert (dataset.columns, dataset.row_count) == (["a"], 0) and peak < 20_000_000
+    assert datasets._split_records("a,b\n" + "1,2\n" * 999 + "\n") is not None  # within the limit

@@ -76,7 +76,8 @@ class Dataset:
         """`to_message`'s output back; also the row form ({"rows": [...]}) that queued runs stored before."""
         if "values" not in message:
             return cls(message["columns"], rows=message["rows"], source_format=message["source_format"])
-        plain_text = message.get("plain_text", False)
+        # Only a CSV's parse knows its text plain; anything else is checked per column.
+        plain_text = message.get("plain_text") is True and message["source_format"] == "csv"
         if not message["columns"]:
             dataset = cls([], values={}, source_format=message["source_format"], plain_text=plain_text)
             dataset.row_count = message.get("row_count", 0)
