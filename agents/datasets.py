@@ -48,11 +48,12 @@ def parse_csv(text: str, *, field: str = "data.csv") -> Dataset:
 def _parse_csv(text: str, field: str, plain_text: bool) -> Dataset:
     records = _split_records(text)
     if records is None:
-        return _read_csv(text, field, plain_text)
-    columns = _columns_of(records[0], field)
+        columns, rows = _read_csv(text, field)
+    else:
+        columns, rows = _columns_of(records[0], field), records[1:]
+        _check_row_limit(len(rows))
     width = len(columns)
-    _check_row_limit(len(records) - 1)
-    cells = list(chain.from_iterable(records[1:]))  # row after row: a column is every width-th cell
+    cells = list(chain.from_iterable(rows))  # row after row: a column is every width-th cell
     values = {name: [cell or None for cell in cells[index::width]] for index, name in enumerate(columns)}
     return Dataset(columns, values=values, source_format="csv", plain_text=plain_text)
 
@@ -76,8 +77,7 @@ def _split_records(text: str) -> list[list[str]] | None:
     # split: a line without a quote has its commas + 1 fields (quoted and blank lines are judged later).
     commas = lines[0].count(",") if '"' not in lines[0] else None
     if commas is not None:
-        header = [name.strip() for name in lines[0].split(",")]
-        if not all(header) or len(set(header)) != len(header):  # the reader's path reports it, reading no further
+        if _header_problem(lines[0].split(",")):  # the reader's path reports it, reading no further
             return None
         widths = list(map(str.count, lines, repeat(",")))
         if widths.count(commas) != len(lines) and any(
@@ -115,15 +115,24 @@ def _split_records(text: str) -> list[list[str]] | None:
 
 
 def _columns_of(header: list[str], field: str) -> list[str]:
+    problem = _header_problem(header)
+    if problem:
+        raise DatasetError(problem, field=field)
+    return [name.strip() for name in header]
+
+
+def _header_problem(header: list[str]) -> str | None:
     columns = [name.strip() for name in header]
     if not any(columns) or any(not name for name in columns):
-        raise DatasetError("Every column in the header row needs a name.", field=field)
+        return "Every column in the header row needs a name."
     if len(set(columns)) != len(columns):
-        raise DatasetError("Column names in the header row must be unique.", field=field)
-    return columns
+        return "Column names in the header row must be unique."
+    return None
 
 
-def _read_csv(text: str, field: str, plain_text: bool) -> Dataset:
+def _read_csv(text: str, field: str) -> tuple[list[str], list[list[str]]]:
+    """The columns and the records, read with `csv.reader` alone; DatasetError for the first
+    problem, as the reader meets it (the header first, then line by line)."""
     reader = csv.reader(io.StringIO(text))
     try:
         header = next(reader)
@@ -147,9 +156,7 @@ def _read_csv(text: str, field: str, plain_text: bool) -> Dataset:
                 _check_row_limit(len(records))
     except csv.Error as exc:
         raise DatasetError(f"The CSV cannot be read: {exc}.", field=field) from exc
-    by_column = zip(*records, strict=True) if records else ([] for _ in columns)
-    values = {name: [value or None for value in column] for name, column in zip(columns, by_column, strict=True)}
-    return Dataset(columns, values=values, source_format="csv", plain_text=plain_text)
+    return columns, records
 
 
 def parse_rows(items: Any, *, field: str = "data.rows") -> Dataset:

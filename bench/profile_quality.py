@@ -221,14 +221,14 @@ def main() -> None:
         f"  ({figures['parse_seconds']} + {figures['profile_seconds']})"
     )
     print(f"  pandas, same text, only the compared figures  {figures['pandas_seconds']}")
-    print(f"  ydata-profiling minimal mode, same text  {_ydata(figures)}")
+    print(f"  ydata-profiling minimal mode, same text  {ydata_summary(figures)}")
     print(f"  peak MB (traced, profile.run)        {figures['peak_mb']}  (RSS growth {figures['rss_growth_mb']} MB)")
     print(f"  figures equal to pandas              {figures['checks_equal']}/{figures['checks']}")
     for mismatch in figures["mismatches"]:
         print(f"    {mismatch}")
 
 
-def _ydata(figures: dict) -> str:
+def ydata_summary(figures: dict) -> str:
     if figures["ydata_seconds"] is None:
         return "not run (make bench-ydata builds its virtualenv)"
     return f"{figures['ydata_seconds']} s (ours {figures['seconds'] / figures['ydata_seconds']:.2f}× its time)"

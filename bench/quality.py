@@ -263,7 +263,7 @@ def main() -> None:
             f"  profile-my-data {found['rows']:,} rows × {found['columns']} columns: {found['seconds']} s "
             f"(parse {found['parse_seconds']} s), peak {found['peak_mb']} MB, figures equal to pandas "
             f"{found['checks_equal']}/{found['checks']}; pandas computing only those figures: "
-            f"{found['pandas_seconds']} s; ydata-profiling minimal mode: {profile_quality._ydata(found)}"
+            f"{found['pandas_seconds']} s; ydata-profiling minimal mode: {profile_quality.ydata_summary(found)}"
         )
     if not args.skip_clean:
         from bench import clean_quality
