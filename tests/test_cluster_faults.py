@@ -1,7 +1,9 @@
 """What a Galera node does to a plan when another node's write aborts it (a "brute-force abort"),
-reproduced on one server: the compound statement ends early, without its last SELECT and without
-its COMMIT, and no error reaches the client. And what a killed node or a dropped connection does:
-the plan's answer never arrives, whether or not it committed."""
+reproduced on one server: the compound statement's answer ends early, without its last SELECT,
+and no error reaches the client — with or without its COMMIT (Galera replays a transaction
+aborted after certification, and the replayed statements' answer never reaches the client).
+And what a killed node or a dropped connection does: the plan's answer never arrives, whether
+or not it committed."""
 
 import pytest
 
@@ -12,32 +14,66 @@ from billing.models import CreditTransaction, Wallet
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _aborted_first(monkeypatch, *, own_transaction_only: bool):
+def _aborted_first(monkeypatch, *, own_transaction_only: bool, committed: bool = False):
+    """The first plan's answer ends before its last SELECT: its writes ran, then the block ended
+    without its COMMIT — or (`committed`) the block went on and committed, its last answer lost."""
     real = sql.compound_sql
     calls = []
+    end = f"SELECT '{sql._END_MARK}', reached, more;"
 
     def compound_sql(steps, *, own_transaction, followup=None):
         text = real(steps, own_transaction=own_transaction, followup=followup)
         calls.append(own_transaction)
         if len(calls) == 1 and (own_transaction or not own_transaction_only):
-            # The block's writes ran; then it ended: no final SELECT, no COMMIT.
-            return text.split(f"SELECT '{sql._END_MARK}', reached, more;")[0] + " END"
+            return text.replace(end, "") if committed else text.split(end)[0] + " END"
         return text
 
     monkeypatch.setattr(sql, "compound_sql", compound_sql)
     return calls
 
 
-def test_a_plan_aborted_before_its_end_is_rolled_back_and_run_again(user, monkeypatch):
+@pytest.mark.parametrize("committed", [False, True], ids=["rolled-back", "committed"])
+def test_a_plan_whose_answer_ended_early_is_run_again_and_charged_once(user, monkeypatch, committed):
     ledger.grant(user_id=user.id, amount=100, reason="seed")
-    calls = _aborted_first(monkeypatch, own_transaction_only=True)
+    calls = _aborted_first(monkeypatch, own_transaction_only=True, committed=committed)
 
     charged = ledger.charge(user_id=user.id, amount=7, agent_id="profile-my-data")
 
-    assert calls[:2] == [True, True]  # aborted, then run again on a fresh connection
+    assert calls[:2] == [True, True]  # cut short, then run again on a fresh connection
     wallet = Wallet.objects.get(user=user)
-    assert (wallet.balance_credits, charged.transaction.balance_after) == (93, 93)
+    assert (wallet.balance_credits, charged.transaction.balance_after, charged.replayed) == (93, 93, False)
     assert CreditTransaction.objects.filter(wallet=wallet, kind="charge").count() == 1
+
+
+@pytest.mark.parametrize("committed", [False, True], ids=["rolled-back", "committed"])
+@pytest.mark.parametrize("amount", [None, 12], ids=["whole-hold", "part"])
+def test_a_capture_whose_answer_ended_early_is_answered_as_captured_once(user, monkeypatch, committed, amount):
+    """Seen on the cluster: a capture whose answer lacked its last SELECT had committed, and
+    running it again found the hold captured (HoldNotPending, a wrong 409)."""
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    held = ledger.hold(user_id=user.id, amount=30, agent_id="profile-my-data")
+    _aborted_first(monkeypatch, own_transaction_only=True, committed=committed)
+
+    captured = ledger.capture(hold_id=held.hold.id, amount=amount)
+
+    wallet = Wallet.objects.get(user=user)
+    (row,) = CreditTransaction.objects.filter(wallet=wallet, kind="charge")
+    taken = amount or 30
+    assert (captured.transaction.id, captured.transaction.amount, captured.user_id) == (row.id, -taken, user.id)
+    assert (wallet.balance_credits, wallet.held_credits) == (100 - taken, 0)
+
+
+@pytest.mark.parametrize("committed", [False, True], ids=["rolled-back", "committed"])
+def test_a_release_whose_answer_ended_early_is_answered_as_released(user, monkeypatch, committed):
+    # Well above the low-balance alert, so that no follow-up keeps the first run's transaction open.
+    ledger.grant(user_id=user.id, amount=1000, reason="seed")
+    held = ledger.hold(user_id=user.id, amount=30, agent_id="profile-my-data")
+    _aborted_first(monkeypatch, own_transaction_only=True, committed=committed)
+
+    released = ledger.release(hold_id=held.hold.id)
+
+    wallet = Wallet.objects.get(user=user)
+    assert (released.status, wallet.balance_credits, wallet.held_credits) == ("released", 1000, 0)
 
 
 def test_inside_a_callers_transaction_an_aborted_plan_is_refused_with_nothing_kept(user, monkeypatch):
@@ -55,10 +91,11 @@ def test_inside_a_callers_transaction_an_aborted_plan_is_refused_with_nothing_ke
     assert not CreditTransaction.objects.filter(wallet=wallet, kind="charge").exists()
 
 
-def _answer_lost_once(monkeypatch, *, after_commit: bool):
+def _answer_lost_once(monkeypatch, *, after_commit: bool, error: Exception | None = None):
     """The first plan's answer never arrives, as when the node it ran on is killed or the
     connection drops: after the plan committed (`after_commit`: its follow-up too, when one was
-    due) or before it ran."""
+    due) or before it ran. `error` is what the client library raises (default: the
+    InterfaceError mysqlclient raises when the answer is cut off)."""
     from django.db import InterfaceError
 
     from billing.ledger import spending
@@ -71,7 +108,7 @@ def _answer_lost_once(monkeypatch, *, after_commit: bool):
         if len(calls) == 1:
             if after_commit:
                 real(steps, followup)
-            raise InterfaceError(0, "")  # what mysqlclient raises when the answer is cut off
+            raise error or InterfaceError(0, "")
         return real(steps, followup)
 
     monkeypatch.setattr(spending, "run_plan", run_plan)
@@ -116,19 +153,36 @@ def test_keyless_charges_never_replay_each_other(user):
     assert Wallet.objects.get(user=user).balance_credits == 90
 
 
-def test_a_capture_whose_answer_was_lost_is_refused_not_guessed(user, monkeypatch):
-    """A capture has no key to find its own first run by: the call answers 503 (LedgerBusy), and
-    a retry finds the hold settled (HoldNotPending) or captures it once; nothing is taken twice."""
+@pytest.mark.parametrize("after_commit", [True, False], ids=["committed", "not-run"])
+def test_a_capture_whose_answer_was_lost_finds_its_own_capture(user, monkeypatch, after_commit):
+    """Only the hold's owner settles it, so after a lost answer a hold found captured as asked
+    is this call's own capture: answered with its charge row, taken once."""
     ledger.grant(user_id=user.id, amount=100, reason="seed")
     held = ledger.hold(user_id=user.id, amount=30, agent_id="profile-my-data")
-    _answer_lost_once(monkeypatch, after_commit=True)
+    calls = _answer_lost_once(monkeypatch, after_commit=after_commit)
 
-    with pytest.raises(ledger.LedgerBusy):
-        ledger.capture(hold_id=held.hold.id)
+    captured = ledger.capture(hold_id=held.hold.id)
 
+    assert len(calls) == 2
     wallet = Wallet.objects.get(user=user)
-    assert (wallet.balance_credits, wallet.held_credits) == (70, 0)
-    assert CreditTransaction.objects.filter(wallet=wallet, kind="charge").count() == 1
+    (row,) = CreditTransaction.objects.filter(wallet=wallet, kind="charge")
+    assert (wallet.balance_credits, wallet.held_credits, captured.transaction.id) == (70, 0, row.id)
+
+
+def test_after_a_lost_answer_a_hold_settled_otherwise_is_still_refused(user, monkeypatch):
+    """The hold was captured for another amount (or released) meanwhile: not this call's own
+    capture, so the refusal stands."""
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    held = ledger.hold(user_id=user.id, amount=30, agent_id="profile-my-data")
+    ledger.capture(hold_id=held.hold.id, amount=10)
+    _answer_lost_once(monkeypatch, after_commit=False)
+
+    with pytest.raises(ledger.HoldNotPending):
+        ledger.capture(hold_id=held.hold.id, amount=20)
+    with pytest.raises(ledger.HoldNotPending):
+        ledger.release(hold_id=held.hold.id)
+
+    assert Wallet.objects.get(user=user).balance_credits == 90
 
 
 def test_a_charge_whose_answer_was_lost_is_run_once_more_when_the_budget_is_spent(user, monkeypatch, settings):
@@ -201,3 +255,48 @@ def test_a_plan_interrupted_into_a_null_is_run_again_not_a_raw_error(user, monke
     wallet = Wallet.objects.get(user=user)
     assert (wallet.balance_credits, charged.transaction.balance_after) == (93, 93)
     assert CreditTransaction.objects.filter(wallet=wallet, kind="charge").count() == 1
+
+
+@pytest.mark.parametrize("after_commit", [True, False], ids=["committed", "not-run"])
+def test_commands_out_of_sync_is_a_lost_answer_not_a_raw_error(user, monkeypatch, after_commit):
+    """mysqlclient raises "commands out of sync" (2014) as a ProgrammingError; seen once on the
+    cluster as a raw error (a 500). It leaves the outcome unknown like a lost connection."""
+    from django.db import ProgrammingError
+
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    out_of_sync = ProgrammingError(2014, "Commands out of sync; you can't run this command now")
+    calls = _answer_lost_once(monkeypatch, after_commit=after_commit, error=out_of_sync)
+
+    charged = ledger.charge(user_id=user.id, amount=7, agent_id="profile-my-data")
+
+    assert len(calls) == 2
+    wallet = Wallet.objects.get(user=user)
+    (row,) = CreditTransaction.objects.filter(wallet=wallet, kind="charge")
+    assert (wallet.balance_credits, charged.transaction.id) == (93, row.id)
+
+
+def test_out_of_sync_between_the_blocks_answers_closes_the_connection_and_runs_again(user, monkeypatch):
+    """The error raised while the block's later answers are read (the block itself runs to its
+    end on the server): the connection is closed, and the charge, run again, replays the row its
+    first run committed."""
+    import MySQLdb
+    from django.db import connection
+
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    real = MySQLdb.cursors.BaseCursor.nextset
+    raised = []
+
+    def nextset(cursor):
+        if not raised:
+            raised.append(connection.connection)
+            raise MySQLdb.ProgrammingError(2014, "Commands out of sync; you can't run this command now")
+        return real(cursor)
+
+    monkeypatch.setattr(MySQLdb.cursors.BaseCursor, "nextset", nextset)
+
+    charged = ledger.charge(user_id=user.id, amount=7, agent_id="profile-my-data")
+
+    assert raised and connection.connection is not raised[0]  # a fresh connection
+    wallet = Wallet.objects.get(user=user)
+    (row,) = CreditTransaction.objects.filter(wallet=wallet, kind="charge")
+    assert (wallet.balance_credits, charged.transaction.id, charged.replayed) == (93, row.id, False)

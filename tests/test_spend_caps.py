@@ -14,7 +14,7 @@ from tests.concurrency import in_threads
 from tests.conftest import bearer_client
 from tests.factories import StaffFactory, UserFactory
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("agent_costs")]
 NOON = datetime(2026, 11, 30, 12, tzinfo=UTC)
 
 

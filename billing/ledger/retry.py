@@ -3,7 +3,9 @@
 On a Galera cluster a transaction that conflicts with one committed on another node is aborted
 by certification with the deadlock error (1213), at commit or mid-statement: it is retried the
 same way. Those aborts come fast (no lock wait), so the budget allows more attempts than a lock
-wait would, spaced by a growing random pause so that writers on different nodes stop colliding."""
+wait would, spaced by a growing random pause so that writers on different nodes stop colliding.
+A write refused by a table's broken trigger cache (`sql.is_broken_trigger_cache`) is retried
+after the table is reopened."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from django.db import DatabaseError, Error, InterfaceError, OperationalError, co
 
 from billing import metrics
 from billing.ledger.errors import LedgerBusy
-from billing.ledger.sql import is_connection_error
+from billing.ledger.sql import is_broken_trigger_cache, is_connection_error, reopen_trigger_tables
 
 # MySQL/MariaDB error numbers worth retrying: lock wait timeout, deadlock (and Galera's
 # certification conflict, reported as a deadlock).
@@ -39,10 +41,13 @@ T = TypeVar("T")
 
 
 def is_retryable_error(exc: Exception) -> bool:
-    """A lock-wait timeout or deadlock: the whole transaction may simply be run again. Inside a
-    caller's transaction a verb reports one as `LedgerBusy` caused by it, for the caller (who
-    owns the transaction) to retry."""
-    return isinstance(_cause(exc), OperationalError) and exc_code(exc) in _RETRYABLE_MYSQL_ERRORS
+    """A lock-wait timeout or deadlock (or a broken trigger cache): the whole transaction may
+    simply be run again. Inside a caller's transaction a verb reports one as `LedgerBusy` caused
+    by it, for the caller (who owns the transaction) to retry."""
+    cause = _cause(exc)
+    if is_broken_trigger_cache(cause):
+        return True
+    return isinstance(cause, OperationalError) and exc_code(exc) in _RETRYABLE_MYSQL_ERRORS
 
 
 def exc_code(exc: BaseException) -> int | None:
@@ -66,23 +71,26 @@ def run_with_retries(attempt: Callable[[], T]) -> T:
     return _run(attempt, replayable=False)[0]
 
 
-def run_replayable(attempt: Callable[[], T]) -> tuple[T, bool]:
-    """`run_with_retries` for an attempt that writes under an idempotency key and replays the
-    row already there (charge, hold): after a lost answer (its outcome unknown: it may have
-    committed) it is run again too, on a fresh connection, and once more even when the budget
-    is spent, so the caller learns the outcome rather than a 503. Also says whether an answer
-    was lost on the way (a replay is then most likely the call's own first run)."""
+def run_replayable(attempt: Callable[[bool], T]) -> tuple[T, bool]:
+    """`run_with_retries` for an attempt that can tell its own committed run (charge and hold
+    replay the row written under their idempotency key; capture and release find the hold
+    settled as asked): after a lost answer (its outcome unknown: it may have committed) it is
+    run again too, on a fresh connection, and once more even when the budget is spent, so the
+    caller learns the outcome rather than a 503. `attempt(answer_lost)` is told whether an
+    earlier run's answer was lost; so is the caller (a replay is then most likely the call's own
+    first run)."""
     return _run(attempt, replayable=True)
 
 
-def _run(attempt: Callable[[], T], *, replayable: bool) -> tuple[T, bool]:
+def _run(attempt: Callable[..., T], *, replayable: bool) -> tuple[T, bool]:
     give_up_at = time.monotonic() + settings.LEDGER_RETRY_BUDGET_SECONDS
     answer_lost = False
+    reopened = False
     for number in range(1, _MAX_ATTEMPTS + 2):
         began = time.monotonic()
         try:
-            return attempt(), answer_lost
-        except (OperationalError, InterfaceError, LedgerBusy) as exc:
+            return (attempt(answer_lost) if replayable else attempt()), answer_lost
+        except (DatabaseError, InterfaceError, LedgerBusy) as exc:
             if isinstance(exc, LedgerBusy) and not is_retryable_error(exc):
                 raise
             lost = is_connection_error(exc)
@@ -91,6 +99,8 @@ def _run(attempt: Callable[[], T], *, replayable: bool) -> tuple[T, bool]:
             if connection.in_atomic_block or (connection.connection is not None and not connection.autocommit):
                 # An outer transaction owns the locks (and the outcome); only its owner can retry.
                 raise _given_up(lost) from exc
+            if is_broken_trigger_cache(_cause(exc)) and not reopened:
+                reopened = reopen_trigger_tables()
             if lost:
                 with contextlib.suppress(DatabaseError):
                     connection.close()

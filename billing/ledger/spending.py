@@ -33,7 +33,7 @@ from billing.ledger.posting import (
     _uuid_hex,
 )
 from billing.ledger.results import Captured, HoldResult, LedgerResult
-from billing.ledger.retry import run_replayable, run_with_retries
+from billing.ledger.retry import run_replayable
 from billing.ledger.sql import PlanStopped, Step, remember_inserted_id, run_plan
 from billing.models import CreditHold, CreditTransaction, HoldStatus, TransactionKind
 from billing.signals import hold_expired
@@ -79,7 +79,7 @@ def _once_per_call(idempotency_key: str | None, attempt: Callable[[str], T]) -> 
     the caller's key, or one of the call's own, so that a lost answer is run again safely; a
     replay of the call's own first run is answered as its first answer."""
     key = _key_of_call(idempotency_key)
-    result, answer_lost = run_replayable(lambda: attempt(key))
+    result, answer_lost = run_replayable(lambda _answer_lost: attempt(key))
     return _as_first_call(result, idempotency_key, answer_lost=answer_lost)
 
 
@@ -337,18 +337,24 @@ def capture(
     """Turn a pending hold into one `charge` row of `amount` (default: all of it); any
     remainder is released. A hold is captured at most once (`HoldNotPending`). A hold past its
     expiry is released as `expired` at once and `HoldExpired` raised. `then` are statements
-    committed with the charge (the run's receipt), and only with it."""
+    committed with the charge (the run's receipt), and only with it. After a lost answer the
+    capture is run again: a hold found captured as asked is this call's own capture, answered
+    with its charge row."""
     if amount is not None:
         _require_positive(amount)
     with metrics.timed("capture"):
-        result = run_with_retries(
-            lambda: _capture_once(hold_id=hold_id, amount=amount, agent_run_id=agent_run_id, then=then or [])
+        result, _ = run_replayable(
+            lambda answer_lost: _capture_once(
+                hold_id=hold_id, amount=amount, agent_run_id=agent_run_id, then=then or [], answer_lost=answer_lost
+            )
         )
     _after_charge(result.user_id, -result.transaction.amount, result.transaction.agent_id)
     return result
 
 
-def _capture_once(*, hold_id: int, amount: int | None, agent_run_id: Any, then: list[Step]) -> Captured:
+def _capture_once(
+    *, hold_id: int, amount: int | None, agent_run_id: Any, then: list[Step], answer_lost: bool = False
+) -> Captured:
     db = transaction.get_connection()
     now = timezone.now()
     at = db.ops.adapt_datetimefield_value(now)
@@ -396,6 +402,8 @@ def _capture_once(*, hold_id: int, amount: int | None, agent_run_id: Any, then: 
             raise  # one of the caller's statements refused: nothing was captured
         if stopped.step > 2:
             raise LedgerInconsistent(f"The lots pinned by hold {hold_id} do not cover its capture.") from None
+        if answer_lost and (earlier := _captured_earlier(hold_id, amount)) is not None:
+            return earlier
         _explain_unsettled(hold_id, amount=amount)
         raise
     row = _loaded_row(
@@ -411,6 +419,15 @@ def _capture_once(*, hold_id: int, amount: int | None, agent_run_id: Any, then: 
         created_at=now,
     )
     return Captured(row, user_id=user_id)
+
+
+def _captured_earlier(hold_id: int, amount: int | None) -> Captured | None:
+    """The capture of `hold_id` already committed, if it took `amount` (None: the whole hold)."""
+    hold = CreditHold.objects.filter(pk=hold_id, status=HoldStatus.CAPTURED).select_related("wallet").first()
+    row = hold and CreditTransaction.objects.filter(hold_id=hold_id, kind=TransactionKind.CHARGE).first()
+    if row is None or -row.amount != (hold.amount if amount is None else amount):
+        return None
+    return Captured(row, user_id=hold.wallet.user_id)
 
 
 def _explain_unsettled(hold_id: int, *, amount: int | None = None) -> NoReturn:
@@ -432,14 +449,18 @@ def _explain_unsettled(hold_id: int, *, amount: int | None = None) -> NoReturn:
 
 def release(*, hold_id: int, status: str = HoldStatus.RELEASED, then: list[Step] | None = None) -> CreditHold:
     """Give a pending hold's credits back to the available balance; the balance is unchanged.
-    `then` are statements committed with the release (the run's end), and only with it."""
+    `then` are statements committed with the release (the run's end), and only with it. After a
+    lost answer the release is run again: a hold found settled with `status` is this call's own
+    release."""
     if status not in (HoldStatus.RELEASED, HoldStatus.EXPIRED):
         raise ValueError("A hold is released or expired.")
-    run_with_retries(lambda: _release_once(hold_id=hold_id, status=status, then=then or []))
+    run_replayable(
+        lambda answer_lost: _release_once(hold_id=hold_id, status=status, then=then or [], answer_lost=answer_lost)
+    )
     return CreditHold.objects.get(pk=hold_id)
 
 
-def _release_once(*, hold_id: int, status: str, then: list[Step]) -> None:
+def _release_once(*, hold_id: int, status: str, then: list[Step], answer_lost: bool = False) -> None:
     db = transaction.get_connection()
     at = db.ops.adapt_datetimefield_value(timezone.now())
     plan = [
@@ -462,6 +483,8 @@ def _release_once(*, hold_id: int, status: str, then: list[Step]) -> None:
     except PlanStopped as stopped:
         if stopped.step >= len(plan) - len(then):
             raise
+        if answer_lost and CreditHold.objects.filter(pk=hold_id, status=status).exists():
+            return
         _explain_unsettled(hold_id)
 
 

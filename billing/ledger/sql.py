@@ -17,17 +17,27 @@ Python. Steps with `returns=True` hand back their one row (`INSERT … RETURNING
 
 Errors that leave the connection in doubt (lost connection, killed query, "commands out of
 sync") are told apart by `is_connection_error`; the ledger closes the connection then, so the
-next use reconnects cleanly (the server rolls back whatever was uncommitted).
+next use reconnects cleanly (the server rolls back whatever was uncommitted). A block whose
+answer ends early is one of them: on a Galera node a transaction aborted by another node's
+write may be replayed and committed after its answer was cut short, so its outcome is unknown.
+
+`is_broken_trigger_cache` recognises a MariaDB 10.11 fault: a statement killed (KILL QUERY, a
+time limit) while the server loads a table's triggers can leave that table's cached copy with
+a trigger it failed to parse, and every write to the table then fails ("Unknown trigger has an
+error in its body") until the copy leaves the table cache. `reopen_trigger_tables` closes the
+cached copies (FLUSH TABLES, on a connection of its own); the retry layer does so, then runs
+the transaction again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, transaction
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connections, transaction
 
 # The block's last row starts with this, so no step's RETURNING row can pass for it.
 _END_MARK = "plan-end"
@@ -47,6 +57,16 @@ _CONNECTION_ERRORS = {
     2014,  # commands out of sync
     2055,  # lost connection (system error)
 }
+
+# MariaDB's parse error, also raised for a table whose cached triggers failed to parse.
+_PARSE_ERROR = 1064
+_BROKEN_TRIGGER = "has an error in its body"
+# The tables that carry triggers (the ledger's immutable rows); FLUSH TABLES waits this long at
+# most for transactions using them to end.
+TRIGGER_TABLES = ("credit_transactions", "credit_draws")
+_FLUSH_LOCK_WAIT_SECONDS = 5
+
+logger = logging.getLogger("billing")
 
 
 @dataclass(frozen=True)
@@ -94,9 +114,50 @@ class PlanStopped(Exception):
 
 
 def is_connection_error(exc: BaseException) -> bool:
+    """The connection's state (and so the outcome of what it ran) is unknown. The client library
+    raises "commands out of sync" (2014) as a ProgrammingError, hence any database error's code."""
     if isinstance(exc, InterfaceError):
         return True
-    return isinstance(exc, OperationalError) and bool(exc.args) and exc.args[0] in _CONNECTION_ERRORS
+    return isinstance(exc, DatabaseError) and bool(exc.args) and exc.args[0] in _CONNECTION_ERRORS
+
+
+def is_broken_trigger_cache(exc: BaseException) -> bool:
+    """A write refused because a table's cached triggers failed to parse (see the module's
+    docstring): nothing was written, and the write succeeds once the table is reopened."""
+    return (
+        isinstance(exc, DatabaseError)
+        and len(exc.args) > 1
+        and exc.args[0] == _PARSE_ERROR
+        and _BROKEN_TRIGGER in str(exc.args[1])
+    )
+
+
+def reopen_trigger_tables() -> bool:
+    """Close the table cache's copies of the tables with triggers (FLUSH TABLES, which needs the
+    RELOAD privilege), on a connection of its own so that no transaction of this one is ended;
+    they are reopened, and their triggers parsed again, by the next statement. True if done; a
+    failure (no privilege, a long transaction in the way) is logged, and the caller's retry or
+    an operator's FLUSH TABLES is what is left."""
+    if transaction.get_connection().vendor != "mysql":
+        return False
+    side = connections.create_connection(transaction.get_connection().alias)
+    try:
+        with side.cursor() as cursor:
+            cursor.execute(f"SET SESSION lock_wait_timeout = {_FLUSH_LOCK_WAIT_SECONDS}")
+            cursor.execute(f"FLUSH TABLES {', '.join(TRIGGER_TABLES)}")
+    except DatabaseError as exc:
+        logger.error(
+            "[Billing] Could not reopen %s after a trigger failed to parse (%s); run FLUSH TABLES %s",
+            ", ".join(TRIGGER_TABLES),
+            exc,
+            ", ".join(TRIGGER_TABLES),
+        )
+        return False
+    finally:
+        with contextlib.suppress(DatabaseError):
+            side.close()
+    logger.warning("[Billing] Reopened %s: a cached trigger had failed to parse", ", ".join(TRIGGER_TABLES))
+    return True
 
 
 def compound_supported() -> bool:
@@ -226,10 +287,13 @@ def _compound(db, steps: list[Step], *, own_transaction: bool, followup: Followu
                         results.append(cursor.fetchall())
                     if not cursor.nextset():
                         break
-            except (OperationalError, InterfaceError):
+            except (DatabaseError, InterfaceError) as exc:
                 # A deadlock or certification conflict that arrives between the block's result
-                # sets leaves the client library refusing the connection's next statement:
-                # closed (so rolled back), and the next use reconnects.
+                # sets leaves the client library refusing the connection's next statement (and
+                # may itself come as "commands out of sync"): closed (so rolled back), and the
+                # next use reconnects.
+                if not (isinstance(exc, OperationalError) or is_connection_error(exc)):
+                    raise
                 with contextlib.suppress(DatabaseError):
                     db.close()
                 raise
@@ -242,18 +306,18 @@ def _compound(db, steps: list[Step], *, own_transaction: bool, followup: Followu
             raise OperationalError(1317, f"A statement of the plan was interrupted: {exc.args[1:]}") from exc
         raise
     if not results or len(results[-1]) != 1 or results[-1][0][:1] != (_END_MARK,):
-        # The block ended before its last SELECT without an error reaching us (seen on a Galera
-        # node whose transaction another node's write aborted, a "brute-force abort").
+        # The block's answer ended before its last SELECT without an error reaching us (seen on
+        # a Galera node whose transaction another node's write aborted, a "brute-force abort").
+        # Its COMMIT comes after that SELECT, yet it may have been committed: Galera replays a
+        # transaction aborted after it was certified, and the answer of the statements replayed
+        # never reaches the client (a capture whose answer lacked its last SELECT was found
+        # captured). So the outcome is unknown, as after a lost connection: closed (which rolls
+        # back whatever it left open), and the verb run again only if it can tell its own
+        # committed run (an idempotency key, the hold's state) — or, inside a caller's
+        # transaction, refused, for the caller's atomic block to roll back.
         if own_transaction:
-            # Its COMMIT comes after that SELECT, so nothing of it was committed: closing the
-            # connection rolls back whatever it left open, and the plan is reported as a
-            # certification conflict, which the caller runs again on a fresh connection.
             with contextlib.suppress(DatabaseError):
                 db.close()
-            raise OperationalError(1213, "The compound statement was aborted before its end (rolled back).")
-        # Inside a caller's transaction its outcome is the caller's to find out: reported as a
-        # lost connection (the ledger closes the connection when it owns the transaction, or
-        # the caller's atomic block rolls back), and the call refused.
         raise OperationalError(2014, "The compound statement did not report its steps; its outcome is unknown.")
     _, reached, more = results[-1][0]
     if reached < len(steps):
