@@ -151,7 +151,7 @@ def start_run(
         ).hold
         run.hold_id = held.id
     else:
-        ledger.run_with_retries(lambda: run_plan([_insert_run(run, hold_of_run=False)]))
+        ledger.run_replayable(lambda answer_lost: _insert_alone(run, answer_lost=answer_lost))
     run._state.adding, run._state.db = False, connection.alias
     return run
 
@@ -231,8 +231,7 @@ def _settled_hold(run: AgentRun) -> AgentRun | None:
         step = _end_run(run, status=RunStatus.SUCCEEDED, credits_charged=-charge.amount)
     else:
         step = _end_run(run, status=RunStatus.EXPIRED, error="Its credit hold was settled before it could run.")
-    with contextlib.suppress(PlanStopped):  # finished meanwhile
-        ledger.run_with_retries(lambda: run_plan([step]))
+    _end_alone(step)
     run.refresh_from_db()
     return run
 
@@ -313,10 +312,27 @@ def _event(run: AgentRun, event_type: str, **data) -> list[Step]:
 
 
 def _settle_without_hold(run: AgentRun, ending: Step) -> AgentRun:
-    with contextlib.suppress(PlanStopped):
-        ledger.run_with_retries(lambda: run_plan([ending]))
+    _end_alone(ending)
     run.refresh_from_db()
     return run
+
+
+def _insert_alone(run: AgentRun, *, answer_lost: bool) -> None:
+    """The run's row, written alone (no hold). Run again after a lost answer: the id is the
+    call's own, so a row already there is its first run's."""
+    try:
+        run_plan([_insert_run(run, hold_of_run=False)])
+    except IntegrityError:
+        if not (answer_lost and AgentRun.objects.filter(pk=run.id).exists()):
+            raise
+
+
+def _end_alone(ending: Step) -> None:
+    """A run's end without a hold to settle. Its UPDATE changes only a run still queued or
+    running, so it is simply run again after a lost answer; one that changes nothing means the
+    run ended meanwhile (or in the first run)."""
+    with contextlib.suppress(PlanStopped):
+        ledger.run_replayable(lambda _answer_lost: run_plan([ending]))
 
 
 def _summary(result: dict | None) -> dict | None:

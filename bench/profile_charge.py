@@ -57,7 +57,7 @@ def bare_compound_statement(user_id: int):
 
     from bench.db import BENCH_DATABASE, SERVER
     from billing.ledger import spending, thresholds
-    from billing.ledger.sql import compound_sql
+    from billing.ledger.sql import _END_MARK, compound_sql
 
     connection = MySQLdb.connect(db=BENCH_DATABASE, client_flag=CLIENT.FOUND_ROWS, **SERVER)  # as Django connects
     connection.autocommit(True)
@@ -86,7 +86,7 @@ def bare_compound_statement(user_id: int):
                 results.append(cursor.fetchall())
             if not cursor.nextset():
                 break
-        assert results[-1] == ((len(steps), 0),), f"the charge plan stopped: {results}"
+        assert results[-1] == ((_END_MARK, len(steps), 0),), f"the charge plan stopped: {results}"
 
     return charge
 

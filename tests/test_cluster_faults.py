@@ -300,3 +300,51 @@ def test_out_of_sync_between_the_blocks_answers_closes_the_connection_and_runs_a
     wallet = Wallet.objects.get(user=user)
     (row,) = CreditTransaction.objects.filter(wallet=wallet, kind="charge")
     assert (wallet.balance_credits, charged.transaction.id, charged.replayed) == (93, row.id, False)
+
+
+def test_a_second_capture_whose_first_attempt_was_lost_is_still_refused(user, monkeypatch):
+    """The hold was captured by an earlier call; this call's first attempt never reached the
+    server (a dead persistent connection). Its retry finds the hold captured — not under its own
+    key, so not its own run: 409 HOLD_NOT_PENDING, as for any second capture."""
+    from django.db import InterfaceError
+
+    from billing.ledger import spending
+
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    held = ledger.hold(user_id=user.id, amount=30, agent_id="profile-my-data")
+    ledger.capture(hold_id=held.hold.id)
+    real = spending.run_plan
+    calls = []
+
+    def run_plan(steps, followup=None):
+        calls.append(1)
+        if len(calls) == 1:
+            raise InterfaceError(0, "")  # never sent
+        return real(steps, followup)
+
+    monkeypatch.setattr(spending, "run_plan", run_plan)
+
+    with pytest.raises(ledger.HoldNotPending):
+        ledger.capture(hold_id=held.hold.id)
+    assert len(calls) == 2 and Wallet.objects.get(user=user).balance_credits == 70
+
+
+@pytest.mark.usefixtures("agent_costs")
+@pytest.mark.parametrize("committed", [False, True], ids=["rolled-back", "committed"])
+def test_a_run_without_hold_whose_answer_ended_early_is_written_and_ended_once(user, monkeypatch, settings, committed):
+    """With BILLING_ENFORCEMENT off a run has no hold: its row and its end are plans of their own.
+    Cut short, each is run again (the row's id is the call's own; the end changes only a run
+    still running), not answered 503 — a run left `running` has no hold to expire it."""
+    from agents import runner
+    from agents.models import AgentRun, RunStatus
+
+    settings.BILLING_ENFORCEMENT = False
+    _aborted_first(monkeypatch, own_transaction_only=True, committed=committed)
+    run = runner.start_run(user_id=user.id, agent_id="profile-my-data", configuration={}, input_rows=1)
+    assert AgentRun.objects.filter(pk=run.id).count() == 1
+
+    _aborted_first(monkeypatch, own_transaction_only=True, committed=committed)
+    finished = runner._fail(run, "boom")
+
+    assert finished.status == RunStatus.FAILED
+    assert not CreditTransaction.objects.exists()

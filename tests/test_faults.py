@@ -111,9 +111,9 @@ def _flushes() -> int:
         return int(cursor.fetchone()[1])
 
 
-def _broken_trigger_first(monkeypatch, times: int):
-    """The first `times` plans are refused as MariaDB refuses a write to a table whose cached
-    triggers failed to parse (a statement killed while they loaded)."""
+def _broken_trigger_first(monkeypatch, times: int, only: list | None = None):
+    """The first `times` plans (of the thread in `only`, if given) are refused as MariaDB refuses
+    a write to a table whose cached triggers failed to parse (a statement killed while they loaded)."""
     from django.db import ProgrammingError
 
     from billing.ledger import spending
@@ -122,9 +122,10 @@ def _broken_trigger_first(monkeypatch, times: int):
     calls = []
 
     def run_plan(steps, followup=None):
-        calls.append(1)
-        if len(calls) <= times:
-            raise ProgrammingError(1064, BROKEN_TRIGGER)
+        if only is None or threading.current_thread() in only:
+            calls.append(1)
+            if len(calls) <= times:
+                raise ProgrammingError(1064, BROKEN_TRIGGER)
         return real(steps, followup)
 
     monkeypatch.setattr(spending, "run_plan", run_plan)
@@ -134,31 +135,94 @@ def _broken_trigger_first(monkeypatch, times: int):
 @pytest.mark.django_db(transaction=True)
 def test_a_broken_trigger_cache_is_reopened_and_the_charge_run_again(user, monkeypatch):
     ledger.grant(user_id=user.id, amount=100, reason="seed")
-    calls = _broken_trigger_first(monkeypatch, times=2)
+    calls = _broken_trigger_first(monkeypatch, times=1)
     flushed = _flushes()
 
     charged = ledger.charge(user_id=user.id, amount=7, agent_id="profile-my-data")
 
-    assert len(calls) == 3
-    assert _flushes() == flushed + 1  # FLUSH TABLES once per call, not once per attempt
+    assert len(calls) == 2
+    assert _flushes() == flushed + 1
     wallet = Wallet.objects.get(user=user)
     (row,) = CreditTransaction.objects.filter(wallet=wallet, kind="charge")
     assert (wallet.balance_credits, charged.transaction.id) == (93, row.id)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_trigger_cache_that_stays_broken_answers_ledger_busy(user, monkeypatch, settings):
+def test_a_trigger_cache_still_broken_after_reopening_answers_ledger_busy_at_once(user, monkeypatch):
+    """Reopened once per call, whether the FLUSH worked or not (no RELOAD privilege, a long
+    transaction in its way): refused again, the call answers 503 instead of flushing and retrying
+    for the whole budget."""
     from django.db import transaction
 
-    settings.LEDGER_RETRY_BUDGET_SECONDS = 0.2
-    ledger.grant(user_id=user.id, amount=100, reason="seed")
-    _broken_trigger_first(monkeypatch, times=10**6)
+    from billing.ledger import retry
 
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    calls = _broken_trigger_first(monkeypatch, times=10**6)
+    reopenings = []
+    monkeypatch.setattr(retry, "reopen_trigger_tables", lambda: reopenings.append(1) or False)
+
+    began = time.monotonic()
     with pytest.raises(ledger.LedgerBusy):
         ledger.charge(user_id=user.id, amount=7, agent_id="profile-my-data")
+    assert (len(calls), len(reopenings)) == (2, 1) and time.monotonic() - began < 2
     with pytest.raises(ledger.LedgerBusy), transaction.atomic():  # the caller's transaction: its retry
         ledger.charge(user_id=user.id, amount=7, agent_id="profile-my-data")
+    assert len(reopenings) == 1  # never inside a transaction: the FLUSH would wait for ours
     assert Wallet.objects.get(user=user).balance_credits == 100
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reopening_is_local_to_the_node_and_waits_at_most_a_second(user, other_user, monkeypatch):
+    """FLUSH LOCAL: not written to the binary log, so neither a read replica nor the other
+    Galera nodes run it. A transaction reading the ledger table holds the FLUSH up, and the
+    statements queued behind it (a healthy charge of another wallet) wait 1 s at most; then the
+    FLUSH gives up, and the broken call answers 503."""
+    seen = []
+    real = MySQLdb.cursors.BaseCursor.execute
+
+    def execute(cursor, query, args=None):
+        if "FLUSH" in str(query).upper():
+            seen.append(str(query))
+        return real(cursor, query, args)
+
+    monkeypatch.setattr(MySQLdb.cursors.BaseCursor, "execute", execute)
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    ledger.grant(user_id=other_user.id, amount=100, reason="seed")
+    db = connection.settings_dict
+    reader = MySQLdb.connect(
+        host=db["HOST"], port=int(db["PORT"]), user=db["USER"], passwd=db["PASSWORD"], db=db["NAME"]
+    )
+    reader.cursor().execute("START TRANSACTION")
+    reader.cursor().execute("SELECT COUNT(*) FROM credit_transactions")  # holds the table open
+    broken_thread = []
+    _broken_trigger_first(monkeypatch, times=10**6, only=broken_thread)
+    outcome = []
+
+    def broken():
+        try:
+            ledger.charge(user_id=user.id, amount=7, agent_id="profile-my-data")
+        except ledger.LedgerBusy:
+            outcome.append("busy")
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=broken)
+    broken_thread.append(thread)
+    thread.start()
+    time.sleep(0.3)  # the broken call is in its FLUSH
+    began = time.monotonic()
+    try:
+        ledger.charge(user_id=other_user.id, amount=5, agent_id="profile-my-data")
+        waited = time.monotonic() - began
+    finally:
+        thread.join()
+        reader.rollback()
+        reader.close()
+
+    (statement,) = seen
+    assert "FLUSH LOCAL TABLES" in statement
+    assert outcome == ["busy"] and waited < 1.5, (outcome, waited)
+    assert Wallet.objects.get(user=other_user).balance_credits == 95
 
 
 @pytest.mark.django_db(transaction=True)

@@ -36,7 +36,8 @@ The modules:
   the change itself (a plan's follow-up, sent only when something was crossed);
 - `outbox` — events as statements of a plan, committed with the change that causes them;
 - `posting` — what they share: checks, the wallet lock, idempotency replays, posting a row;
-- `retry` — the transaction retried after deadlocks and lock waits (`run_with_retries`);
+- `retry` — the transaction retried after deadlocks and lock waits (`run_with_retries`), and
+  after a lost answer when it can tell its own first run (`run_replayable`);
 - `sql` — plans: a verb as a list of statements run in one transaction;
 - `errors`, `results` — what a verb raises and returns (no HTTP in either).
 """
@@ -61,7 +62,7 @@ from billing.ledger.limits import set_limits, set_thresholds
 from billing.ledger.posting import check_staff_amount, lock_wallet
 from billing.ledger.refunds import clawback, restore_clawback, settle_shortfall
 from billing.ledger.results import ClawbackResult, HoldResult, LedgerResult, RestoreResult
-from billing.ledger.retry import is_retryable_error, run_with_retries
+from billing.ledger.retry import is_retryable_error, run_replayable, run_with_retries
 from billing.ledger.spending import capture, charge, expire_hold, extend_hold, hold, release
 
 __all__ = [
@@ -96,6 +97,7 @@ __all__ = [
     "purchase",
     "release",
     "restore_clawback",
+    "run_replayable",
     "run_with_retries",
     "set_limits",
     "set_thresholds",

@@ -5,7 +5,7 @@ by certification with the deadlock error (1213), at commit or mid-statement: it 
 same way. Those aborts come fast (no lock wait), so the budget allows more attempts than a lock
 wait would, spaced by a growing random pause so that writers on different nodes stop colliding.
 A write refused by a table's broken trigger cache (`sql.is_broken_trigger_cache`) is retried
-after the table is reopened."""
+once, after the table is reopened."""
 
 from __future__ import annotations
 
@@ -97,10 +97,18 @@ def _run(attempt: Callable[..., T], *, replayable: bool) -> tuple[T, bool]:
             if not lost and not is_retryable_error(exc):
                 raise
             if connection.in_atomic_block or (connection.connection is not None and not connection.autocommit):
-                # An outer transaction owns the locks (and the outcome); only its owner can retry.
+                # An outer transaction owns the locks (and the outcome); only its owner can retry
+                # (and reopen a table, which waits for transactions using it: ours too).
+                if is_broken_trigger_cache(_cause(exc)):
+                    raise LedgerBusy("A ledger table must be reopened; retry the request.") from exc
                 raise _given_up(lost) from exc
-            if is_broken_trigger_cache(_cause(exc)) and not reopened:
-                reopened = reopen_trigger_tables()
+            if is_broken_trigger_cache(_cause(exc)):
+                # Reopened once per call: refused again after that (another kill, the FLUSH not
+                # allowed or timed out, a trigger truly broken), the answer is 503.
+                if reopened:
+                    raise LedgerBusy("A ledger table could not be reopened; retry the request.") from exc
+                reopened = True
+                reopen_trigger_tables()
             if lost:
                 with contextlib.suppress(DatabaseError):
                     connection.close()

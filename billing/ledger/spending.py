@@ -337,15 +337,22 @@ def capture(
     """Turn a pending hold into one `charge` row of `amount` (default: all of it); any
     remainder is released. A hold is captured at most once (`HoldNotPending`). A hold past its
     expiry is released as `expired` at once and `HoldExpired` raised. `then` are statements
-    committed with the charge (the run's receipt), and only with it. After a lost answer the
-    capture is run again: a hold found captured as asked is this call's own capture, answered
-    with its charge row."""
+    committed with the charge (the run's receipt), and only with it. The charge row carries a key
+    of the call's own (`call:…`), so after a lost answer the capture is run again: a hold found
+    captured by a row under that key is this call's first run, answered with that row; captured
+    by another call, it is `HoldNotPending` as ever."""
     if amount is not None:
         _require_positive(amount)
+    key = _key_of_call(None)
     with metrics.timed("capture"):
         result, _ = run_replayable(
             lambda answer_lost: _capture_once(
-                hold_id=hold_id, amount=amount, agent_run_id=agent_run_id, then=then or [], answer_lost=answer_lost
+                hold_id=hold_id,
+                amount=amount,
+                agent_run_id=agent_run_id,
+                then=then or [],
+                key=key,
+                answer_lost=answer_lost,
             )
         )
     _after_charge(result.user_id, -result.transaction.amount, result.transaction.agent_id)
@@ -353,7 +360,7 @@ def capture(
 
 
 def _capture_once(
-    *, hold_id: int, amount: int | None, agent_run_id: Any, then: list[Step], answer_lost: bool = False
+    *, hold_id: int, amount: int | None, agent_run_id: Any, then: list[Step], key: str, answer_lost: bool
 ) -> Captured:
     db = transaction.get_connection()
     now = timezone.now()
@@ -375,11 +382,11 @@ def _capture_once(
         ),
         Step(
             "INSERT INTO credit_transactions (wallet_id, balance_after, created_at, reason, kind, amount, agent_id, "
-            "agent_run_id, hold_id, request_fingerprint, metadata) "
-            "SELECT w.id, w.balance_credits, %s, '', %s, -COALESCE(%s, h.amount), h.agent_id, %s, h.id, '', '{}' "
+            "agent_run_id, hold_id, idempotency_key, request_fingerprint, metadata) "
+            "SELECT w.id, w.balance_credits, %s, '', %s, -COALESCE(%s, h.amount), h.agent_id, %s, h.id, %s, '', '{}' "
             "FROM credit_holds h JOIN credit_wallets w ON w.id = h.wallet_id WHERE h.id = %s "
             "RETURNING id, wallet_id, amount, balance_after, agent_id",
-            [at, TransactionKind.CHARGE.value, amount, _uuid_hex(agent_run_id), hold_id],
+            [at, TransactionKind.CHARGE.value, amount, _uuid_hex(agent_run_id), key, hold_id],
             must_change_one_row=False,
             returns=True,
         ),
@@ -402,7 +409,7 @@ def _capture_once(
             raise  # one of the caller's statements refused: nothing was captured
         if stopped.step > 2:
             raise LedgerInconsistent(f"The lots pinned by hold {hold_id} do not cover its capture.") from None
-        if answer_lost and (earlier := _captured_earlier(hold_id, amount)) is not None:
+        if answer_lost and (earlier := _captured_earlier(hold_id, key)) is not None:
             return earlier
         _explain_unsettled(hold_id, amount=amount)
         raise
@@ -421,13 +428,14 @@ def _capture_once(
     return Captured(row, user_id=user_id)
 
 
-def _captured_earlier(hold_id: int, amount: int | None) -> Captured | None:
-    """The capture of `hold_id` already committed, if it took `amount` (None: the whole hold)."""
-    hold = CreditHold.objects.filter(pk=hold_id, status=HoldStatus.CAPTURED).select_related("wallet").first()
-    row = hold and CreditTransaction.objects.filter(hold_id=hold_id, kind=TransactionKind.CHARGE).first()
-    if row is None or -row.amount != (hold.amount if amount is None else amount):
-        return None
-    return Captured(row, user_id=hold.wallet.user_id)
+def _captured_earlier(hold_id: int, key: str) -> Captured | None:
+    """The capture of `hold_id` this call (`key`) already committed, if any."""
+    row = (
+        CreditTransaction.objects.filter(hold_id=hold_id, kind=TransactionKind.CHARGE, idempotency_key=key)
+        .select_related("wallet")
+        .first()
+    )
+    return None if row is None else Captured(row, user_id=row.wallet.user_id)
 
 
 def _explain_unsettled(hold_id: int, *, amount: int | None = None) -> NoReturn:
@@ -450,8 +458,9 @@ def _explain_unsettled(hold_id: int, *, amount: int | None = None) -> NoReturn:
 def release(*, hold_id: int, status: str = HoldStatus.RELEASED, then: list[Step] | None = None) -> CreditHold:
     """Give a pending hold's credits back to the available balance; the balance is unchanged.
     `then` are statements committed with the release (the run's end), and only with it. After a
-    lost answer the release is run again: a hold found settled with `status` is this call's own
-    release."""
+    lost answer the release is run again, and a hold found settled with `status` is answered as
+    this call's release (a release moves no credits and writes no row to tell calls apart by: a
+    second release sent meanwhile is answered the same)."""
     if status not in (HoldStatus.RELEASED, HoldStatus.EXPIRED):
         raise ValueError("A hold is released or expired.")
     run_replayable(

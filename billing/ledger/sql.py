@@ -25,8 +25,8 @@ write may be replayed and committed after its answer was cut short, so its outco
 time limit) while the server loads a table's triggers can leave that table's cached copy with
 a trigger it failed to parse, and every write to the table then fails ("Unknown trigger has an
 error in its body") until the copy leaves the table cache. `reopen_trigger_tables` closes the
-cached copies (FLUSH TABLES, on a connection of its own); the retry layer does so, then runs
-the transaction again.
+cached copies (FLUSH LOCAL TABLES, on the node that refused); the retry layer does so once per
+call, then runs the transaction again.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connections, transaction
+from django.db import DatabaseError, Error, IntegrityError, InterfaceError, OperationalError, transaction
 
 # The block's last row starts with this, so no step's RETURNING row can pass for it.
 _END_MARK = "plan-end"
@@ -62,9 +62,9 @@ _CONNECTION_ERRORS = {
 _PARSE_ERROR = 1064
 _BROKEN_TRIGGER = "has an error in its body"
 # The tables that carry triggers (the ledger's immutable rows); FLUSH TABLES waits this long at
-# most for transactions using them to end.
+# most for transactions using them to end (new statements on them queue behind it meanwhile).
 TRIGGER_TABLES = ("credit_transactions", "credit_draws")
-_FLUSH_LOCK_WAIT_SECONDS = 5
+_FLUSH_LOCK_WAIT_SECONDS = 1
 
 logger = logging.getLogger("billing")
 
@@ -133,30 +133,30 @@ def is_broken_trigger_cache(exc: BaseException) -> bool:
 
 
 def reopen_trigger_tables() -> bool:
-    """Close the table cache's copies of the tables with triggers (FLUSH TABLES, which needs the
-    RELOAD privilege), on a connection of its own so that no transaction of this one is ended;
-    they are reopened, and their triggers parsed again, by the next statement. True if done; a
-    failure (no privilege, a long transaction in the way) is logged, and the caller's retry or
-    an operator's FLUSH TABLES is what is left."""
-    if transaction.get_connection().vendor != "mysql":
+    """Close this node's cached copies of the tables with triggers (FLUSH LOCAL TABLES: not
+    replicated, so neither a read replica nor the other Galera nodes wait for it; it needs the
+    RELOAD privilege); the next statement reopens them and parses their triggers again. Run on
+    the caller's own connection — the node that refused the write — and only outside any
+    transaction, so that none of ours is in its way. It waits at most
+    `_FLUSH_LOCK_WAIT_SECONDS` for other transactions using the tables (statements on them queue
+    behind it meanwhile). True if done; a failure is logged, and the caller's answer is 503."""
+    db = transaction.get_connection()
+    if db.vendor != "mysql" or db.in_atomic_block or (db.connection is not None and not db.get_autocommit()):
         return False
-    side = connections.create_connection(transaction.get_connection().alias)
+    tables = ", ".join(TRIGGER_TABLES)
     try:
-        with side.cursor() as cursor:
-            cursor.execute(f"SET SESSION lock_wait_timeout = {_FLUSH_LOCK_WAIT_SECONDS}")
-            cursor.execute(f"FLUSH TABLES {', '.join(TRIGGER_TABLES)}")
-    except DatabaseError as exc:
+        with db.cursor() as cursor:
+            wait = f"SET STATEMENT lock_wait_timeout = {_FLUSH_LOCK_WAIT_SECONDS} FOR"
+            cursor.execute(f"{wait} FLUSH LOCAL TABLES {tables}")
+    except Error as exc:
         logger.error(
-            "[Billing] Could not reopen %s after a trigger failed to parse (%s); run FLUSH TABLES %s",
-            ", ".join(TRIGGER_TABLES),
+            "[Billing] Could not reopen %s after a trigger failed to parse (%s); run FLUSH TABLES %s on that node",
+            tables,
             exc,
-            ", ".join(TRIGGER_TABLES),
+            tables,
         )
         return False
-    finally:
-        with contextlib.suppress(DatabaseError):
-            side.close()
-    logger.warning("[Billing] Reopened %s: a cached trigger had failed to parse", ", ".join(TRIGGER_TABLES))
+    logger.warning("[Billing] Reopened %s: a cached trigger had failed to parse", tables)
     return True
 
 
