@@ -150,6 +150,33 @@ def reconcile_everywhere() -> bool:
     return clean
 
 
+def reopening_stays_local() -> bool:
+    """The ledger's repair of a broken trigger cache (`reopen_trigger_tables`, run through node 1)
+    is not replicated: the other nodes apply no write set for it and run no FLUSH."""
+    import MySQLdb
+
+    from billing.ledger.sql import reopen_trigger_tables
+
+    def status(port: int) -> tuple[int, int]:
+        db = MySQLdb.connect(host="127.0.0.1", port=port, user="root", passwd="")
+        cursor = db.cursor()
+        cursor.execute("SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_last_committed', 'Com_flush')")
+        values = dict(cursor.fetchall())
+        db.close()
+        return int(values["wsrep_last_committed"]), int(values["Com_flush"])
+
+    before = {port: status(port) for port in PORTS[1:]}
+    reopened = reopen_trigger_tables()
+    time.sleep(1)
+    after = {port: status(port) for port in PORTS[1:]}
+    local = reopened and after == before
+    print(
+        f"FLUSH LOCAL TABLES of the ledger on node 1: {'done' if reopened else 'FAILED'}; "
+        f"(last write set, FLUSH count) on the other nodes {before} → {after}: {'local' if local else 'REPLICATED'}"
+    )
+    return local
+
+
 # --- throughput: the cluster next to the single server, in the same run ---------------------------
 
 SINGLE_SERVER = 3306
@@ -299,6 +326,7 @@ def main() -> None:
         _scenario("holds", wallets=1, funded=200, calls=args.calls // 2),
     ]
     results.append(reconcile_everywhere())
+    results.append(reopening_stays_local())
     sys.exit(0 if all(results) else 1)
 
 
