@@ -167,6 +167,7 @@ def test_a_capture_whose_answer_was_lost_finds_its_own_capture(user, monkeypatch
     wallet = Wallet.objects.get(user=user)
     (row,) = CreditTransaction.objects.filter(wallet=wallet, kind="charge")
     assert (wallet.balance_credits, wallet.held_credits, captured.transaction.id) == (70, 0, row.id)
+    assert row.idempotency_key.startswith("call:") and captured.transaction.idempotency_key == row.idempotency_key
 
 
 def test_after_a_lost_answer_a_hold_settled_otherwise_is_still_refused(user, monkeypatch):

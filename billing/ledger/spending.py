@@ -423,6 +423,7 @@ def _capture_once(
         agent_id=agent_id,
         agent_run_id=None if agent_run_id is None else uuid.UUID(str(agent_run_id)),
         hold_id=hold_id,
+        idempotency_key=key,
         created_at=now,
     )
     return Captured(row, user_id=user_id)
