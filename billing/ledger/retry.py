@@ -96,13 +96,14 @@ def _run(attempt: Callable[..., T], *, replayable: bool) -> tuple[T, bool]:
             lost = is_connection_error(exc)
             if not lost and not is_retryable_error(exc):
                 raise
+            broken_trigger = is_broken_trigger_cache(_cause(exc))
             if connection.in_atomic_block or (connection.connection is not None and not connection.autocommit):
                 # An outer transaction owns the locks (and the outcome); only its owner can retry
                 # (and reopen a table, which waits for transactions using it: ours too).
-                if is_broken_trigger_cache(_cause(exc)):
+                if broken_trigger:
                     raise LedgerBusy("A ledger table must be reopened; retry the request.") from exc
                 raise _given_up(lost) from exc
-            if is_broken_trigger_cache(_cause(exc)):
+            if broken_trigger:
                 # Reopened once per call: refused again after that (another kill, the FLUSH not
                 # allowed or timed out, a trigger truly broken), the answer is 503.
                 if reopened:

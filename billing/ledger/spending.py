@@ -470,7 +470,7 @@ def release(*, hold_id: int, status: str = HoldStatus.RELEASED, then: list[Step]
     return CreditHold.objects.get(pk=hold_id)
 
 
-def _release_once(*, hold_id: int, status: str, then: list[Step], answer_lost: bool = False) -> None:
+def _release_once(*, hold_id: int, status: str, then: list[Step], answer_lost: bool) -> None:
     db = transaction.get_connection()
     at = db.ops.adapt_datetimefield_value(timezone.now())
     plan = [
