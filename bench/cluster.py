@@ -38,6 +38,8 @@ def django_on(port: int) -> None:
     os.environ["DATABASE_URL"] = f"mysql://root@127.0.0.1:{port}/{DATABASE}"
     os.environ.setdefault("SECRET_KEY", "bench-only-secret")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    # Its processes keep their connections, as production's workers (CONN_MAX_AGE=60): stored plans.
+    os.environ.setdefault("BILLING_STORED_PLANS", "true")
     import django
 
     django.setup()

@@ -55,7 +55,8 @@ def _questions() -> int:
 @pytest.mark.django_db(transaction=True)
 def test_a_runs_billing_is_three_statements_hold_with_row_then_charge_with_receipt(user, figures, settings):
     settings.BALANCE_LOW_THRESHOLD_CREDITS = 10  # the common case: no threshold crossed (a crossing adds 2)
-    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    ledger.grant(user_id=user.id, amount=125, reason="seed")
+    runner._succeed(start(user), {"row_count": 1})  # the first run creates the stored plans
     before = _questions()
     run = start(user)
     runner._succeed(run, {"row_count": 2})

@@ -103,13 +103,13 @@ def _answer_lost_once(monkeypatch, *, after_commit: bool, error: Exception | Non
     real = spending.run_plan
     calls = []
 
-    def run_plan(steps, followup=None):
+    def run_plan(steps, followup=None, **options):
         calls.append(len(steps))
         if len(calls) == 1:
             if after_commit:
-                real(steps, followup)
+                real(steps, followup, **options)
             raise error or InterfaceError(0, "")
-        return real(steps, followup)
+        return real(steps, followup, **options)
 
     monkeypatch.setattr(spending, "run_plan", run_plan)
     return calls
@@ -241,12 +241,12 @@ def test_a_plan_interrupted_into_a_null_is_run_again_not_a_raw_error(user, monke
     real = spending.run_plan
     calls = []
 
-    def run_plan(steps, followup=None):
+    def run_plan(steps, followup=None, **options):
         calls.append(1)
         if len(calls) == 1:  # as if the draws' credits came out NULL
             null_draw = "INSERT INTO credit_draws (transaction_id, lot_id, credits) SELECT NULL, NULL, NULL"
             steps = [*steps, Step(null_draw, must_change_one_row=False)]
-        return real(steps, followup)
+        return real(steps, followup, **options)
 
     monkeypatch.setattr(spending, "run_plan", run_plan)
 
@@ -317,11 +317,11 @@ def test_a_second_capture_whose_first_attempt_was_lost_is_still_refused(user, mo
     real = spending.run_plan
     calls = []
 
-    def run_plan(steps, followup=None):
+    def run_plan(steps, followup=None, **options):
         calls.append(1)
         if len(calls) == 1:
             raise InterfaceError(0, "")  # never sent
-        return real(steps, followup)
+        return real(steps, followup, **options)
 
     monkeypatch.setattr(spending, "run_plan", run_plan)
 

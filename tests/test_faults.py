@@ -121,12 +121,12 @@ def _broken_trigger_first(monkeypatch, times: int, only: list | None = None):
     real = spending.run_plan
     calls = []
 
-    def run_plan(steps, followup=None):
+    def run_plan(steps, followup=None, **options):
         if only is None or threading.current_thread() in only:
             calls.append(1)
             if len(calls) <= times:
                 raise ProgrammingError(1064, BROKEN_TRIGGER)
-        return real(steps, followup)
+        return real(steps, followup, **options)
 
     monkeypatch.setattr(spending, "run_plan", run_plan)
     return calls
@@ -251,8 +251,12 @@ def test_killed_statements_and_connections_answer_ledger_busy_with_nothing_half_
         cursor = admin.cursor()
         try:
             while not stop.is_set():
+                # The ledger's plans: a compound statement, or a stored plan — its CALL, or the
+                # statement of its body running (what the process list shows then).
                 cursor.execute(
-                    "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND INFO LIKE 'BEGIN NOT ATOMIC%%'",
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND COMMAND = 'Query' "
+                    "AND (INFO LIKE 'BEGIN NOT ATOMIC%%' OR INFO LIKE 'CALL ledger_plan_%%' "
+                    "OR INFO REGEXP '^(UPDATE|INSERT INTO) credit_')",
                     [db["NAME"]],
                 )
                 for (session,) in cursor.fetchall():

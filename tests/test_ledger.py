@@ -247,6 +247,9 @@ def _questions() -> int:
 def test_a_charge_is_one_statement_and_its_row_is_complete(user, settings):
     settings.BALANCE_LOW_THRESHOLD_CREDITS = 10  # the common case: no threshold crossed (a crossing adds 2)
     ledger.grant(user_id=user.id, amount=100, reason="seed")
+    # A first charge of the same shape: the stored plan is created on first use (its CALL refused,
+    # the procedure created on a connection of its own, the CALL again).
+    ledger.charge(user_id=user.id, amount=5, agent_id="x", idempotency_key="warm", agent_run_id=uuid.uuid4())
     before = _questions()
     run_id = uuid.uuid4()
     result = ledger.charge(
@@ -268,9 +271,9 @@ def test_a_charge_is_one_statement_and_its_row_is_complete(user, settings):
             assert getattr(returned, field.attname) == getattr(stored, field.attname), field.name
     assert (returned._state.adding, returned._state.db) == (False, "default")
     assert (stored.agent_run_id, stored.idempotency_key, stored.reason, stored.hold_id) == (run_id, "run-1", "", None)
-    assert (stored.kind, stored.amount, stored.balance_after, stored.metadata) == ("charge", -30, 70, {"units": 3})
+    assert (stored.kind, stored.amount, stored.balance_after, stored.metadata) == ("charge", -30, 65, {"units": 3})
     assert abs((returned.created_at - stored.created_at).total_seconds()) < 1e-3
-    assert assert_consistent(user).balance_credits == 70
+    assert assert_consistent(user).balance_credits == 65
 
 
 @pytest.mark.parametrize("compound", [True, False], ids=["compound-statement", "statement-by-statement"])

@@ -22,7 +22,7 @@ disagree with the wallet stops (nothing kept) instead of writing a row the lots 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from billing.ledger.errors import LedgerInconsistent
@@ -123,41 +123,51 @@ def _apply(*, table: str, column: str, owner: str, assignments: str) -> Step:
 def draw_steps(*, wallet: str, row: str, amount: int, only_lot_ids: list[int] | None = None) -> list[Step]:
     """Take `amount` free credits in burn order (from `only_lot_ids` if given) for the ledger
     row `row` of `wallet` (both SQL expressions: an id, a variable, a subquery): draws
-    written, lots reduced, the sum checked."""
-    amount_sql = str(_int(amount))
+    written, lots reduced, the sum checked. The amount is a parameter (the steps' SQL is the
+    same for every amount, as a stored plan needs); lot ids, if given, are written into it."""
     return [
-        _from_open_lots(table="credit_draws", owner=row, wallet=wallet, amount=amount_sql, only_lot_ids=only_lot_ids),
+        _with_amount(
+            _from_open_lots(table="credit_draws", owner=row, wallet=wallet, amount="%s", only_lot_ids=only_lot_ids),
+            amount,
+        ),
         _apply(
             table="credit_draws",
             column="transaction_id",
             owner=row,
             assignments="remaining_credits = remaining_credits - d.credits",
         ),
-        _adds_up(table="credit_draws", column="transaction_id", owner=row, amount=amount_sql),
+        _with_amount(_adds_up(table="credit_draws", column="transaction_id", owner=row, amount="%s"), amount),
     ]
 
 
 def pin_steps(*, wallet: str, hold: str, amount: int) -> list[Step]:
     """Reserve `amount` free credits in burn order for the hold `hold` (SQL, like `wallet`):
-    pins written, the lots' `held_credits` raised, the sum checked."""
-    amount_sql = str(_int(amount))
+    pins written, the lots' `held_credits` raised, the sum checked (the amount a parameter)."""
     return [
-        _from_open_lots(table="credit_hold_lots", owner=hold, wallet=wallet, amount=amount_sql),
+        _with_amount(_from_open_lots(table="credit_hold_lots", owner=hold, wallet=wallet, amount="%s"), amount),
         _apply(
             table="credit_hold_lots",
             column="hold_id",
             owner=hold,
             assignments="held_credits = held_credits + d.credits",
         ),
-        _adds_up(table="credit_hold_lots", column="hold_id", owner=hold, amount=amount_sql),
+        _with_amount(_adds_up(table="credit_hold_lots", column="hold_id", owner=hold, amount="%s"), amount),
     ]
 
 
-def capture_steps(*, hold_id: int, row: str, amount: int | None) -> list[Step]:
-    """The capture of `amount` credits (None: all) of hold `hold_id` as the ledger row `row`:
-    draws from the hold's own pins in burn order; every pin freed (the rest is released)."""
-    hold = str(_int(hold_id))
-    amount_sql = f"(SELECT amount FROM credit_holds WHERE id = {hold})" if amount is None else str(_int(amount))
+def _with_amount(step: Step, amount: int) -> Step:
+    """`step`, built with `%s` for the amount (and no other parameter), with the amount given
+    for each of them."""
+    if step.params:
+        raise ValueError("Only the amount may be a parameter of this step.")
+    return replace(step, params=[_int(amount)] * step.sql.count("%s"))
+
+
+def capture_steps(*, hold: str, row: str, amount: str | None) -> list[Step]:
+    """The capture of `amount` credits (SQL; None: all) of the hold `hold` (SQL for its id) as the
+    ledger row `row`: draws from the hold's own pins in burn order; every pin freed (the rest is
+    released)."""
+    amount_sql = f"(SELECT amount FROM credit_holds WHERE id = {hold})" if amount is None else amount
     take = _burn_into(
         table="credit_draws",
         owner=row,
@@ -169,7 +179,7 @@ def capture_steps(*, hold_id: int, row: str, amount: int | None) -> list[Step]:
     )
     return [
         Step(take, must_change_one_row=False),
-        unpin_step(hold_id=hold_id),  # first: a lot's remaining never drops below what it holds
+        unpin_step(hold=hold),  # first: a lot's remaining never drops below what it holds
         _apply(
             table="credit_draws",
             column="transaction_id",
@@ -180,12 +190,12 @@ def capture_steps(*, hold_id: int, row: str, amount: int | None) -> list[Step]:
     ]
 
 
-def unpin_step(*, hold_id: int) -> Step:
-    """A released (or expired, or captured) hold's pins freed."""
+def unpin_step(*, hold: str) -> Step:
+    """A released (or expired, or captured) hold's pins freed (`hold`: SQL for its id)."""
     return _apply(
         table="credit_hold_lots",
         column="hold_id",
-        owner=str(_int(hold_id)),
+        owner=hold,
         assignments="held_credits = held_credits - d.credits",
     )
 

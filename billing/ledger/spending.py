@@ -34,7 +34,7 @@ from billing.ledger.posting import (
 )
 from billing.ledger.results import Captured, HoldResult, LedgerResult
 from billing.ledger.retry import run_replayable
-from billing.ledger.sql import PlanStopped, Step, remember_inserted_id, run_plan
+from billing.ledger.sql import PlanStopped, Step, bind, remember_inserted_id, run_plan
 from billing.models import CreditHold, CreditTransaction, HoldStatus, TransactionKind
 from billing.signals import hold_expired
 
@@ -123,12 +123,22 @@ def _charge_plan(*, user_id: int, fields: dict[str, Any], at: Any, now: datetime
             returns=True,
         ),
         *remember,
-        *lots.draw_steps(wallet=_wallet_of_user(user_id), row=row, amount=amount),
+        *lots.draw_steps(wallet=_wallet_of_row(row), row=row, amount=amount),
     ]
 
 
 def _wallet_of_user(user_id: int) -> str:
     return f"(SELECT id FROM credit_wallets WHERE user_id = {int(user_id)})"
+
+
+def _wallet_of_row(row: str) -> str:
+    """The wallet of the ledger row `row` (SQL: the id the plan remembered) — the same SQL for
+    every call, as a stored plan needs (`run_plan(stored=True)`), where the user's id would not be."""
+    return f"(SELECT wallet_id FROM credit_transactions WHERE id = {row})"
+
+
+def _wallet_of_new_hold(hold: str) -> str:
+    return f"(SELECT wallet_id FROM credit_holds WHERE id = {hold})"
 
 
 def _charge_once(*, user_id: int, fields: dict[str, Any]) -> LedgerResult:
@@ -149,6 +159,7 @@ def _charge_once(*, user_id: int, fields: dict[str, Any]) -> LedgerResult:
         plan=lambda now: _charge_plan(
             user_id=user_id, fields=fields, at=db.ops.adapt_datetimefield_value(now), now=now
         ),
+        wallet=_wallet_of_row(remember_inserted_id("ledger_row", "credit_transactions")[1]),
         done=charged,
         replayed=lambda existing: LedgerResult(existing, replayed=True),
     )
@@ -162,11 +173,14 @@ def _take_available(
     key: str | None,
     fingerprint: str,
     plan: Callable[[datetime], list[Step]],
+    wallet: str,
     done: Callable[[list[tuple], datetime], T],
     replayed: Callable[[Any], T],
     then_steps: int = 0,
 ) -> T:
-    """Run a plan whose first step takes `amount` available credits (a debit or a hold).
+    """Run a plan whose first step takes `amount` available credits (a debit or a hold); `wallet`
+    is SQL for its wallet's id once the plan's steps ran (for the follow-up). The plan runs stored
+    (`run_plan(stored=True)`): its SQL must be the same for every call, every value a parameter.
 
     The rule lives in that step's WHERE clause; when it takes nothing, the refusal is explained
     afterwards from a read — or the first result under the same idempotency key is replayed.
@@ -176,7 +190,7 @@ def _take_available(
         now = timezone.now()
         steps = plan(now)
         try:
-            rows = run_plan(steps, thresholds.followup(_wallet_of_user(user_id), debit=True))
+            rows = run_plan(steps, thresholds.followup(wallet, debit=True), stored=True)
         except PlanStopped as stopped:
             if stopped.step >= len(steps) - then_steps:
                 raise  # one of the caller's statements refused: nothing was taken
@@ -267,7 +281,7 @@ def _hold_once(*, user_id, amount, agent_id, key, fingerprint, expires_at, agent
                 returns=True,
             ),
             *remember,
-            *lots.pin_steps(wallet=_wallet_of_user(user_id), hold=hold_ref, amount=amount),
+            *lots.pin_steps(wallet=_wallet_of_new_hold(hold_ref), hold=hold_ref, amount=amount),
             *then,
         ]
 
@@ -295,28 +309,29 @@ def _hold_once(*, user_id, amount, agent_id, key, fingerprint, expires_at, agent
         key=key,
         fingerprint=fingerprint,
         plan=plan,
+        wallet=_wallet_of_new_hold(hold_ref),
         done=held,
         replayed=lambda existing: HoldResult(existing, replayed=True),
         then_steps=len(then),
     )
 
 
-def _give_back(hold_id: int, amount: int | None, *, captured: bool = True) -> str:
+def _give_back(hold: str, amount: str | None, *, captured: bool = True) -> str:
     """The SET clause returning a settled hold's unused credits to its period's spend counters:
-    all of them on release, what a capture leaves (`amount` of the hold's; None: all taken)."""
-    hold = int(hold_id)
+    all of them on release, what a capture leaves (`amount` of the hold's; None: all taken).
+    `hold` and `amount` are SQL (a bound variable: `bind`)."""
     held = f"(SELECT amount FROM credit_holds WHERE id = {hold})"
     if not captured:
         unused = held
     elif amount is None:
         unused = "0"
     else:
-        unused = f"({held} - {int(amount)})"
+        unused = f"({held} - {amount})"
     return caps.give_back_sql(held_at=f"(SELECT created_at FROM credit_holds WHERE id = {hold})", unused=unused)
 
 
-def _wallet_of_hold(hold_id: int) -> str:
-    return f"(SELECT wallet_id FROM credit_holds WHERE id = {int(hold_id)})"
+def _wallet_of_hold(hold: str) -> str:
+    return f"(SELECT wallet_id FROM credit_holds WHERE id = {hold})"
 
 
 def _lock_wallet_of_hold(hold_id: int, at: Any) -> Step:
@@ -367,7 +382,15 @@ def _capture_once(
     at = db.ops.adapt_datetimefield_value(now)
     hold_amount = "(SELECT amount FROM credit_holds WHERE id = %s)"
     remember, row_ref = remember_inserted_id("ledger_row", "credit_transactions")
+    # The hold and the amount as variables of the plan: its SQL is the same for every hold (stored).
+    bound, hold = bind("ledger_hold", hold_id)
+    if amount is not None:
+        bound_amount, amount_ref = bind("ledger_amount", amount)
+        bound += bound_amount
+    else:
+        amount_ref = None
     plan = [
+        *bound,
         _lock_wallet_of_hold(hold_id, at),
         Step(
             "UPDATE credit_holds SET status = %s, settled_at = %s "
@@ -376,7 +399,7 @@ def _capture_once(
         ),
         Step(
             f"UPDATE credit_wallets SET balance_credits = balance_credits - COALESCE(%s, {hold_amount}), "
-            f"held_credits = held_credits - {hold_amount}, {_give_back(hold_id, amount)} "
+            f"held_credits = held_credits - {hold_amount}, {_give_back(hold, amount_ref)} "
             "WHERE id = (SELECT wallet_id FROM credit_holds WHERE id = %s)",
             [amount, hold_id, hold_id, hold_id],
         ),
@@ -391,7 +414,7 @@ def _capture_once(
             returns=True,
         ),
         *remember,
-        *lots.capture_steps(hold_id=hold_id, row=row_ref, amount=amount),
+        *lots.capture_steps(hold=hold, row=row_ref, amount=amount_ref),
         Step(
             "SELECT user_id FROM credit_wallets WHERE id = (SELECT wallet_id FROM credit_holds WHERE id = %s)",
             [hold_id],
@@ -402,12 +425,12 @@ def _capture_once(
     ]
     try:
         (row_id, wallet_id, charged, balance_after, agent_id), (user_id,), *_ = run_plan(
-            plan, thresholds.followup(_wallet_of_hold(hold_id), debit=False)
+            plan, thresholds.followup(_wallet_of_hold(hold), debit=False), stored=True
         )
     except PlanStopped as stopped:
         if stopped.step >= len(plan) - len(then):
             raise  # one of the caller's statements refused: nothing was captured
-        if stopped.step > 2:
+        if stopped.step > len(bound) + 2:  # past the wallet, the hold and the balance: the lots
             raise LedgerInconsistent(f"The lots pinned by hold {hold_id} do not cover its capture.") from None
         if answer_lost and (earlier := _captured_earlier(hold_id, key)) is not None:
             return earlier
@@ -473,7 +496,9 @@ def release(*, hold_id: int, status: str = HoldStatus.RELEASED, then: list[Step]
 def _release_once(*, hold_id: int, status: str, then: list[Step], answer_lost: bool) -> None:
     db = transaction.get_connection()
     at = db.ops.adapt_datetimefield_value(timezone.now())
+    bound, hold = bind("ledger_hold", hold_id)  # the plan's SQL the same for every hold (stored)
     plan = [
+        *bound,
         _lock_wallet_of_hold(hold_id, at),
         Step(
             "UPDATE credit_holds SET status = %s, settled_at = %s WHERE id = %s AND status = %s",
@@ -481,15 +506,15 @@ def _release_once(*, hold_id: int, status: str, then: list[Step], answer_lost: b
         ),
         Step(
             "UPDATE credit_wallets SET held_credits = held_credits - (SELECT amount FROM credit_holds WHERE id = %s), "
-            f"{_give_back(hold_id, None, captured=False)} "
+            f"{_give_back(hold, None, captured=False)} "
             "WHERE id = (SELECT wallet_id FROM credit_holds WHERE id = %s)",
             [hold_id, hold_id],
         ),
-        lots.unpin_step(hold_id=hold_id),
+        lots.unpin_step(hold=hold),
         *then,
     ]
     try:
-        run_plan(plan, thresholds.followup(_wallet_of_hold(hold_id), debit=False))
+        run_plan(plan, thresholds.followup(_wallet_of_hold(hold), debit=False), stored=True)
     except PlanStopped as stopped:
         if stopped.step >= len(plan) - len(then):
             raise

@@ -27,16 +27,30 @@ a trigger it failed to parse, and every write to the table then fails ("Unknown 
 error in its body") until the copy leaves the table cache. `reopen_trigger_tables` closes the
 cached copies (FLUSH LOCAL TABLES, on the node that refused); the retry layer does so once per
 call, then runs the transaction again.
+
+**Stored plans.** A compound statement is parsed whole on every call (about a quarter of the
+server's time for a charge). A plan run with `stored=True` — one whose SQL is the same for every
+call, its values all parameters (charge, hold) — runs as a stored procedure instead: the same
+block, its `%s` turned into the procedure's parameters, created on first use under a name derived
+from its text and its parameters' types (`ledger_plan_<hash>`, SQL SECURITY INVOKER), and called
+(`CALL …`): MariaDB keeps it parsed for the connection. Created on a connection of its own (DDL
+commits), it needs `CREATE ROUTINE`; a server that refuses it (or `BILLING_STORED_PLANS=false`) is
+sent the block as before. Dropping the procedures is harmless: the next call creates them again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import hashlib
 import logging
+import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.db import DatabaseError, Error, IntegrityError, InterfaceError, OperationalError, transaction
 
 # The block's last row starts with this, so no step's RETURNING row can pass for it.
@@ -67,6 +81,20 @@ TRIGGER_TABLES = ("credit_transactions", "credit_draws")
 _FLUSH_LOCK_WAIT_SECONDS = 1
 
 logger = logging.getLogger("billing")
+
+# Stored plans: MariaDB's "PROCEDURE … does not exist" (dropped, or not yet on this Galera node) and
+# the refusals that mean the database user may not create or call procedures.
+_NO_SUCH_ROUTINE = 1305
+_ROUTINE_REFUSED = {1044, 1142, 1227, 1370}
+_ROUTINE_PREFIX = "ledger_plan_"
+# More distinct stored plans than this in one process means a plan marked stored is not the same
+# for every call (a value written into its SQL): the rest run as compound statements, logged.
+_MAX_ROUTINES = 256
+# (database alias, plan SQL, parameter types) → procedure name; aliases whose user may not create
+# or call procedures (the plans run as compound statements there from then on).
+_routines: dict[tuple[str, str, tuple[str, ...]], str] = {}
+_routines_refused: set[str] = set()
+_too_many_logged: list[bool] = []
 
 
 @dataclass(frozen=True)
@@ -180,9 +208,22 @@ def remember_inserted_id(name: str, table: str) -> tuple[list[Step], str]:
     return [], f"(SELECT MAX(id) FROM {table})"
 
 
-def run_plan(steps: list[Step], followup: Followup | None = None) -> list[tuple]:
+def bind(name: str, value: int) -> tuple[list[Step], str]:
+    """Steps that give the plan's later steps the integer `value`, and the SQL that reads it: on
+    MariaDB a session variable set from a parameter, so that the plan's SQL is the same for every
+    value (as a stored plan needs); on SQLite, whose plans are never stored, the number itself."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"Expected an integer, got {value!r}.")
+    if transaction.get_connection().vendor == "mysql":
+        return [Step(f"SET @{name} = %s", [value], must_change_one_row=False)], f"@{name}"
+    return [], str(value)
+
+
+def run_plan(steps: list[Step], followup: Followup | None = None, *, stored: bool = False) -> list[tuple]:
     """Run `steps` — and the `followup` if its condition holds after them — in one transaction;
     the rows of the returning steps, in order (the follow-up's after the plan's, when it ran).
+    `stored`: the plan's SQL (steps and follow-up condition) is the same for every call, its
+    values all parameters, so on MariaDB it may run as a stored procedure (see the module).
 
     Raises `PlanStopped` (nothing kept) when a checked step changed no row, or the database's
     own error (IntegrityError, deadlock, a lost connection …) with nothing kept."""
@@ -190,10 +231,10 @@ def run_plan(steps: list[Step], followup: Followup | None = None) -> list[tuple]
     if compound_supported():
         if db.in_atomic_block or not db.get_autocommit():
             with transaction.atomic():
-                rows, more = _compound(db, steps, own_transaction=False, followup=followup)
+                rows, more = _compound(db, steps, own_transaction=False, followup=followup, stored=stored)
                 return rows + _compound(db, followup.steps(), own_transaction=False)[0] if more else rows
         try:
-            rows, more = _compound(db, steps, own_transaction=True, followup=followup)
+            rows, more = _compound(db, steps, own_transaction=True, followup=followup, stored=stored)
             if more:  # the plan's transaction is still open: the follow-up, then COMMIT
                 rows += _compound(db, followup.steps(), own_transaction=False)[0]
                 with db.cursor() as cursor:
@@ -272,14 +313,16 @@ def compound_sql(steps: list[Step], *, own_transaction: bool, followup: str | No
     return " ".join(head + body + list(reversed(closing)) + tail + ["END"])
 
 
-def _compound(db, steps: list[Step], *, own_transaction: bool, followup: Followup | None = None) -> tuple[list, bool]:
-    """Run the plan as one compound statement: the returning steps' rows, and whether the
-    follow-up is due."""
+def _compound(
+    db, steps: list[Step], *, own_transaction: bool, followup: Followup | None = None, stored: bool = False
+) -> tuple[list, bool]:
+    """Run the plan as one compound statement (or its stored procedure): the returning steps'
+    rows, and whether the follow-up is due."""
     params = [param for step in steps for param in step.params]
     sql = compound_sql(steps, own_transaction=own_transaction, followup=followup.condition if followup else None)
     try:
         with db.cursor() as cursor:
-            cursor.execute(sql, params)
+            _send(db, cursor, sql, params, stored=stored)
             results = []
             try:
                 while True:
@@ -325,6 +368,134 @@ def _compound(db, steps: list[Step], *, own_transaction: bool, followup: Followu
     returned = [rows[0] if rows else None for rows in results[:-1]]
     _require_rows(steps, returned)
     return returned, bool(more)
+
+
+def _send(db, cursor, sql: str, params: list, *, stored: bool) -> None:
+    """Send the plan's block: as a call of its stored procedure when it may be one (created first
+    if missing), else as it is. A CALL refused because the procedure does not exist ran nothing."""
+    name = _routine_name(db, sql, params) if stored else None
+    if name is not None:
+        values = [value for value in params if value is not None]  # a NULL is written into the body
+        call = f"CALL {name}({', '.join(['%s'] * len(values))})"
+        for attempt in range(2):
+            try:
+                cursor.execute(call, values)
+                return
+            except DatabaseError as exc:
+                code = exc.args[0] if exc.args else None
+                if code in _ROUTINE_REFUSED:
+                    _refuse_routines(db, exc)
+                    break
+                if code != _NO_SUCH_ROUTINE:
+                    raise
+            if attempt or not _create_routine(db, name, sql, params):
+                break  # still missing (another Galera node's DDL not applied here yet): the block itself
+    cursor.execute(sql, params)
+
+
+def stored_plans_enabled(db) -> bool:
+    return settings.BILLING_STORED_PLANS and db.alias not in _routines_refused and compound_supported()
+
+
+def _param_type(value: Any) -> str | None:
+    """The SQL type a stored plan declares for a parameter passed as `value` ("NULL": none, the
+    body says NULL there, as the block does; None: not a type we pass)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "BOOLEAN"
+    if isinstance(value, int):
+        return "BIGINT"
+    if isinstance(value, str | uuid.UUID | datetime.date):
+        # Sent as a quoted string either way: the database's character set and collation, as its
+        # columns, converted where a column or comparison needs a UUID, date or time (as the block).
+        return "LONGTEXT"
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "LONGBLOB"
+    return None
+
+
+def _routine_name(db, sql: str, params: list) -> str | None:
+    """The name of the stored procedure for the block `sql` with parameters like `params`, or None
+    when the block is to be sent as it is (stored plans off, a parameter of another type, too many)."""
+    if not stored_plans_enabled(db):
+        return None
+    types = tuple(_param_type(value) for value in params)
+    key = (db.alias, sql, types)
+    name = _routines.get(key)
+    if name is None:
+        if None in types:
+            return None
+        if len(_routines) >= _MAX_ROUTINES:
+            if not _too_many_logged:
+                _too_many_logged.append(True)
+                logger.error("[Billing] More than %s distinct stored plans: a plan marked stored varies", _MAX_ROUTINES)
+            return None
+        digest = hashlib.sha256(repr((sql, types)).encode()).hexdigest()[:32]
+        name = _routines[key] = f"{_ROUTINE_PREFIX}{digest}"
+    return name
+
+
+def routine_definition(sql: str, params: list) -> tuple[str, str]:
+    """The stored procedure's parameter list and body for the block `sql` run with `params`: each
+    `%s` becomes a parameter (`p_1` …) — or NULL where its value is None, as the block would say
+    (a typed NULL parameter could not be written to every column) — and each `%%` a `%`."""
+    values = iter(params)
+    arguments = []
+
+    def parameter(match: re.Match) -> str:
+        if match.group(1) == "%":
+            return "%"
+        value = next(values)
+        if value is None:
+            return "NULL"
+        arguments.append(f"IN p_{len(arguments) + 1} {_param_type(value)}")
+        return f"p_{len(arguments)}"
+
+    try:
+        body = re.sub(r"%([%s])", parameter, sql)
+    except StopIteration:
+        raise ValueError(f"The block has more placeholders than its {len(params)} parameters.") from None
+    if next(values, _END_MARK) is not _END_MARK:
+        raise ValueError(f"The block has fewer placeholders than its {len(params)} parameters.")
+    return ", ".join(arguments), body
+
+
+def _create_routine(db, name: str, sql: str, params: list) -> bool:
+    """Create the stored procedure `name` (if no other process has) on a connection of its own: a
+    CREATE commits, and must not end the caller's transaction. True if it exists now."""
+    arguments, body = routine_definition(sql, params)
+    connection = None
+    try:
+        connection = db.get_new_connection(db.get_connection_params())
+        with contextlib.closing(connection.cursor()) as cursor:
+            cursor.execute(
+                f"CREATE PROCEDURE IF NOT EXISTS {name}({arguments}) MODIFIES SQL DATA SQL SECURITY INVOKER "
+                f"COMMENT 'billing ledger plan, created on first use; safe to drop' {body}"
+            )
+    except (DatabaseError, db.Database.Error) as exc:  # the new connection is not Django's: its own errors
+        if exc.args and exc.args[0] in _ROUTINE_REFUSED:
+            _refuse_routines(db, exc)
+        else:
+            logger.warning("[Billing] Could not create stored plan %s (%s); sent as a compound statement", name, exc)
+        return False
+    finally:
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()
+    logger.info("[Billing] Created stored plan %s", name)
+    return True
+
+
+def _refuse_routines(db, exc: BaseException) -> None:
+    if db.alias not in _routines_refused:
+        _routines_refused.add(db.alias)
+        logger.warning(
+            "[Billing] Stored plans are off for database %r: %s (grant CREATE ROUTINE and EXECUTE, "
+            "or set BILLING_STORED_PLANS=false)",
+            db.alias,
+            exc,
+        )
 
 
 def _require_rows(steps: list[Step], returned: list) -> None:

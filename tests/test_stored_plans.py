@@ -1,0 +1,205 @@
+"""Stored plans: the charge and hold plans run as stored procedures on MariaDB (billing/ledger/sql.py).
+
+A stored plan's SQL must be the same for every call: a value written into it would create a
+procedure per call. These tests run real calls and count the procedures and the server's own
+statement counters (`Com_call_procedure`, `Questions`)."""
+
+import threading
+import uuid
+
+import MySQLdb
+import pytest
+from django.db import connection
+
+from agents import runner
+from billing import ledger
+from billing.ledger import sql
+from billing.models import CreditTransaction, Wallet
+from tests.factories import UserFactory
+from tests.test_ledger import assert_consistent as rows_consistent
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("agent_costs")]
+
+
+def assert_consistent(user) -> Wallet:
+    """The rows chain to the balance, and the lots hold it (Σ remaining == balance, Σ held == held)."""
+    wallet = rows_consistent(user)
+    lots = list(wallet.lots.all())
+    assert sum(lot.remaining_credits for lot in lots) == wallet.balance_credits
+    assert sum(lot.held_credits for lot in lots) == wallet.held_credits
+    return wallet
+
+
+def _procedures() -> set[str]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT ROUTINE_NAME FROM information_schema.ROUTINES "
+            "WHERE ROUTINE_SCHEMA = DATABASE() AND ROUTINE_NAME LIKE %s",
+            [f"{sql._ROUTINE_PREFIX}%"],
+        )
+        return {name for (name,) in cursor.fetchall()}
+
+
+def _drop_procedures() -> None:
+    with connection.cursor() as cursor:
+        for name in _procedures():
+            cursor.execute(f"DROP PROCEDURE IF EXISTS {name}")
+
+
+def _status(name: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW SESSION STATUS LIKE %s", [name])
+        return int(cursor.fetchone()[1])
+
+
+@pytest.fixture
+def fresh_procedures():
+    """No stored plan exists yet, nor is any known to this process."""
+    _drop_procedures()
+    sql._routines.clear()
+    yield
+    sql._routines_refused.clear()
+
+
+def _every_verb(user, n: int) -> None:
+    """Each stored plan once for `user`, with values of its own (`n`)."""
+    ledger.charge(user_id=user.id, amount=5 + n, agent_id="profile-my-data", idempotency_key=f"c{n}")
+    whole = ledger.hold(user_id=user.id, amount=7 + n, agent_id="clean-my-data").hold
+    ledger.capture(hold_id=whole.id)
+    part = ledger.hold(user_id=user.id, amount=9 + n, agent_id="clean-my-data", idempotency_key=f"h{n}").hold
+    ledger.capture(hold_id=part.id, amount=3 + n)
+    ledger.release(hold_id=ledger.hold(user_id=user.id, amount=4 + n, agent_id="profile-my-data").hold.id)
+    run = runner.start_run(user_id=user.id, agent_id="profile-my-data", configuration={"n": n}, input_rows=n + 1)
+    runner._succeed(run, {"row_count": n + 2})
+
+
+def test_every_verb_of_the_paid_path_reuses_the_procedure_of_its_shape(fresh_procedures):
+    users = [UserFactory() for _ in range(3)]
+    for user in users:
+        ledger.grant(user_id=user.id, amount=1_000, reason="seed")
+    _every_verb(users[0], 0)
+    first = _procedures()
+    # charge; hold; capture whole and part; release; hold with the run's row; capture with its receipt
+    assert len(first) == 7, first
+
+    # Other users, amounts, keys, agents, holds and runs: the same SQL, so no new procedure.
+    for n, user in enumerate(users, start=1):
+        _every_verb(user, n)
+    assert _procedures() == first
+    for user in users:
+        assert_consistent(user)
+
+
+def test_a_charge_is_one_call_of_its_procedure(user, fresh_procedures):
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    ledger.charge(user_id=user.id, amount=1, agent_id="profile-my-data")  # creates it
+    calls, questions = _status("Com_call_procedure"), _status("Questions")
+
+    result = ledger.charge(user_id=user.id, amount=30, agent_id="profile-my-data", idempotency_key="a")
+
+    sent = _status("Questions") - questions - 1  # minus the SHOW itself
+    assert sent == 1
+    assert _status("Com_call_procedure") - calls == 1
+    row = CreditTransaction.objects.get(pk=result.transaction.pk)
+    assert (row.amount, row.balance_after, row.idempotency_key) == (-30, 69, "a")
+    assert row.draws.get().credits == 30
+    assert assert_consistent(user).balance_credits == 69
+
+
+def test_with_stored_plans_off_the_block_is_sent_as_it_is(user, settings, fresh_procedures):
+    settings.BILLING_STORED_PLANS = False
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    calls = _status("Com_call_procedure")
+
+    ledger.charge(user_id=user.id, amount=30, agent_id="profile-my-data")
+    ledger.capture(hold_id=ledger.hold(user_id=user.id, amount=20, agent_id="profile-my-data").hold.id)
+
+    assert _status("Com_call_procedure") == calls
+    assert _procedures() == set()
+    assert assert_consistent(user).balance_credits == 50
+
+
+def test_a_dropped_procedure_is_created_again_and_the_charge_taken_once(user):
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    ledger.charge(user_id=user.id, amount=10, agent_id="profile-my-data")
+    assert _procedures()
+    _drop_procedures()  # known to this process, gone from the database (a restore without routines)
+
+    ledger.charge(user_id=user.id, amount=10, agent_id="profile-my-data")
+
+    assert _procedures()
+    assert CreditTransaction.objects.filter(wallet__user=user, kind="charge").count() == 2
+    assert assert_consistent(user).balance_credits == 80
+
+
+def test_procedures_created_by_many_first_calls_at_once_charge_exactly(user, fresh_procedures):
+    ledger.grant(user_id=user.id, amount=1_000, reason="seed")
+    barrier, errors = threading.Barrier(8), []
+
+    def charge():
+        try:
+            barrier.wait()
+            ledger.charge(user_id=user.id, amount=25, agent_id="profile-my-data")
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=charge) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert len(_procedures()) == 1
+    assert assert_consistent(user).balance_credits == 1_000 - 8 * 25
+
+
+def test_a_user_who_may_not_create_procedures_is_charged_by_the_block(user, monkeypatch, fresh_procedures):
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+
+    def refused(*args, **kwargs):
+        raise MySQLdb.OperationalError(1044, "Access denied for user 'app'@'%' to database 'billing'")
+
+    monkeypatch.setattr(connection, "get_new_connection", refused)
+    calls = _status("Com_call_procedure")
+
+    ledger.charge(user_id=user.id, amount=30, agent_id="profile-my-data")
+    ledger.charge(user_id=user.id, amount=30, agent_id="profile-my-data")
+
+    assert connection.alias in sql._routines_refused
+    assert _status("Com_call_procedure") - calls == 1  # the first CALL (refused: no such procedure), then none
+    assert _procedures() == set()
+    assert assert_consistent(user).balance_credits == 40
+
+
+def test_a_plan_that_writes_a_value_into_its_sql_stops_creating_procedures(monkeypatch, fresh_procedures, user):
+    ledger.grant(user_id=user.id, amount=1_000, reason="seed")
+    monkeypatch.setattr(sql, "_MAX_ROUTINES", 2)
+    for amount in (1, 2, 3, 4):
+        # A stored plan with the amount written into its SQL: a new shape per amount.
+        varying = f"UPDATE credit_wallets SET updated_at = updated_at WHERE user_id = %s AND {amount} > 0"
+        sql.run_plan([sql.Step(varying, [user.id])], stored=True)
+    assert len(_procedures()) == 2
+    sql._routines.clear()
+
+
+def test_the_routine_body_is_the_block_with_parameters_and_nulls():
+    arguments, body = sql.routine_definition("SELECT %s, %s, '%%', %s", [1, None, "x"])
+    assert arguments == "IN p_1 BIGINT, IN p_2 LONGTEXT"
+    assert body == "SELECT p_1, NULL, '%', p_2"
+    with pytest.raises(ValueError):
+        sql.routine_definition("SELECT %s", [1, 2])
+    with pytest.raises(ValueError):
+        sql.routine_definition("SELECT %s, %s", [1])
+
+
+def test_a_charge_with_and_without_a_run_id_both_run_stored(user, fresh_procedures):
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    ledger.charge(user_id=user.id, amount=10, agent_id="profile-my-data")
+    run_id = uuid.uuid4()
+    ledger.charge(user_id=user.id, amount=10, agent_id="profile-my-data", agent_run_id=run_id)
+    assert len(_procedures()) == 2  # NULL written into one, the run id a parameter of the other
+    assert CreditTransaction.objects.get(agent_run_id=run_id).amount == -10
+    assert Wallet.objects.get(user=user).balance_credits == 80
