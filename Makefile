@@ -65,8 +65,15 @@ redis:
 	done; echo "Redis is unreachable on 127.0.0.1:6379"; exit 1
 
 # The whole test suite on the local MariaDB. Exits non-zero if any test fails or none ran.
+# The money path's tests once more with stored plans off: the plans sent as compound statements,
+# as with CONN_MAX_AGE=0 or a database user without CREATE ROUTINE (billing/ledger/sql.py).
+BLOCK_TESTS ?= tests/test_ledger.py tests/test_lots.py tests/test_ledger_concurrency.py \
+	tests/test_ledger_properties.py tests/test_agent_run_billing.py tests/test_auto_recharge.py \
+	tests/test_spend_caps.py tests/test_faults.py tests/test_cluster_faults.py
+
 test: install test-system-deps mariadb redis
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest $(PYTEST_DB_FLAGS) $(PYTEST_ARGS)
+	$(if $(PYTEST_ARGS),,DATABASE_URL=$(TEST_DATABASE_URL) BILLING_STORED_PLANS=false $(BIN)/pytest --reuse-db -q $(BLOCK_TESTS))
 
 # Benchmarks print their figures and write them to bench/results/.
 # Bench-only tools: wrk (Debian) and the peers in bench/requirements.txt (django-hordak, pyinstrument).

@@ -57,7 +57,7 @@ def bare_compound_statement(user_id: int):
 
     from bench.db import BENCH_DATABASE, SERVER
     from billing.ledger import spending, thresholds
-    from billing.ledger.sql import _END_MARK, compound_sql
+    from billing.ledger.sql import _END_MARK, compound_sql, remember_inserted_id
 
     connection = MySQLdb.connect(db=BENCH_DATABASE, client_flag=CLIENT.FOUND_ROWS, **SERVER)  # as Django connects
     connection.autocommit(True)
@@ -72,7 +72,9 @@ def bare_compound_statement(user_id: int):
         "metadata": {},
     }
     steps = spending._charge_plan(user_id=user_id, fields=fields, at=None)  # with the lots' draws
-    crossing = thresholds.followup(spending._wallet_of_user(user_id), debit=True).condition
+    # As `_take_available` sends it: the wallet found from the row the plan wrote.
+    row = remember_inserted_id("ledger_row", "credit_transactions")[1]
+    crossing = thresholds.followup(spending._wallet_of_row(row), debit=True).condition
     sql = compound_sql(steps, own_transaction=True, followup=crossing)
 
     def charge() -> None:
@@ -89,6 +91,20 @@ def bare_compound_statement(user_id: int):
         assert results[-1] == ((_END_MARK, len(steps), 0),), f"the charge plan stopped: {results}"
 
     return charge
+
+
+def unstored(fn):
+    """`fn` with BILLING_STORED_PLANS off: the plan's block sent (and parsed) on every call."""
+    from django.conf import settings
+
+    def call() -> None:
+        stored, settings.BILLING_STORED_PLANS = settings.BILLING_STORED_PLANS, False
+        try:
+            fn()
+        finally:
+            settings.BILLING_STORED_PLANS = stored
+
+    return call
 
 
 def profile(title: str, fn, calls: int) -> None:
@@ -154,6 +170,7 @@ def main() -> None:
         floor_row,
         timed("our compound statement, bare mysqlclient", bare_compound_statement(user_id), args.calls),
         timed("ledger.charge", charge, args.calls),
+        timed("ledger.charge, stored plans off (the block sent each call)", unstored(charge), args.calls),
         timed("price lookup, plain cursor (current_price)", lambda: current_price(AGENT), args.calls),
         timed("price lookup, ORM queryset", lambda: AgentCost.objects.filter(agent_id=AGENT).first(), args.calls),
         timed("GET /bench/empty", lambda: client.get("/bench/empty"), args.calls),
@@ -167,8 +184,19 @@ def main() -> None:
     finally:
         ledger.charge = real
     wall = {row["call"]: row["wall_ms"] for row in rows}
+    server = {row["call"]: row["mariadb_cpu_ms"] for row in rows}
     ratios = {
         "ledger.charge / floor (wall)": round(wall["ledger.charge"] / wall["floor (raw SQL)"], 2),
+        "ledger.charge, stored plans off / on (wall)": round(
+            wall["ledger.charge, stored plans off (the block sent each call)"] / wall["ledger.charge"], 2
+        ),
+        "ledger.charge, stored plans off / on (MariaDB CPU)": (
+            None
+            if not server["ledger.charge"]
+            else round(
+                server["ledger.charge, stored plans off (the block sent each call)"] / server["ledger.charge"], 2
+            )
+        ),
         "empty / charge request (wall)": round(wall["GET /bench/empty"] / wall["POST /billing/charges"], 2),
         "empty / charge request with the ledger stubbed out (wall)": round(
             wall["GET /bench/empty"] / wall["POST /billing/charges, ledger stubbed out"], 2

@@ -57,8 +57,10 @@ def fresh_procedures():
     """No stored plan exists yet, nor is any known to this process."""
     _drop_procedures()
     sql._routines.clear()
+    sql._create_failed.clear()
     yield
     sql._routines_refused.clear()
+    sql._create_failed.clear()
 
 
 def _every_verb(user, n: int) -> None:
@@ -203,3 +205,106 @@ def test_a_charge_with_and_without_a_run_id_both_run_stored(user, fresh_procedur
     assert len(_procedures()) == 2  # NULL written into one, the run id a parameter of the other
     assert CreditTransaction.objects.get(agent_run_id=run_id).amount == -10
     assert Wallet.objects.get(user=user).balance_credits == 80
+
+
+def test_a_plan_sends_its_rows_only_after_its_commit():
+    """A row sent while the transaction holds the wallet's lock stalls every other charge of that
+    wallet (`compound_sql`): the returning steps' rows are kept in variables and sent after it."""
+    steps = [
+        sql.Step("UPDATE credit_wallets SET balance_credits = balance_credits - %s WHERE id = %s", [1, 2]),
+        sql.Step(
+            "INSERT INTO credit_holds (wallet_id, amount) SELECT id, 1 FROM credit_wallets WHERE id = %s "
+            "RETURNING id, wallet_id",
+            [2],
+            must_change_one_row=False,
+            returns=True,
+        ),
+        sql.Step("SELECT user_id FROM credit_wallets WHERE id = %s", [2], must_change_one_row=False, returns=True),
+    ]
+    block = sql.compound_sql(steps, own_transaction=True)
+    commit = block.index("ELSEIF more = 0 THEN COMMIT")
+    assert "RETURNING" not in block
+    assert block.index("SELECT @plan_2_0, @plan_2_1 FROM DUAL WHERE @plan_2_found = 1") > commit
+    assert block.index("SELECT @plan_3_0 FROM DUAL WHERE @plan_3_found = 1") > commit
+    assert block.index(f"SELECT '{sql._END_MARK}'") > block.index("@plan_3_found = 1;")
+    # Kept inside the transaction: the inserted row read back by its id, the SELECT into variables.
+    assert (
+        "SELECT id, wallet_id, 1 INTO @plan_2_0, @plan_2_1, @plan_2_found FROM credit_holds WHERE id = LAST_INSERT_ID()"
+        in block
+    )
+    assert "SELECT user_id, 1 INTO @plan_3_0, @plan_3_found FROM credit_wallets WHERE id = %s" in block
+    with pytest.raises(ValueError):
+        sql.compound_sql(
+            [sql.Step("SELECT COUNT(*) FROM credit_wallets", must_change_one_row=False, returns=True)],
+            own_transaction=True,
+        )
+
+
+def test_a_returning_step_without_its_row_gives_none_and_a_stale_row_is_never_sent(user):
+    ledger.grant(user_id=user.id, amount=10, reason="seed")
+    wallet = Wallet.objects.get(user=user)
+    found = sql.Step(
+        "SELECT user_id FROM credit_wallets WHERE id = %s", [wallet.id], must_change_one_row=False, returns=True
+    )
+    missing = sql.Step(
+        "SELECT user_id FROM credit_wallets WHERE id = %s",
+        [-1],
+        must_change_one_row=False,
+        returns=True,
+        row_optional=True,
+    )
+    # The same step index kept a row in the call before: the call without one still sends none.
+    assert sql.run_plan([found], stored=True) == [(user.id,)]
+    assert sql.run_plan([missing], stored=True) == [None]
+
+
+def test_text_parameters_take_the_ledger_tables_collation_not_the_databases(user, fresh_procedures):
+    """A procedure parameter's collation ranks with a column's: declared in the database's default
+    collation, `status = p_1` against a column of another one is refused (1267, illegal mix of
+    collations) — every capture and release would fail. Declared in the tables' own, it is not."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = DATABASE()")
+        (default,) = cursor.fetchone()
+        cursor.execute("ALTER DATABASE COLLATE utf8mb4_general_ci")
+    sql._text_types.clear()
+    try:
+        ledger.grant(user_id=user.id, amount=100, reason="seed")
+        held = ledger.hold(user_id=user.id, amount=30, agent_id="profile-my-data", idempotency_key="ключ 😀").hold
+        ledger.capture(hold_id=held.id, amount=20)
+        ledger.release(hold_id=ledger.hold(user_id=user.id, amount=5, agent_id="profile-my-data").hold.id)
+        ledger.charge(user_id=user.id, amount=7, agent_id="profile-my-data", idempotency_key="😀")
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER DATABASE COLLATE {default}")
+        sql._text_types.clear()
+    assert len(_procedures()) == 4
+    assert assert_consistent(user).balance_credits == 73
+
+
+def test_an_amount_beyond_bigint_is_refused_as_the_block_refuses_it(user, fresh_procedures):
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    with pytest.raises(ledger.InsufficientCredits):
+        ledger.charge(user_id=user.id, amount=2**63, agent_id="profile-my-data")
+    assert assert_consistent(user).balance_credits == 100
+
+
+def test_a_procedure_that_could_not_be_created_is_not_tried_again_for_a_while(user, monkeypatch, fresh_procedures):
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    attempts = []
+
+    def overloaded(*args, **kwargs):
+        attempts.append(1)
+        raise MySQLdb.OperationalError(1040, "Too many connections")
+
+    monkeypatch.setattr(connection, "get_new_connection", overloaded)
+    for _ in range(3):
+        ledger.charge(user_id=user.id, amount=10, agent_id="profile-my-data")
+
+    assert attempts == [1]  # then the block, for a minute, without a CALL or a new connection
+    assert connection.alias not in sql._routines_refused
+    assert _procedures() == set()
+    assert assert_consistent(user).balance_credits == 70
+    monkeypatch.undo()
+    sql._create_failed.clear()  # the minute is over
+    ledger.charge(user_id=user.id, amount=10, agent_id="profile-my-data")
+    assert len(_procedures()) == 1

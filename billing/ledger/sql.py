@@ -13,7 +13,8 @@ hold is still pending"). `run_plan` executes a plan in one transaction:
 A step that must change exactly one row stops the plan when it does not: everything before it
 is rolled back and `PlanStopped.step` says which step refused, so the verb can explain why
 (too few credits, hold no longer pending …) with a read — the rule itself is never repeated in
-Python. Steps with `returns=True` hand back their one row (`INSERT … RETURNING` or `SELECT`).
+Python. Steps with `returns=True` hand back their one row (`INSERT … RETURNING` or `SELECT`),
+sent by the block only after its COMMIT: nothing reaches the client while the wallet is locked.
 
 Errors that leave the connection in doubt (lost connection, killed query, "commands out of
 sync") are told apart by `is_connection_error`; the ledger closes the connection then, so the
@@ -45,6 +46,7 @@ import datetime
 import hashlib
 import logging
 import re
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,7 +87,12 @@ logger = logging.getLogger("billing")
 # Stored plans: MariaDB's "PROCEDURE … does not exist" (dropped, or not yet on this Galera node) and
 # the refusals that mean the database user may not create or call procedures.
 _NO_SUCH_ROUTINE = 1305
-_ROUTINE_REFUSED = {1044, 1142, 1227, 1370}
+_ROUTINE_REFUSED = {1044, 1142, 1227, 1370}  # creating one: access denied; calling one: 1370
+_CALL_REFUSED = 1370  # EXECUTE denied (an access error from the body's own statements is not this)
+# A procedure that could not be created (other than refused) is not tried again for this long.
+_CREATE_BACKOFF_SECONDS = 60
+_CREATE_LOCK_WAIT_SECONDS = 1
+_CREATE_CONNECT_TIMEOUT_SECONDS = 2
 _ROUTINE_PREFIX = "ledger_plan_"
 # More distinct stored plans than this in one process means a plan marked stored is not the same
 # for every call (a value written into its SQL): the rest run as compound statements, logged.
@@ -95,6 +102,9 @@ _MAX_ROUTINES = 256
 _routines: dict[tuple[str, str, tuple[str, ...]], str] = {}
 _routines_refused: set[str] = set()
 _too_many_logged: list[bool] = []
+# procedure name → when its creation last failed; database alias → (text parameters' type, sql_mode)
+_create_failed: dict[str, float] = {}
+_text_types: dict[str, tuple[str, str]] = {}
 
 
 @dataclass(frozen=True)
@@ -103,7 +113,9 @@ class Step:
     params: list[Any] = field(default_factory=list)
     # The plan goes on only if this statement changed exactly one row.
     must_change_one_row: bool = True
-    # The statement yields one row (INSERT … RETURNING, SELECT) that the plan hands back.
+    # The statement yields one row (INSERT … RETURNING columns of at most one row, SELECT columns
+    # FROM …) that the plan hands back. On MariaDB the row is kept in session variables and sent
+    # after the COMMIT (`compound_sql`): integers and text come back as they are, a date as text.
     returns: bool = False
     # `sql` is a condition (a boolean expression), not a statement: the plan goes on only if it holds.
     is_condition: bool = False
@@ -285,16 +297,28 @@ def _one_by_one(db, steps: list[Step]) -> list[tuple]:
 
 def compound_sql(steps: list[Step], *, own_transaction: bool, followup: str | None = None) -> str:
     """The plan as one MariaDB compound statement. `reached` counts the steps done; the block
-    SELECTs it and `more` (whether the `followup` condition holds), then commits only when all
-    steps were done and no follow-up is due."""
+    commits only when all steps were done and no follow-up is due, then sends the returning
+    steps' rows and SELECTs `reached` and `more` (whether the `followup` condition holds).
+
+    Nothing is sent to the client while the transaction holds its locks: a result sent then wakes
+    the waiting client, which on a busy machine takes the CPU from the thread holding the wallet's
+    lock, and every charge of that wallet waits behind it (at 8 processes on one wallet, one row
+    sent before the COMMIT cost about a quarter of the charges per second). So a returning step's
+    row is kept in session variables inside the transaction (`_kept_row`) and sent after it."""
     body = []
     closing = []
+    sends = []
     for index, step in enumerate(steps, start=1):
         if step.is_condition:
             body.append(f"IF {step.sql} THEN SET reached = {index};")
             closing.append("END IF;")
             continue
-        body.append(f"{step.sql};")
+        if step.returns:
+            keep, send = _kept_row(step.sql, index)
+            body.append(f"{keep};")
+            sends.append(f"{send};")
+        else:
+            body.append(f"{step.sql};")
         if step.must_change_one_row:
             body.append(f"IF ROW_COUNT() = 1 THEN SET reached = {index};")
             closing.append("END IF;")
@@ -304,13 +328,47 @@ def compound_sql(steps: list[Step], *, own_transaction: bool, followup: str | No
     tail = []
     if followup is not None:
         tail.append(f"IF reached = {len(steps)} AND ({followup}) THEN SET more = 1; END IF;")
-    tail.append(f"SELECT '{_END_MARK}', reached, more;")
     if own_transaction:
         head += ["DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN ROLLBACK; RESIGNAL; END;", "START TRANSACTION;"]
-        # COMMIT is the block's last statement: an interruption can no longer land after it. With
-        # a follow-up due the transaction stays open for it (`run_plan` commits or rolls back).
+        # With a follow-up due the transaction stays open for it (`run_plan` commits or rolls back).
+        # An interruption after the COMMIT cuts the answer short: the end mark never arrives, and
+        # the outcome is unknown (`_compound`), as after a lost connection.
         tail.append(f"IF reached < {len(steps)} THEN ROLLBACK; ELSEIF more = 0 THEN COMMIT; END IF;")
+    tail += sends
+    tail.append(f"SELECT '{_END_MARK}', reached, more;")
     return " ".join(head + body + list(reversed(closing)) + tail + ["END"])
+
+
+# A returning step as `_kept_row` can keep it: an INSERT of at most one row into a table with an
+# `id` column, RETURNING columns; or a SELECT of columns. Column names only, no expressions.
+_INSERT_RETURNING = re.compile(r"(INSERT INTO (\w+) .*) RETURNING (\w+(?:, \w+)*)", re.DOTALL)
+_SELECT_COLUMNS = re.compile(r"SELECT (\w+(?:, \w+)*) (FROM .*)", re.DOTALL)
+
+
+def _kept_row(sql: str, index: int) -> tuple[str, str]:
+    """The returning step `sql` (step `index`) as statements that keep its row in session
+    variables (`@plan_<index>_<n>`, and `@plan_<index>_found` = 1 if there was one), and the
+    SELECT that sends that row later (no row if there was none). Its values are integers or text
+    here (a date would come back as text): every returning step of the ledger's plans returns ids,
+    credits or a name. The row is the step's own, read in its transaction: an INSERT's row read
+    back by the id it was given (LAST_INSERT_ID(), unchanged by that read)."""
+    found = f"@plan_{index}_found"
+    if inserted := _INSERT_RETURNING.fullmatch(sql):
+        insert, table, columns = inserted.groups()
+        names = columns.split(", ")
+        into = ", ".join(f"@plan_{index}_{n}" for n in range(len(names)))
+        keep = (
+            f"SET {found} = 0; {insert}; IF ROW_COUNT() = 1 THEN SELECT {columns}, 1 INTO {into}, {found} "
+            f"FROM {table} WHERE id = LAST_INSERT_ID(); END IF"
+        )
+    elif selected := _SELECT_COLUMNS.fullmatch(sql):
+        columns, rest = selected.groups()
+        names = columns.split(", ")
+        into = ", ".join(f"@plan_{index}_{n}" for n in range(len(names)))
+        keep = f"SET {found} = 0; SELECT {columns}, 1 INTO {into}, {found} {rest}"
+    else:
+        raise ValueError(f"A returning step must be INSERT … RETURNING columns or SELECT columns FROM …: {sql!r}")
+    return keep, f"SELECT {into} FROM DUAL WHERE {found} = 1"
 
 
 def _compound(
@@ -351,9 +409,9 @@ def _compound(
     if not results or len(results[-1]) != 1 or results[-1][0][:1] != (_END_MARK,):
         # The block's answer ended before its last SELECT without an error reaching us (seen on
         # a Galera node whose transaction another node's write aborted, a "brute-force abort").
-        # Its COMMIT comes after that SELECT, yet it may have been committed: Galera replays a
-        # transaction aborted after it was certified, and the answer of the statements replayed
-        # never reaches the client (a capture whose answer lacked its last SELECT was found
+        # It may have been committed: its COMMIT comes before that SELECT, and Galera replays a
+        # transaction aborted after it was certified, the answer of the statements replayed
+        # never reaching the client (a capture whose answer lacked its last SELECT was found
         # captured). So the outcome is unknown, as after a lost connection: closed (which rolls
         # back whatever it left open), and the verb run again only if it can tell its own
         # committed run (an idempotency key, the hold's state) — or, inside a caller's
@@ -372,7 +430,8 @@ def _compound(
 
 def _send(db, cursor, sql: str, params: list, *, stored: bool) -> None:
     """Send the plan's block: as a call of its stored procedure when it may be one (created first
-    if missing), else as it is. A CALL refused because the procedure does not exist ran nothing."""
+    if missing), else as it is. A CALL refused because the procedure does not exist, or may not
+    be called, ran nothing."""
     name = _routine_name(db, sql, params) if stored else None
     if name is not None:
         values = [value for value in params if value is not None]  # a NULL is written into the body
@@ -383,7 +442,7 @@ def _send(db, cursor, sql: str, params: list, *, stored: bool) -> None:
                 return
             except DatabaseError as exc:
                 code = exc.args[0] if exc.args else None
-                if code in _ROUTINE_REFUSED:
+                if code == _CALL_REFUSED:
                     _refuse_routines(db, exc)
                     break
                 if code != _NO_SUCH_ROUTINE:
@@ -397,51 +456,82 @@ def stored_plans_enabled(db) -> bool:
     return settings.BILLING_STORED_PLANS and db.alias not in _routines_refused and compound_supported()
 
 
+_BIGINT = range(-(2**63), 2**63)
+
+
 def _param_type(value: Any) -> str | None:
-    """The SQL type a stored plan declares for a parameter passed as `value` ("NULL": none, the
-    body says NULL there, as the block does; None: not a type we pass)."""
+    """The kind of SQL parameter a stored plan declares for a value like `value`: "NULL" (none:
+    the body says NULL there, as the block does), "BIGINT", "BOOLEAN", "TEXT", "BLOB" — or None
+    for a value only the block takes (a float, a Decimal, an integer beyond BIGINT, which the
+    block's literal refuses as it always did, not as a parameter's out-of-range error)."""
     if value is None:
         return "NULL"
     if isinstance(value, bool):
         return "BOOLEAN"
     if isinstance(value, int):
-        return "BIGINT"
+        return "BIGINT" if value in _BIGINT else None
     if isinstance(value, str | uuid.UUID | datetime.date):
-        # Sent as a quoted string either way: the database's character set and collation, as its
-        # columns, converted where a column or comparison needs a UUID, date or time (as the block).
-        return "LONGTEXT"
+        # Sent as a quoted string either way; converted where a column or comparison needs a
+        # UUID, date or time, as the block's literal is.
+        return "TEXT"
     if isinstance(value, bytes | bytearray | memoryview):
-        return "LONGBLOB"
+        return "BLOB"
     return None
+
+
+def _text_type(db) -> tuple[str, str] | None:
+    """The SQL type of a stored plan's text parameters on `db` — LONGTEXT in the character set
+    and collation of the ledger's tables (a parameter's collation ranks with a column's: another
+    one would be refused as an "illegal mix of collations", where the block's literal gives way)
+    — and the session's sql_mode (which a procedure keeps from its creation). Read once per
+    process; None if the ledger's tables are not there."""
+    if db.alias not in _text_types:
+        with db.cursor() as cursor:
+            cursor.execute(
+                "SELECT c.CHARACTER_SET_NAME, t.TABLE_COLLATION, @@SESSION.sql_mode FROM information_schema.TABLES t "
+                "JOIN information_schema.COLLATIONS c ON c.COLLATION_NAME = t.TABLE_COLLATION "
+                "WHERE t.TABLE_SCHEMA = DATABASE() AND t.TABLE_NAME = 'credit_transactions'"
+            )
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        charset, collation, sql_mode = row
+        _text_types[db.alias] = (f"LONGTEXT CHARACTER SET {charset} COLLATE {collation}", sql_mode)
+    return _text_types[db.alias]
 
 
 def _routine_name(db, sql: str, params: list) -> str | None:
     """The name of the stored procedure for the block `sql` with parameters like `params`, or None
-    when the block is to be sent as it is (stored plans off, a parameter of another type, too many)."""
+    when the block is to be sent as it is (stored plans off, a parameter of another type, too many,
+    its creation failed a moment ago)."""
     if not stored_plans_enabled(db):
         return None
     types = tuple(_param_type(value) for value in params)
     key = (db.alias, sql, types)
     name = _routines.get(key)
     if name is None:
-        if None in types:
+        if None in types or (text := _text_type(db)) is None:
             return None
         if len(_routines) >= _MAX_ROUTINES:
             if not _too_many_logged:
                 _too_many_logged.append(True)
                 logger.error("[Billing] More than %s distinct stored plans: a plan marked stored varies", _MAX_ROUTINES)
             return None
-        digest = hashlib.sha256(repr((sql, types)).encode()).hexdigest()[:32]
+        digest = hashlib.sha256(repr((sql, types, text)).encode()).hexdigest()[:32]
         name = _routines[key] = f"{_ROUTINE_PREFIX}{digest}"
+    failed = _create_failed.get(name)
+    if failed is not None and time.monotonic() - failed < _CREATE_BACKOFF_SECONDS:
+        return None
     return name
 
 
-def routine_definition(sql: str, params: list) -> tuple[str, str]:
+def routine_definition(sql: str, params: list, *, text_type: str = "LONGTEXT") -> tuple[str, str]:
     """The stored procedure's parameter list and body for the block `sql` run with `params`: each
     `%s` becomes a parameter (`p_1` …) — or NULL where its value is None, as the block would say
     (a typed NULL parameter could not be written to every column) — and each `%%` a `%`."""
     values = iter(params)
     arguments = []
+    declared = {"BIGINT": "BIGINT", "BOOLEAN": "BOOLEAN", "TEXT": text_type, "BLOB": "LONGBLOB"}
 
     def parameter(match: re.Match) -> str:
         if match.group(1) == "%":
@@ -449,7 +539,7 @@ def routine_definition(sql: str, params: list) -> tuple[str, str]:
         value = next(values)
         if value is None:
             return "NULL"
-        arguments.append(f"IN p_{len(arguments) + 1} {_param_type(value)}")
+        arguments.append(f"IN p_{len(arguments) + 1} {declared[_param_type(value)]}")
         return f"p_{len(arguments)}"
 
     try:
@@ -463,12 +553,18 @@ def routine_definition(sql: str, params: list) -> tuple[str, str]:
 
 def _create_routine(db, name: str, sql: str, params: list) -> bool:
     """Create the stored procedure `name` (if no other process has) on a connection of its own: a
-    CREATE commits, and must not end the caller's transaction. True if it exists now."""
-    arguments, body = routine_definition(sql, params)
+    CREATE commits, and must not end the caller's transaction. It waits at most a second for a
+    lock (a caller may hold the wallet's). True if it exists now; after any other failure than a
+    refusal it is not tried again for a minute (the block is sent meanwhile)."""
+    text_type, _ = _text_type(db)
+    arguments, body = routine_definition(sql, params, text_type=text_type)
     connection = None
     try:
-        connection = db.get_new_connection(db.get_connection_params())
+        connection = db.get_new_connection(
+            {**db.get_connection_params(), "connect_timeout": _CREATE_CONNECT_TIMEOUT_SECONDS}
+        )
         with contextlib.closing(connection.cursor()) as cursor:
+            cursor.execute(f"SET SESSION lock_wait_timeout = {_CREATE_LOCK_WAIT_SECONDS}")
             cursor.execute(
                 f"CREATE PROCEDURE IF NOT EXISTS {name}({arguments}) MODIFIES SQL DATA SQL SECURITY INVOKER "
                 f"COMMENT 'billing ledger plan, created on first use; safe to drop' {body}"
@@ -477,12 +573,19 @@ def _create_routine(db, name: str, sql: str, params: list) -> bool:
         if exc.args and exc.args[0] in _ROUTINE_REFUSED:
             _refuse_routines(db, exc)
         else:
-            logger.warning("[Billing] Could not create stored plan %s (%s); sent as a compound statement", name, exc)
+            _create_failed[name] = time.monotonic()
+            logger.warning(
+                "[Billing] Could not create stored plan %s (%s); sent as a compound statement for %s s",
+                name,
+                exc,
+                _CREATE_BACKOFF_SECONDS,
+            )
         return False
     finally:
         if connection is not None:
             with contextlib.suppress(Exception):
                 connection.close()
+    _create_failed.pop(name, None)
     logger.info("[Billing] Created stored plan %s", name)
     return True
 
