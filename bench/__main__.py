@@ -125,6 +125,16 @@ def targets() -> list[tuple[str, str, bool]]:
             per_lots(ours, hordak, ".1f", "×"),
             worst(ours, hordak) >= 1,
         ),
+        (
+            "credit lots: ours ≥ 3× django-hordak at every configuration, 1 and 20 lots",
+            per_lots(ours, hordak, ".2f", "×"),
+            worst(ours, hordak) >= 3,
+        ),
+        (
+            "credit lots: ours ≥ 1.5× the naive ORM peer at every configuration, 1 and 20 lots",
+            per_lots(ours, naive, ".2f", "×"),
+            worst(ours, naive) >= 1.5,
+        ),
         ("≤ 6 SQL statements per charge", statements_text, statements <= 6),
         (
             "a run's billing (hold + capture + run rows) ≥ 50 % of ledger.charge (worst configuration)",

@@ -263,7 +263,7 @@ def main() -> None:
 
     attribution = Attribution()
     attribution.wrap(api.AgentRunApi, "post", PARSE)
-    attribution.wrap(api, "run_response_body", RESPONSE)
+    attribution.wrap_property(api.AgentRunResultSerializer, "data", RESPONSE)  # the run's response body
     attribution.wrap_property(Response, "rendered_content", RESPONSE)
     attribution.wrap(runner, "submit_run", GLUE)
     api.submit_run = runner.submit_run  # the view imported it by name
