@@ -311,8 +311,12 @@ class Hordak:
 
 
 def statements(fn) -> int:
-    """Statements the client sent for `fn()`, counted by the server (includes COMMIT etc.)."""
+    """Statements the client sent for `fn()`, counted by the server (includes COMMIT etc.). Called
+    once first: a plan's first call in a process creates its stored procedure (a refused CALL,
+    the CREATE on a connection of its own, the CALL again), which later calls do not repeat."""
     from django.db import connection
+
+    fn()
 
     def questions() -> int:
         with connection.cursor() as cursor:

@@ -88,7 +88,7 @@ def bare_compound_statement(user_id: int):
                 results.append(cursor.fetchall())
             if not cursor.nextset():
                 break
-        assert results[-1] == ((_END_MARK, len(steps), 0),), f"the charge plan stopped: {results}"
+        assert results[-1][0][:3] == (_END_MARK, len(steps), 0), f"the charge plan stopped: {results}"
 
     return charge
 

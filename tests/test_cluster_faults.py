@@ -5,6 +5,8 @@ aborted after certification, and the replayed statements' answer never reaches t
 And what a killed node or a dropped connection does: the plan's answer never arrives, whether
 or not it committed."""
 
+import re
+
 import pytest
 
 from billing import ledger
@@ -14,28 +16,55 @@ from billing.models import CreditTransaction, Wallet
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _aborted_first(monkeypatch, *, own_transaction_only: bool, committed: bool = False):
+def _aborted_first(monkeypatch, *, own_transaction_only: bool, committed: bool = False, error: int | None = None):
     """The first plan's answer ends before its last SELECT: its writes ran, then the block ended
-    without its COMMIT — or (`committed`) the block went on and committed, its last answer lost."""
+    without its COMMIT — or (`committed`) the block went on and committed, its last answer lost,
+    or (`error`) that last SELECT failed with this error after the COMMIT."""
     real = sql.compound_sql
     calls = []
-    end = f"SELECT '{sql._END_MARK}', reached, more;"
+    end = re.compile(rf"SELECT '{sql._END_MARK}', reached, more[^;]*;")
 
     def compound_sql(steps, *, own_transaction, followup=None):
         text = real(steps, own_transaction=own_transaction, followup=followup)
         calls.append(own_transaction)
         if len(calls) == 1 and (own_transaction or not own_transaction_only):
+            assert len(end.findall(text)) == 1
+            if error is not None:  # the answer's SELECT fails once the plan has committed
+                return end.sub(f"SIGNAL SQLSTATE 'HY000' SET MYSQL_ERRNO = {error};", text)
             if committed:  # every statement ran, the COMMIT too; the last answer is missing
-                return text.replace(end, "")
-            # The block ends before it commits (or, in a caller's transaction, before its rows are
-            # sent): its writes are left in an open transaction, and no row or end mark is sent.
-            cut = text.split("IF reached < " if own_transaction else " SELECT @plan_")[0] + " END"
-            assert "COMMIT" not in cut and end not in cut
+                return end.sub("", text)
+            # The block ends before it commits (or, in a caller's transaction, before it answers):
+            # its writes are left in an open transaction, and no row or end mark is sent.
+            cut = text.split("IF reached < " if own_transaction else f" SELECT '{sql._END_MARK}'")[0] + " END"
+            assert "COMMIT" not in cut and not end.search(cut)
             return cut
         return text
 
     monkeypatch.setattr(sql, "compound_sql", compound_sql)
     return calls
+
+
+@pytest.mark.parametrize("error", [1205, 1213, 1317])
+def test_an_error_after_the_commit_is_an_unknown_outcome_not_a_retry_of_nothing(user, monkeypatch, error):
+    """The block's answer fails after its COMMIT (its last SELECT interrupted — or, were it a read
+    on Galera, a causal wait timing out): the plan committed, so the error must not reach the
+    ledger as the deadlock or lock wait it retries as if nothing was written (a capture run again
+    then finds its hold captured: a wrong 409; a charge under a client's key is told it was a
+    replay). It is reported as 1317, an unknown outcome, and each verb finds its first run."""
+    ledger.grant(user_id=user.id, amount=100, reason="seed")
+    held = ledger.hold(user_id=user.id, amount=30, agent_id="profile-my-data").hold
+    _aborted_first(monkeypatch, own_transaction_only=True, error=error)
+    captured = ledger.capture(hold_id=held.id)
+    assert captured.transaction.amount == -30
+
+    monkeypatch.undo()
+    _aborted_first(monkeypatch, own_transaction_only=True, error=error)
+    charged = ledger.charge(user_id=user.id, amount=7, agent_id="profile-my-data", idempotency_key="after-commit")
+    assert (charged.replayed, charged.transaction.amount, charged.transaction.balance_after) == (False, -7, 63)
+
+    wallet = Wallet.objects.get(user=user)
+    assert (wallet.balance_credits, wallet.held_credits) == (63, 0)
+    assert CreditTransaction.objects.filter(wallet=wallet, kind="charge").count() == 2
 
 
 @pytest.mark.parametrize("committed", [False, True], ids=["rolled-back", "committed"])

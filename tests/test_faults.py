@@ -256,7 +256,7 @@ def test_killed_statements_and_connections_answer_ledger_busy_with_nothing_half_
                 cursor.execute(
                     "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND COMMAND = 'Query' "
                     "AND (INFO LIKE 'BEGIN NOT ATOMIC%%' OR INFO LIKE 'CALL ledger_plan_%%' "
-                    "OR INFO REGEXP '^(UPDATE|INSERT INTO) credit_')",
+                    "OR INFO REGEXP '^(UPDATE|INSERT INTO) credit_' OR INFO LIKE 'SELECT ''plan-end''%%')",
                     [db["NAME"]],
                 )
                 for (session,) in cursor.fetchall():

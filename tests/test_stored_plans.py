@@ -209,7 +209,8 @@ def test_a_charge_with_and_without_a_run_id_both_run_stored(user, fresh_procedur
 
 def test_a_plan_sends_its_rows_only_after_its_commit():
     """A row sent while the transaction holds the wallet's lock stalls every other charge of that
-    wallet (`compound_sql`): the returning steps' rows are kept in variables and sent after it."""
+    wallet (`compound_sql`): the returning steps' rows are kept in variables and sent after it,
+    with the end mark, in one SELECT of no table."""
     steps = [
         sql.Step("UPDATE credit_wallets SET balance_credits = balance_credits - %s WHERE id = %s", [1, 2]),
         sql.Step(
@@ -222,22 +223,25 @@ def test_a_plan_sends_its_rows_only_after_its_commit():
         sql.Step("SELECT user_id FROM credit_wallets WHERE id = %s", [2], must_change_one_row=False, returns=True),
     ]
     block = sql.compound_sql(steps, own_transaction=True)
-    commit = block.index("ELSEIF more = 0 THEN COMMIT")
     assert "RETURNING" not in block
-    assert block.index("SELECT @plan_2_0, @plan_2_1 FROM DUAL WHERE @plan_2_found = 1") > commit
-    assert block.index("SELECT @plan_3_0 FROM DUAL WHERE @plan_3_found = 1") > commit
-    assert block.index(f"SELECT '{sql._END_MARK}'") > block.index("@plan_3_found = 1;")
+    answer = (
+        f"SELECT '{sql._END_MARK}', reached, more, @plan_2_found, @plan_2_0, @plan_2_1, @plan_3_found, @plan_3_0; END"
+    )
+    assert block.endswith(answer)
+    assert block.index(answer) > block.index("ELSEIF more = 0 THEN COMMIT; SET committed = 1;")
+    assert block.count("SELECT") == block.count("INTO @plan_") + 2  # kept rows, the steps' own SELECT, the answer
     # Kept inside the transaction: the inserted row read back by its id, the SELECT into variables.
     assert (
         "SELECT id, wallet_id, 1 INTO @plan_2_0, @plan_2_1, @plan_2_found FROM credit_holds WHERE id = LAST_INSERT_ID()"
-        in block
-    )
+    ) in block
     assert "SELECT user_id, 1 INTO @plan_3_0, @plan_3_found FROM credit_wallets WHERE id = %s" in block
-    with pytest.raises(ValueError):
-        sql.compound_sql(
-            [sql.Step("SELECT COUNT(*) FROM credit_wallets", must_change_one_row=False, returns=True)],
-            own_transaction=True,
-        )
+    for unkeepable in (
+        "SELECT COUNT(*) FROM credit_wallets",
+        "INSERT INTO credit_holds (id, amount) VALUES (%s, 1) RETURNING id",
+        "INSERT INTO credit_holds (wallet_id, amount) VALUES (1, 1) ON DUPLICATE KEY UPDATE amount = 2 RETURNING id",
+    ):
+        with pytest.raises(ValueError):
+            sql.Step(unkeepable, must_change_one_row=False, returns=True)
 
 
 def test_a_returning_step_without_its_row_gives_none_and_a_stale_row_is_never_sent(user):

@@ -74,6 +74,9 @@ _CONNECTION_ERRORS = {
     2055,  # lost connection (system error)
 }
 
+# Query execution was interrupted: also how a block reports an error after its COMMIT.
+_INTERRUPTED = 1317
+
 # MariaDB's parse error, also raised for a table whose cached triggers failed to parse.
 _PARSE_ERROR = 1064
 _BROKEN_TRIGGER = "has an error in its body"
@@ -128,6 +131,9 @@ class Step:
             raise ValueError("A returning step cannot also be checked by its row count.")
         if self.is_condition and self.returns:
             raise ValueError("A condition returns nothing.")
+        if self.returns and returned_columns(self.sql) is None:
+            # Checked here, so a plan SQLite runs fails as it would on MariaDB (`_kept_row`).
+            raise ValueError(f"A returning step is INSERT … RETURNING columns or SELECT columns FROM …: {self.sql!r}")
 
 
 @dataclass(frozen=True)
@@ -297,26 +303,34 @@ def _one_by_one(db, steps: list[Step]) -> list[tuple]:
 
 def compound_sql(steps: list[Step], *, own_transaction: bool, followup: str | None = None) -> str:
     """The plan as one MariaDB compound statement. `reached` counts the steps done; the block
-    commits only when all steps were done and no follow-up is due, then sends the returning
-    steps' rows and SELECTs `reached` and `more` (whether the `followup` condition holds).
+    commits only when all steps were done and no follow-up is due, then sends one row: the end
+    mark, `reached`, `more` (whether the `followup` condition holds) and the returning steps'
+    rows (`_kept_row`; `_compound` takes them apart).
 
-    Nothing is sent to the client while the transaction holds its locks: a result sent then wakes
-    the waiting client, which on a busy machine takes the CPU from the thread holding the wallet's
-    lock, and every charge of that wallet waits behind it (at 8 processes on one wallet, one row
-    sent before the COMMIT cost about a quarter of the charges per second). So a returning step's
-    row is kept in session variables inside the transaction (`_kept_row`) and sent after it."""
+    In its own transaction the block sends nothing while it holds its locks: a result sent then
+    wakes the waiting client, which on a busy machine takes the CPU from the thread holding the
+    wallet's lock, and every charge of that wallet waits behind it (at 8 processes on one wallet,
+    one row sent before the COMMIT cost about a quarter of the charges per second). So a returning
+    step's row is kept in session variables inside the transaction and sent after the COMMIT, in
+    one SELECT that reads no table (on Galera it has nothing to wait for). Inside a caller's
+    transaction, or with a follow-up due, the transaction is still open when the row is sent.
+
+    An error after the COMMIT (the final SELECT interrupted) cannot undo it: it is raised as 1317
+    ("interrupted"), an unknown outcome, so the verb is run again only if it can find its own
+    committed run — never as the deadlock or lock wait (1213, 1205) the ledger retries as if
+    nothing had been written."""
     body = []
     closing = []
-    sends = []
+    sent = []
     for index, step in enumerate(steps, start=1):
         if step.is_condition:
             body.append(f"IF {step.sql} THEN SET reached = {index};")
             closing.append("END IF;")
             continue
         if step.returns:
-            keep, send = _kept_row(step.sql, index)
+            keep, columns = _kept_row(step.sql, index)
             body.append(f"{keep};")
-            sends.append(f"{send};")
+            sent += columns
         else:
             body.append(f"{step.sql};")
         if step.must_change_one_row:
@@ -329,46 +343,63 @@ def compound_sql(steps: list[Step], *, own_transaction: bool, followup: str | No
     if followup is not None:
         tail.append(f"IF reached = {len(steps)} AND ({followup}) THEN SET more = 1; END IF;")
     if own_transaction:
-        head += ["DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN ROLLBACK; RESIGNAL; END;", "START TRANSACTION;"]
+        head += [
+            "DECLARE committed INT DEFAULT 0;",
+            "DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN IF committed = 1 THEN "
+            f"RESIGNAL SET MYSQL_ERRNO = {_INTERRUPTED}, MESSAGE_TEXT = 'The plan committed; its answer failed.'; "
+            "END IF; ROLLBACK; RESIGNAL; END;",
+            "START TRANSACTION;",
+        ]
         # With a follow-up due the transaction stays open for it (`run_plan` commits or rolls back).
         # An interruption after the COMMIT cuts the answer short: the end mark never arrives, and
         # the outcome is unknown (`_compound`), as after a lost connection.
-        tail.append(f"IF reached < {len(steps)} THEN ROLLBACK; ELSEIF more = 0 THEN COMMIT; END IF;")
-    tail += sends
-    tail.append(f"SELECT '{_END_MARK}', reached, more;")
+        tail.append(f"IF reached < {len(steps)} THEN ROLLBACK; ELSEIF more = 0 THEN COMMIT; SET committed = 1; END IF;")
+    tail.append(f"SELECT '{_END_MARK}', reached, more{''.join(', ' + column for column in sent)};")
     return " ".join(head + body + list(reversed(closing)) + tail + ["END"])
 
 
 # A returning step as `_kept_row` can keep it: an INSERT of at most one row into a table with an
-# `id` column, RETURNING columns; or a SELECT of columns. Column names only, no expressions.
-_INSERT_RETURNING = re.compile(r"(INSERT INTO (\w+) .*) RETURNING (\w+(?:, \w+)*)", re.DOTALL)
+# AUTO_INCREMENT `id` (not given by the INSERT), RETURNING columns; or a SELECT of columns that
+# finds at most one row. Column names only, no expressions.
+_INSERT_RETURNING = re.compile(r"(INSERT INTO (\w+) \((?:\w+, )*\w+\) .*) RETURNING (\w+(?:, \w+)*)", re.DOTALL)
 _SELECT_COLUMNS = re.compile(r"SELECT (\w+(?:, \w+)*) (FROM .*)", re.DOTALL)
 
 
-def _kept_row(sql: str, index: int) -> tuple[str, str]:
+def returned_columns(sql: str) -> int | None:
+    """How many columns the returning step `sql` returns, or None if `_kept_row` cannot keep it."""
+    if (inserted := _INSERT_RETURNING.fullmatch(sql)) is not None:
+        insert, _, columns = inserted.groups()
+        listed = insert.split("(", 1)[1].split(")", 1)[0].split(", ")
+        if "id" in listed or "ON DUPLICATE KEY" in insert.upper():
+            return None  # LAST_INSERT_ID() would not be this row's (or ROW_COUNT() not 1)
+        return len(columns.split(", "))
+    if (selected := _SELECT_COLUMNS.fullmatch(sql)) is not None:
+        return len(selected.group(1).split(", "))
+    return None
+
+
+def _kept_row(sql: str, index: int) -> tuple[str, list[str]]:
     """The returning step `sql` (step `index`) as statements that keep its row in session
     variables (`@plan_<index>_<n>`, and `@plan_<index>_found` = 1 if there was one), and the
-    SELECT that sends that row later (no row if there was none). Its values are integers or text
-    here (a date would come back as text): every returning step of the ledger's plans returns ids,
+    variables the block's last SELECT sends (found first). Its values are integers or text here
+    (a date would come back as text): every returning step of the ledger's plans returns ids,
     credits or a name. The row is the step's own, read in its transaction: an INSERT's row read
     back by the id it was given (LAST_INSERT_ID(), unchanged by that read)."""
+    width = returned_columns(sql)
+    if width is None:
+        raise ValueError(f"A returning step must be INSERT … RETURNING columns or SELECT columns FROM …: {sql!r}")
     found = f"@plan_{index}_found"
+    into = [f"@plan_{index}_{n}" for n in range(width)]
     if inserted := _INSERT_RETURNING.fullmatch(sql):
         insert, table, columns = inserted.groups()
-        names = columns.split(", ")
-        into = ", ".join(f"@plan_{index}_{n}" for n in range(len(names)))
         keep = (
-            f"SET {found} = 0; {insert}; IF ROW_COUNT() = 1 THEN SELECT {columns}, 1 INTO {into}, {found} "
+            f"SET {found} = 0; {insert}; IF ROW_COUNT() = 1 THEN SELECT {columns}, 1 INTO {', '.join(into)}, {found} "
             f"FROM {table} WHERE id = LAST_INSERT_ID(); END IF"
         )
-    elif selected := _SELECT_COLUMNS.fullmatch(sql):
-        columns, rest = selected.groups()
-        names = columns.split(", ")
-        into = ", ".join(f"@plan_{index}_{n}" for n in range(len(names)))
-        keep = f"SET {found} = 0; SELECT {columns}, 1 INTO {into}, {found} {rest}"
     else:
-        raise ValueError(f"A returning step must be INSERT … RETURNING columns or SELECT columns FROM …: {sql!r}")
-    return keep, f"SELECT {into} FROM DUAL WHERE {found} = 1"
+        columns, rest = _SELECT_COLUMNS.fullmatch(sql).groups()
+        keep = f"SET {found} = 0; SELECT {columns}, 1 INTO {', '.join(into)}, {found} {rest}"
+    return keep, [found, *into]
 
 
 def _compound(
@@ -406,7 +437,7 @@ def _compound(
             # the block was committed: the error came before its COMMIT).
             raise OperationalError(1317, f"A statement of the plan was interrupted: {exc.args[1:]}") from exc
         raise
-    if not results or len(results[-1]) != 1 or results[-1][0][:1] != (_END_MARK,):
+    if len(results) != 1 or len(results[0]) != 1 or results[0][0][:1] != (_END_MARK,):
         # The block's answer ended before its last SELECT without an error reaching us (seen on
         # a Galera node whose transaction another node's write aborted, a "brute-force abort").
         # It may have been committed: its COMMIT comes before that SELECT, and Galera replays a
@@ -420,10 +451,15 @@ def _compound(
             with contextlib.suppress(DatabaseError):
                 db.close()
         raise OperationalError(2014, "The compound statement did not report its steps; its outcome is unknown.")
-    _, reached, more = results[-1][0]
+    _, reached, more, *sent = results[0][0]
     if reached < len(steps):
         raise PlanStopped(_stopped_at(steps, reached))
-    returned = [rows[0] if rows else None for rows in results[:-1]]
+    returned = []
+    for step in steps:
+        if step.returns:  # its found flag, then its columns (`compound_sql`)
+            width = returned_columns(step.sql)
+            found, values, sent = sent[0], tuple(sent[1 : 1 + width]), sent[1 + width :]
+            returned.append(values if found == 1 else None)
     _require_rows(steps, returned)
     return returned, bool(more)
 
