@@ -19,7 +19,7 @@ ROOT_URLCONF = "bench.urls"
 
 # The benchmark's processes keep one connection each for the whole run, as production's workers do
 # with CONN_MAX_AGE=60: the ledger's plans run stored there (BILLING_STORED_PLANS=false to compare).
-BILLING_STORED_PLANS = os.environ.get("BILLING_STORED_PLANS", "true").lower() in ("true", "1", "yes", "on")
+BILLING_STORED_PLANS = env.bool("BILLING_STORED_PLANS", default=True)  # noqa: F405
 
 # The runbook's log lines are still formatted and written on every charge (their cost is part of
 # ours), but to /dev/null, so that a benchmark's output stays readable and no terminal is timed.

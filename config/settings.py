@@ -289,7 +289,7 @@ SPECTACULAR_SETTINGS = {
 # --- Billing ----------------------------------------------------------------
 BILLING_ENABLED = env.bool("BILLING_ENABLED", default=True)
 BILLING_ENFORCEMENT = env.bool("BILLING_ENFORCEMENT", default=True)
-# The hot ledger plans (charge, hold) run as stored procedures on MariaDB (billing/ledger/sql.py):
+# The hot ledger plans (charge, hold, capture, release) run as stored procedures on MariaDB (billing/ledger/sql.py):
 # parsed once per connection, so worth it with persistent connections (the default follows them).
 BILLING_STORED_PLANS = env.bool("BILLING_STORED_PLANS", default=DATABASES["default"]["CONN_MAX_AGE"] != 0)
 BILLING_MAX_GRANT = env.int("BILLING_MAX_GRANT", default=1_000_000)

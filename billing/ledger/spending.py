@@ -137,10 +137,6 @@ def _wallet_of_row(row: str) -> str:
     return f"(SELECT wallet_id FROM credit_transactions WHERE id = {row})"
 
 
-def _wallet_of_new_hold(hold: str) -> str:
-    return f"(SELECT wallet_id FROM credit_holds WHERE id = {hold})"
-
-
 def _charge_once(*, user_id: int, fields: dict[str, Any]) -> LedgerResult:
     db = transaction.get_connection()
 
@@ -281,7 +277,7 @@ def _hold_once(*, user_id, amount, agent_id, key, fingerprint, expires_at, agent
                 returns=True,
             ),
             *remember,
-            *lots.pin_steps(wallet=_wallet_of_new_hold(hold_ref), hold=hold_ref, amount=amount),
+            *lots.pin_steps(wallet=_wallet_of_hold(hold_ref), hold=hold_ref, amount=amount),
             *then,
         ]
 
@@ -309,7 +305,7 @@ def _hold_once(*, user_id, amount, agent_id, key, fingerprint, expires_at, agent
         key=key,
         fingerprint=fingerprint,
         plan=plan,
-        wallet=_wallet_of_new_hold(hold_ref),
+        wallet=_wallet_of_hold(hold_ref),
         done=held,
         replayed=lambda existing: HoldResult(existing, replayed=True),
         then_steps=len(then),
@@ -331,6 +327,7 @@ def _give_back(hold: str, amount: str | None, *, captured: bool = True) -> str:
 
 
 def _wallet_of_hold(hold: str) -> str:
+    """The wallet of the hold `hold` (SQL for its id: a bound variable, the id the plan remembered)."""
     return f"(SELECT wallet_id FROM credit_holds WHERE id = {hold})"
 
 

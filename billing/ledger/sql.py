@@ -31,8 +31,9 @@ call, then runs the transaction again.
 
 **Stored plans.** A compound statement is parsed whole on every call (about a quarter of the
 server's time for a charge). A plan run with `stored=True` — one whose SQL is the same for every
-call, its values all parameters (charge, hold) — runs as a stored procedure instead: the same
-block, its `%s` turned into the procedure's parameters, created on first use under a name derived
+call, its values all parameters (charge, hold, capture, release) — runs as a stored procedure
+instead: the same block, its `%s` turned into the procedure's parameters, created on first use
+under a name derived
 from its text and its parameters' types (`ledger_plan_<hash>`, SQL SECURITY INVOKER), and called
 (`CALL …`): MariaDB keeps it parsed for the connection. Created on a connection of its own (DDL
 commits), it needs `CREATE ROUTINE`; a server that refuses it (or `BILLING_STORED_PLANS=false`) is
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import hashlib
 import logging
 import re
@@ -365,6 +367,7 @@ _INSERT_RETURNING = re.compile(r"(INSERT INTO (\w+) \((?:\w+, )*\w+\) .*) RETURN
 _SELECT_COLUMNS = re.compile(r"SELECT (\w+(?:, \w+)*) (FROM .*)", re.DOTALL)
 
 
+@functools.lru_cache(maxsize=512)
 def returned_columns(sql: str) -> int | None:
     """How many columns the returning step `sql` returns, or None if `_kept_row` cannot keep it."""
     if (inserted := _INSERT_RETURNING.fullmatch(sql)) is not None:
@@ -378,7 +381,8 @@ def returned_columns(sql: str) -> int | None:
     return None
 
 
-def _kept_row(sql: str, index: int) -> tuple[str, list[str]]:
+@functools.lru_cache(maxsize=512)
+def _kept_row(sql: str, index: int) -> tuple[str, tuple[str, ...]]:
     """The returning step `sql` (step `index`) as statements that keep its row in session
     variables (`@plan_<index>_<n>`, and `@plan_<index>_found` = 1 if there was one), and the
     variables the block's last SELECT sends (found first). Its values are integers or text here
@@ -399,7 +403,7 @@ def _kept_row(sql: str, index: int) -> tuple[str, list[str]]:
     else:
         columns, rest = _SELECT_COLUMNS.fullmatch(sql).groups()
         keep = f"SET {found} = 0; SELECT {columns}, 1 INTO {', '.join(into)}, {found} {rest}"
-    return keep, [found, *into]
+    return keep, (found, *into)
 
 
 def _compound(
