@@ -26,6 +26,7 @@ Results: bench/results/ledger_throughput.json and .md.
 """
 
 import argparse
+import contextlib
 import multiprocessing
 import threading
 import time
@@ -98,23 +99,35 @@ WORKER_KINDS = {
 }
 
 
-def run_concurrently(workers: str, count: int, per_worker: int, work, max_seconds: float) -> tuple[float, int]:
+def run_concurrently(workers: str, count: int, per_worker: int, work, max_seconds: float) -> tuple[float, int, int]:
     """Run `work(worker_index, i)` per_worker times in each of `count` workers — forked
     processes (how the service runs: gunicorn sync workers, Celery prefork, no shared GIL) or
     threads of this process — each stopping early once `max_seconds` have passed (a slow
     implementation on a busy machine stays bounded); returns the seconds from the common start
-    to the last finish and the calls done."""
+    to the last finish, the calls done then, and the calls done before it.
+
+    Each worker makes one call before the common start (`work(index, -1)`), untimed: its
+    connection opened and whatever the implementation prepares once per process done, as in a
+    worker that has served requests before — the rate measured is the steady one, for every
+    implementation alike."""
     from django.db import connections
 
     if workers == "processes":
         context = multiprocessing.get_context("fork")
         connections.close_all()  # each child opens its own connection
         barrier, spawn, done = context.Barrier(count + 1), context.Process, context.Array("q", count, lock=False)
+        warmed = context.Array("q", count, lock=False)
     else:
-        barrier, spawn, done = threading.Barrier(count + 1), threading.Thread, [0] * count
+        barrier, spawn, done, warmed = threading.Barrier(count + 1), threading.Thread, [0] * count, [0] * count
 
     def worker(index: int) -> None:
         try:
+            try:
+                work(index, -1)
+            except BaseException:
+                barrier.abort()  # the others stop waiting: this run fails (below)
+                raise
+            warmed[index] = 1
             barrier.wait()
             deadline = time.monotonic() + max_seconds
             for i in range(per_worker):
@@ -128,7 +141,8 @@ def run_concurrently(workers: str, count: int, per_worker: int, work, max_second
     pool = [spawn(target=worker, args=(n,)) for n in range(count)]
     for each in pool:
         each.start()
-    barrier.wait()
+    with contextlib.suppress(threading.BrokenBarrierError):  # a worker failed first: reported below
+        barrier.wait()
     started = time.perf_counter()
     for each in pool:
         each.join()
@@ -136,7 +150,7 @@ def run_concurrently(workers: str, count: int, per_worker: int, work, max_second
     failed = [each.exitcode for each in pool if getattr(each, "exitcode", 0) != 0]
     if failed:
         raise SystemExit(f"{len(failed)} benchmark process(es) failed: exit codes {failed}")
-    return seconds, sum(done)
+    return seconds, sum(done), sum(warmed)
 
 
 # --- the three implementations -------------------------------------------------------------
@@ -345,10 +359,11 @@ def measure(
     def work(index: int, i: int) -> None:
         implementation.charge(user_ids[0] if hot else user_ids[index % len(user_ids)])
 
-    seconds, done = run_concurrently(workers, threads, per_thread, work, max_seconds)
+    seconds, done, warm_up = run_concurrently(workers, threads, per_thread, work, max_seconds)
     after = read(user_ids)
     taken = sum(before[u] - after[u] for u in user_ids)
-    lost = done * getattr(implementation, "cost", COST) - taken  # credits charged but not taken from any balance
+    # Credits charged (the untimed first calls too) but not taken from any balance.
+    lost = (done + warm_up) * getattr(implementation, "cost", COST) - taken
     return {
         "implementation": implementation.name,
         "concurrency": threads,
@@ -521,7 +536,9 @@ def main() -> None:
     seconds = round(time.monotonic() - started)
     lines = [
         f"Concurrency: {WORKER_KINDS[args.workers]}; {args.charges} charges per configuration, "
-        f"{args.charges * FAST_SCALE} for the floor and ours, or as many as are done in {MAX_SECONDS:g} s. "
+        f"{args.charges * FAST_SCALE} for the floor and ours, or as many as are done in {MAX_SECONDS:g} s, "
+        "timed from a common start after one untimed charge per worker (its connection open, as a "
+        "worker's is once it has served a request). "
         f"Ours is measured on wallets holding {' and on wallets holding '.join(map(lots_label, lot_counts))}"
         + (
             " (several lots: of equal size, alternately promotional and paid, priorities shuffled, so that "

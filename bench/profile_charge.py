@@ -57,7 +57,7 @@ def bare_compound_statement(user_id: int):
 
     from bench.db import BENCH_DATABASE, SERVER
     from billing.ledger import spending, thresholds
-    from billing.ledger.sql import _END_MARK, compound_sql, remember_inserted_id
+    from billing.ledger.sql import _END_MARK, compound_sql
 
     connection = MySQLdb.connect(db=BENCH_DATABASE, client_flag=CLIENT.FOUND_ROWS, **SERVER)  # as Django connects
     connection.autocommit(True)
@@ -72,9 +72,8 @@ def bare_compound_statement(user_id: int):
         "metadata": {},
     }
     steps = spending._charge_plan(user_id=user_id, fields=fields, at=None)  # with the lots' draws
-    # As `_take_available` sends it: the wallet found from the row the plan wrote.
-    row = remember_inserted_id("ledger_row", "credit_transactions")[1]
-    crossing = thresholds.followup(spending._wallet_of_row(row), debit=True).condition
+    # As `_take_available` sends it: the follow-up's condition over the wallet the plan debited.
+    crossing = thresholds.followup(spending._wallet_of_charge(), debit=True).condition
     sql = compound_sql(steps, own_transaction=True, followup=crossing)
 
     def charge() -> None:

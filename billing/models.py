@@ -10,7 +10,7 @@ import secrets
 
 from django.conf import settings
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import Case, F, Q, Value, When
 
 from core.fields import KEY_MAX_LENGTH, ExactCharField
 
@@ -225,6 +225,14 @@ class CreditLot(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # Kept by the database: whether credits are left. The wallet's open lots are found by it
+    # (`lot_wallet_is_open_idx`), and a debit that leaves credits in a lot changes no index entry
+    # (an index over `remaining_credits` itself was rewritten by every charge).
+    is_open = models.GeneratedField(
+        expression=Case(When(remaining_credits__gt=0, then=Value(True)), default=Value(False)),
+        output_field=models.BooleanField(),
+        db_persist=True,
+    )
 
     class Meta:
         db_table = "credit_lots"
@@ -242,7 +250,7 @@ class CreditLot(models.Model):
             ),
         ]
         indexes = [
-            models.Index(fields=["wallet", "remaining_credits"], name="lot_wallet_open_idx"),
+            models.Index(fields=["wallet", "is_open"], name="lot_wallet_is_open_idx"),
             models.Index(fields=["expires_at"], name="lot_expiry_idx"),
         ]
 

@@ -40,7 +40,7 @@ def with_lots(rows: QuerySet[CreditTransaction]) -> QuerySet[CreditTransaction]:
 
 def open_lots(*, wallet_id: int) -> QuerySet[CreditLot]:
     """The wallet's lots that still hold credits, in burn order (the next debit takes the first)."""
-    return CreditLot.objects.filter(wallet_id=wallet_id, remaining_credits__gt=0).order_by(*LOT_BURN_ORDER)
+    return CreditLot.objects.filter(wallet_id=wallet_id, is_open=True).order_by(*LOT_BURN_ORDER)
 
 
 def expiring_soon(lots: list[CreditLot], *, days: int = EXPIRING_SOON_DAYS) -> dict:

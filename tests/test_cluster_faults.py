@@ -41,6 +41,8 @@ def _aborted_first(monkeypatch, *, own_transaction_only: bool, committed: bool =
         return text
 
     monkeypatch.setattr(sql, "compound_sql", compound_sql)
+    # Every plan's block written afresh (not the one remembered), so that only the first is cut.
+    monkeypatch.setattr(sql, "_block", lambda steps, **shape: compound_sql(steps, **shape))
     return calls
 
 

@@ -1,5 +1,6 @@
 """The ledger verbs, one at a time, on MariaDB."""
 
+import dataclasses
 import uuid
 
 import pytest
@@ -351,13 +352,11 @@ def _fail_the_ledger_row(monkeypatch) -> None:
     original = spending._charge_plan
 
     def failing_plan(**kwargs):
-        debit, row, *lot_steps = original(**kwargs)
-        broken = billing_sql.Step(
-            row.sql.replace("INTO credit_transactions", "INTO no_such_table"),
-            row.params,
-            must_change_one_row=False,
-            returns=True,
+        steps = original(**kwargs)
+        (index,) = [i for i, step in enumerate(steps) if "INSERT INTO credit_transactions" in getattr(step, "sql", "")]
+        broken = dataclasses.replace(
+            steps[index], sql=steps[index].sql.replace("INTO credit_transactions", "INTO no_such_table")
         )
-        return [debit, broken, *lot_steps]
+        return [*steps[:index], broken, *steps[index + 1 :]]
 
     monkeypatch.setattr(spending, "_charge_plan", failing_plan)

@@ -11,7 +11,16 @@ from django.utils import timezone
 
 from billing import ledger
 from billing.expiry import expire_due_credits
-from billing.models import CreditDraw, CreditLot, CreditTransaction, Purchase, PurchaseStatus, TransactionKind
+from billing.ledger import sql as billing_sql
+from billing.models import (
+    CreditDraw,
+    CreditHoldLot,
+    CreditLot,
+    CreditTransaction,
+    Purchase,
+    PurchaseStatus,
+    TransactionKind,
+)
 from billing.reconcile import reconcile
 from tests.concurrency import in_threads
 from tests.factories import UserFactory
@@ -129,6 +138,87 @@ def test_a_replay_with_other_lot_terms_is_a_conflict(user):
 
 
 # --- holds pin lots ------------------------------------------------------------------------------
+
+
+# --- the short way: the first lot in burn order has the whole amount ------------------------------
+# On MariaDB a take that the first lot in burn order covers is one draw (or pin) written by a short
+# way (`lots._take_steps`); it must pick the same lot as the burn over all lots would. In each case
+# the lot the burn order takes first is not the oldest, so an order by id alone would be caught.
+
+
+def _priority_first(user):
+    other = grant(user, 10, expires_at=timezone.now() + DAY)
+    return grant(user, 10, category="paid", priority=-1), other
+
+
+def _soonest_expiry_first(user):
+    never, later = grant(user, 10), grant(user, 10, expires_at=timezone.now() + 3 * DAY)
+    return grant(user, 10, expires_at=timezone.now() + DAY), never, later
+
+
+def _promotional_first(user):
+    at = timezone.now() + DAY
+    _, paid = bought(user, 10, expires_at=at)
+    return grant(user, 10, expires_at=at), paid
+
+
+def _oldest_first(user):
+    first = grant(user, 10)
+    return first, grant(user, 10)
+
+
+def _exhausted_and_pinned_lots_skipped(user):
+    spent, pinned = grant(user, 10, priority=-2), grant(user, 10, priority=-1)
+    ledger.charge(user_id=user.id, amount=10, agent_id="a")  # `spent` drawn to nothing: closed
+    ledger.hold(user_id=user.id, amount=10, agent_id="a")  # all of `pinned` is held
+    return grant(user, 10), spent, pinned
+
+
+SHORT_WAY_CASES = {
+    "priority": _priority_first,
+    "soonest expiry": _soonest_expiry_first,
+    "promotional before paid": _promotional_first,
+    "oldest": _oldest_first,
+    "exhausted and pinned lots skipped": _exhausted_and_pinned_lots_skipped,
+}
+
+
+def pins(hold) -> list[tuple[int, int]]:
+    return list(CreditHoldLot.objects.filter(hold=hold).order_by("id").values_list("lot_id", "credits"))
+
+
+@pytest.mark.parametrize("ways", ["compound statement", "statement by statement"])
+@pytest.mark.parametrize("case", SHORT_WAY_CASES)
+def test_an_amount_the_first_lot_covers_is_taken_from_it_in_every_tie_case(user, case, ways, monkeypatch):
+    if ways == "statement by statement":
+        monkeypatch.setattr(billing_sql, "compound_supported", lambda: False)
+    first, *others = SHORT_WAY_CASES[case](user)
+    before = remaining(*others)
+    result = ledger.charge(user_id=user.id, amount=4, agent_id="a")
+    assert draws(result) == [(first.id, 4)]
+    held = ledger.hold(user_id=user.id, amount=6, agent_id="a").hold
+    assert pins(held) == [(first.id, 6)]  # exactly what is left free of it
+    first.refresh_from_db()
+    assert (first.remaining_credits, first.held_credits, first.is_open) == (6, 6, True)
+    assert remaining(*others) == before
+    # Nothing free is left in it: the next take skips it, by the burn over every lot.
+    grant(user, 5)
+    again = ledger.charge(user_id=user.id, amount=1, agent_id="a")
+    assert first.id not in [lot for lot, _ in draws(again)]
+    assert reconcile() == []
+
+
+def test_a_take_the_first_lot_only_partly_covers_burns_on_and_a_drawn_out_lot_closes(user):
+    first, second = grant(user, 10), grant(user, 10)
+    ledger.hold(user_id=user.id, amount=8, agent_id="a")  # 2 of `first` free
+    result = ledger.charge(user_id=user.id, amount=4, agent_id="a")
+    assert draws(result) == [(first.id, 2), (second.id, 2)]
+    drawn_out = ledger.charge(user_id=user.id, amount=8, agent_id="a")
+    assert draws(drawn_out) == [(second.id, 8)]
+    second.refresh_from_db()
+    assert (second.remaining_credits, second.is_open) == (0, False)
+    assert CreditLot.objects.filter(wallet=second.wallet, is_open=True).get() == first
+    assert reconcile() == []
 
 
 def test_a_capture_draws_exactly_the_lots_its_hold_pinned(user):

@@ -312,3 +312,92 @@ def test_a_procedure_that_could_not_be_created_is_not_tried_again_for_a_while(us
     sql._create_failed.clear()  # the minute is over
     ledger.charge(user_id=user.id, amount=10, agent_id="profile-my-data")
     assert len(_procedures()) == 1
+
+
+# --- branches: a short way for the common case next to the general one --------------------------
+
+
+@pytest.fixture
+def scratch():
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TEMPORARY TABLE plan_scratch (id INT PRIMARY KEY, n INT NOT NULL)")
+        cursor.execute("INSERT INTO plan_scratch VALUES (1, 0), (2, 0)")
+    yield lambda: dict(_scratch_rows())
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TEMPORARY TABLE IF EXISTS plan_scratch")
+
+
+def _scratch_rows():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id, n FROM plan_scratch")
+        return cursor.fetchall()
+
+
+def _branch_plan(*, short: bool, short_finds_its_row: bool = True) -> list:
+    return [
+        sql.Step("UPDATE plan_scratch SET n = n + 10 WHERE id = 1"),
+        sql.Branch(
+            "%s = 1",
+            then=(
+                sql.Step("UPDATE plan_scratch SET n = n + 1 WHERE id = %s", [2 if short_finds_its_row else 99]),
+                sql.Step("(SELECT n FROM plan_scratch WHERE id = 1) = 10", is_condition=True),
+            ),
+            otherwise=(sql.Step("UPDATE plan_scratch SET n = n + 100 WHERE id = 2"),),
+            condition_params=(1 if short else 0,),
+        ),
+        sql.Step("SELECT n FROM plan_scratch WHERE id = %s", [1], must_change_one_row=False, returns=True),
+    ]
+
+
+@pytest.mark.parametrize("ways", ["compound statement", "statement by statement"])
+def test_a_branch_takes_one_way_and_a_refusal_in_it_stops_the_plan_there(scratch, monkeypatch, ways):
+    if ways == "statement by statement":
+        monkeypatch.setattr(sql, "compound_supported", lambda: False)
+    assert sql.run_plan(_branch_plan(short=True)) == [(10,)]
+    assert scratch() == {1: 10, 2: 1}
+    assert sql.run_plan(_branch_plan(short=False)) == [(20,)]
+    assert scratch() == {1: 20, 2: 101}
+    # The way taken refuses (its checked statement changes no row; then its condition fails):
+    # the plan stops at the branch (step 1), and nothing of it is kept.
+    with pytest.raises(sql.PlanStopped) as stopped:
+        sql.run_plan(_branch_plan(short=True, short_finds_its_row=False))
+    assert stopped.value.step == 1
+    with pytest.raises(sql.PlanStopped) as stopped:
+        sql.run_plan(_branch_plan(short=True))  # row 1 is at 30 after the first step, not 10
+    assert stopped.value.step == 1
+    assert scratch() == {1: 20, 2: 101}
+
+
+def test_a_branch_as_the_last_step_and_a_way_that_returns_a_row_is_refused(scratch):
+    last = _branch_plan(short=False)[:2]
+    assert sql.run_plan(last) == []
+    assert scratch() == {1: 10, 2: 100}
+    returning = sql.Step("SELECT n FROM plan_scratch WHERE id = 1", must_change_one_row=False, returns=True)
+    with pytest.raises(ValueError):
+        sql.Branch("1 = 1", then=(returning,), otherwise=())
+
+
+def test_a_plan_returns_its_own_variables_without_reading_a_table(user):
+    """A charge hands back the row's id, wallet and balance from the variables its statements kept
+    (`SELECT @a, @b`): kept with a SET, no table read again inside the transaction."""
+    assert sql.returned_columns("SELECT @ledger_row, @ledger_wallet") == 2
+    keep, sent = sql._kept_row("SELECT @ledger_row, @ledger_wallet", 3)
+    assert keep == "SET @plan_3_found = 1, @plan_3_0 = @ledger_row, @plan_3_1 = @ledger_wallet"
+    assert sent == ("@plan_3_found", "@plan_3_0", "@plan_3_1")
+    ledger.grant(user_id=user.id, amount=50, reason="seed")
+    charged = ledger.charge(user_id=user.id, amount=20, agent_id="profile-my-data")
+    wallet = Wallet.objects.get(user=user)
+    assert (charged.transaction.wallet_id, charged.transaction.balance_after) == (wallet.id, 30)
+    assert CreditTransaction.objects.get(pk=charged.transaction.pk).balance_after == 30
+
+
+def test_a_plans_block_is_written_once_for_its_shape(user, monkeypatch):
+    ledger.grant(user_id=user.id, amount=50, reason="seed")
+    ledger.charge(user_id=user.id, amount=1, agent_id="profile-my-data")
+    written = []
+    real = sql.compound_sql
+    monkeypatch.setattr(sql, "compound_sql", lambda *a, **k: written.append(1) or real(*a, **k))
+    for amount in (2, 3):
+        ledger.charge(user_id=user.id, amount=amount, agent_id="profile-my-data")
+    assert written == []
+    assert Wallet.objects.get(user=user).balance_credits == 44

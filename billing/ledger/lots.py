@@ -22,11 +22,12 @@ disagree with the wallet stops (nothing kept) instead of writing a row the lots 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import functools
+from dataclasses import dataclass
 from datetime import datetime
 
 from billing.ledger.errors import LedgerInconsistent
-from billing.ledger.sql import PlanStopped, Step, run_plan, vendor
+from billing.ledger.sql import Branch, PlanStopped, Step, bind, run_plan, vendor
 from billing.models import CreditLot, CreditTransaction, LotCategory, Wallet
 
 # The burn order as ORDER BY terms over a lot's columns (`{t}`: an optional table prefix).
@@ -81,7 +82,7 @@ def _burn_into(*, table: str, owner: str, lot: str, free: str, source: str, orde
 
 def _from_open_lots(*, table: str, owner: str, wallet: str, amount: str, only_lot_ids=None) -> Step:
     """Take `amount` free credits of the wallet's lots (of `only_lot_ids`, if given)."""
-    source = f"credit_lots WHERE wallet_id = {wallet} AND remaining_credits > 0 AND remaining_credits > held_credits"
+    source = f"credit_lots WHERE wallet_id = {wallet} AND is_open = 1 AND remaining_credits > held_credits"
     if only_lot_ids is not None:
         source += f" AND id IN ({', '.join(str(_int(i)) for i in only_lot_ids) or 'NULL'})"
     sql = _burn_into(
@@ -120,47 +121,70 @@ def _apply(*, table: str, column: str, owner: str, assignments: str) -> Step:
     return Step(sql, must_change_one_row=False)
 
 
-def draw_steps(*, wallet: str, row: str, amount: int, only_lot_ids: list[int] | None = None) -> list[Step]:
+def draw_steps(*, wallet: str, row: str, amount: int, only_lot_ids: list[int] | None = None) -> list[Step | Branch]:
     """Take `amount` free credits in burn order (from `only_lot_ids` if given) for the ledger
     row `row` of `wallet` (both SQL expressions: an id, a variable, a subquery): draws
-    written, lots reduced, the sum checked. The amount is a parameter (the steps' SQL is the
-    same for every amount, as a stored plan needs); lot ids, if given, are written into it."""
-    return [
-        _with_amount(
-            _from_open_lots(table="credit_draws", owner=row, wallet=wallet, amount="%s", only_lot_ids=only_lot_ids),
-            amount,
-        ),
-        _apply(
-            table="credit_draws",
-            column="transaction_id",
-            owner=row,
-            assignments="remaining_credits = remaining_credits - d.credits",
-        ),
-        _with_amount(_adds_up(table="credit_draws", column="transaction_id", owner=row, amount="%s"), amount),
-    ]
+    written, lots reduced, the sum checked. The amount is bound to a variable of the plan (the
+    steps' SQL is the same for every amount, as a stored plan needs); lot ids, if given, are
+    written into it."""
+    bound, take = bind("lot_take", _int(amount))
+    ids = None if only_lot_ids is None else tuple(_int(i) for i in only_lot_ids)
+    return [*bound, *_take_steps("credit_draws", wallet, row, take, ids, vendor())]
 
 
-def pin_steps(*, wallet: str, hold: str, amount: int) -> list[Step]:
+def pin_steps(*, wallet: str, hold: str, amount: int) -> list[Step | Branch]:
     """Reserve `amount` free credits in burn order for the hold `hold` (SQL, like `wallet`):
-    pins written, the lots' `held_credits` raised, the sum checked (the amount a parameter)."""
-    return [
-        _with_amount(_from_open_lots(table="credit_hold_lots", owner=hold, wallet=wallet, amount="%s"), amount),
-        _apply(
-            table="credit_hold_lots",
-            column="hold_id",
-            owner=hold,
-            assignments="held_credits = held_credits + d.credits",
+    pins written, the lots' `held_credits` raised, the sum checked (the amount bound as above)."""
+    bound, take = bind("lot_take", _int(amount))
+    return [*bound, *_take_steps("credit_hold_lots", wallet, hold, take, None, vendor())]
+
+
+# What a take writes into each table: the owner's column, and the lot's column it moves.
+_TAKES = {
+    "credit_draws": ("transaction_id", "remaining_credits = remaining_credits - {n}"),
+    "credit_hold_lots": ("hold_id", "held_credits = held_credits + {n}"),
+}
+
+
+@functools.lru_cache(maxsize=256)
+def _take_steps(
+    table: str, wallet: str, owner: str, amount: str, only_lot_ids: tuple[int, ...] | None, vendor_name: str
+) -> tuple[Step | Branch, ...]:
+    """The steps of a take of `amount` (SQL: the bound variable) into `table` for `owner`, built
+    once per shape (they carry no parameter). The general steps burn over all the wallet's open
+    lots: rows written for `owner`, the lots changed by them, their sum checked. On MariaDB
+    (without `only_lot_ids`) the common case goes a short way first: when the first lot in burn
+    order has the whole amount free, the take is one row and one change of that lot — what the
+    general steps would write, without their window over the lots, their join and their sum.
+
+    That first lot is read after the wallet's row is locked, as every change of a lot is made
+    (the lock order), and its change is guarded by its free credits again: a lot that changed
+    meanwhile stops the plan (nothing kept) instead of being overdrawn."""
+    column, assignment = _TAKES[table]
+    general = (
+        _from_open_lots(table=table, owner=owner, wallet=wallet, amount=amount, only_lot_ids=only_lot_ids),
+        _apply(table=table, column=column, owner=owner, assignments=assignment.format(n="d.credits")),
+        _adds_up(table=table, column=column, owner=owner, amount=amount),
+    )
+    if vendor_name != "mysql" or only_lot_ids is not None:
+        return general
+    first = (
+        "SELECT id, remaining_credits - held_credits INTO @lot_first, @lot_first_free FROM credit_lots "
+        f"WHERE wallet_id = {wallet} AND is_open = 1 AND remaining_credits > held_credits "
+        f"ORDER BY {BURN_ORDER.format(t='')} LIMIT 1"
+    )
+    short = (
+        Step(f"INSERT INTO {table} ({column}, lot_id, credits) VALUES ({owner}, @lot_first, {amount})"),
+        Step(
+            f"UPDATE credit_lots SET {assignment.format(n=amount)} "
+            f"WHERE id = @lot_first AND remaining_credits - held_credits >= {amount}"
         ),
-        _with_amount(_adds_up(table="credit_hold_lots", column="hold_id", owner=hold, amount="%s"), amount),
-    ]
-
-
-def _with_amount(step: Step, amount: int) -> Step:
-    """`step`, built with `%s` for the amount (and no other parameter), with the amount given
-    for each of them."""
-    if step.params:
-        raise ValueError("Only the amount may be a parameter of this step.")
-    return replace(step, params=[_int(amount)] * step.sql.count("%s"))
+    )
+    return (
+        Step("SET @lot_first = NULL, @lot_first_free = 0", must_change_one_row=False),
+        Step(first, must_change_one_row=False),
+        Branch(f"@lot_first_free >= {amount}", then=short, otherwise=general),
+    )
 
 
 def capture_steps(*, hold: str, row: str, amount: str | None) -> list[Step]:

@@ -5,6 +5,7 @@ Each is one plan of statements (`billing.ledger.sql`), one round trip on MariaDB
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import uuid
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from billing.ledger.posting import (
 )
 from billing.ledger.results import Captured, HoldResult, LedgerResult
 from billing.ledger.retry import run_replayable
-from billing.ledger.sql import PlanStopped, Step, bind, remember_inserted_id, run_plan
+from billing.ledger.sql import Branch, PlanStopped, Step, bind, remember_inserted_id, run_plan, vendor
 from billing.models import CreditHold, CreditTransaction, HoldStatus, TransactionKind
 from billing.signals import hold_expired
 
@@ -91,9 +92,8 @@ def _after_charge(user_id: int, amount: int, agent_id: str) -> None:
 _TXN_COLUMNS = ("kind", "amount", "agent_id", "agent_run_id", "idempotency_key", "request_fingerprint", "metadata")
 
 
-def _charge_plan(*, user_id: int, fields: dict[str, Any], at: Any, now: datetime | None = None) -> list[Step]:
+def _charge_plan(*, user_id: int, fields: dict[str, Any], at: Any, now: datetime | None = None) -> list[Step | Branch]:
     amount = -fields["amount"]
-    caps_set, caps_where = caps.debit_sql()
     set_params, where_params = caps.debit_params(now or timezone.now(), amount)
     run_id = fields["agent_run_id"]
     values = [
@@ -106,25 +106,60 @@ def _charge_plan(*, user_id: int, fields: dict[str, Any], at: Any, now: datetime
         json.dumps(fields["metadata"]),
     ]
     remember, row = remember_inserted_id("ledger_row", "credit_transactions")
+    debit_sql, insert_sql, returning_sql = _charge_sql(vendor() == "mysql")
+    debit = Step(debit_sql, [amount, at, *set_params, user_id, amount, *where_params])
+    if returning_sql is None:  # SQLite: the row's wallet and balance read by the INSERT itself
+        insert = Step(insert_sql, [at, *values, user_id], must_change_one_row=False, returns=True)
+        return [debit, insert, *remember, *lots.draw_steps(wallet=_wallet_of_charge(), row=row, amount=amount)]
     return [
-        Step(
-            f"UPDATE credit_wallets SET balance_credits = balance_credits - %s, updated_at = %s, {caps_set} "
-            f"WHERE user_id = %s AND shortfall_credits = 0 AND balance_credits - held_credits >= %s AND {caps_where}",
-            [amount, at, *set_params, user_id, amount, *where_params],
-        ),
-        Step(
-            "INSERT INTO credit_transactions (wallet_id, balance_after, created_at, reason, {columns}) "
-            "SELECT id, balance_credits, %s, '', {values} FROM credit_wallets WHERE user_id = %s "
-            "RETURNING id, wallet_id, balance_after".format(
-                columns=", ".join(_TXN_COLUMNS), values=", ".join(["%s"] * len(_TXN_COLUMNS))
-            ),
-            [at, *values, user_id],
-            must_change_one_row=False,
-            returns=True,
-        ),
+        debit,
+        Step(insert_sql, [at, *values]),
         *remember,
-        *lots.draw_steps(wallet=_wallet_of_row(row), row=row, amount=amount),
+        Step(returning_sql.format(row=row), must_change_one_row=False, returns=True),
+        *lots.draw_steps(wallet=_wallet_of_charge(), row=row, amount=amount),
     ]
+
+
+@functools.cache
+def _charge_sql(mariadb: bool) -> tuple[str, str, str | None]:
+    """The charge's statements, written once: the debit, the row's INSERT, and (MariaDB) what
+    hands back the row's id, wallet and balance.
+
+    On MariaDB the debit itself keeps the wallet's id and new balance in variables of the plan
+    (assigned in its SET and as the last term of its WHERE, evaluated for the row it changes),
+    the row is inserted with VALUES, and the row handed back from those variables — where an
+    INSERT … SELECT would read the wallet again and take the ledger table's AUTO-INC lock for its
+    whole statement (innodb_autoinc_lock_mode=1, the default), which every other wallet's charge
+    then waits for. Elsewhere: INSERT … SELECT … RETURNING."""
+    caps_set, caps_where = caps.debit_sql()
+    balance = "(@ledger_balance := balance_credits - %s)" if mariadb else "balance_credits - %s"
+    keep_wallet = " AND (@ledger_wallet := id) IS NOT NULL" if mariadb else ""
+    debit = (
+        f"UPDATE credit_wallets SET balance_credits = {balance}, updated_at = %s, {caps_set} "
+        f"WHERE user_id = %s AND shortfall_credits = 0 AND balance_credits - held_credits >= %s AND {caps_where}"
+        f"{keep_wallet}"
+    )
+    columns = f"wallet_id, balance_after, created_at, reason, {', '.join(_TXN_COLUMNS)}"
+    placeholders = ", ".join(["%s"] * len(_TXN_COLUMNS))
+    if not mariadb:
+        insert = (
+            f"INSERT INTO credit_transactions ({columns}) SELECT id, balance_credits, %s, '', {placeholders} "
+            "FROM credit_wallets WHERE user_id = %s RETURNING id, wallet_id, balance_after"
+        )
+        return debit, insert, None
+    return (
+        debit,
+        f"INSERT INTO credit_transactions ({columns}) VALUES (@ledger_wallet, @ledger_balance, %s, '', {placeholders})",
+        "SELECT {row}, @ledger_wallet, @ledger_balance",
+    )
+
+
+def _wallet_of_charge() -> str:
+    """SQL for the wallet a charge's plan debits, for its later steps and its follow-up: on
+    MariaDB the variable its debit keeps (`_charge_sql`), elsewhere read from the row it wrote."""
+    if vendor() == "mysql":
+        return "@ledger_wallet"
+    return _wallet_of_row(remember_inserted_id("ledger_row", "credit_transactions")[1])
 
 
 def _wallet_of_user(user_id: int) -> str:
@@ -155,7 +190,7 @@ def _charge_once(*, user_id: int, fields: dict[str, Any]) -> LedgerResult:
         plan=lambda now: _charge_plan(
             user_id=user_id, fields=fields, at=db.ops.adapt_datetimefield_value(now), now=now
         ),
-        wallet=_wallet_of_row(remember_inserted_id("ledger_row", "credit_transactions")[1]),
+        wallet=_wallet_of_charge(),
         done=charged,
         replayed=lambda existing: LedgerResult(existing, replayed=True),
     )

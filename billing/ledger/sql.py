@@ -52,7 +52,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from django.conf import settings
 from django.db import DatabaseError, Error, IntegrityError, InterfaceError, OperationalError, transaction
@@ -139,6 +139,34 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Branch:
+    """One step of a plan with two ways to the same outcome: `then` when `condition` (SQL, a
+    boolean expression with `condition_params`) holds, else `otherwise` — a short way for the
+    common case next to the general one. Each way is plain statements and conditions (none
+    returns a row); a checked statement or condition that fails in the way taken stops the plan
+    at this step."""
+
+    condition: str
+    then: tuple[Step, ...]
+    otherwise: tuple[Step, ...]
+    condition_params: tuple[Any, ...] = ()
+    # As a step of the plan: it returns no row, and it may stop the plan (`_stopped_at`).
+    returns: ClassVar[bool] = False
+    is_condition: ClassVar[bool] = False
+    must_change_one_row: ClassVar[bool] = True
+    row_optional: ClassVar[bool] = False
+
+    def __post_init__(self):
+        if any(not isinstance(step, Step) or step.returns for step in (*self.then, *self.otherwise)):
+            raise ValueError("A branch's ways are plain statements and conditions: none returns a row.")
+
+    @property
+    def params(self) -> list[Any]:
+        """In the order of the block's text: the condition's, then each way's."""
+        return [*self.condition_params, *(param for step in (*self.then, *self.otherwise) for param in step.params)]
+
+
+@dataclass(frozen=True)
 class Followup:
     """Statements a plan needs only now and then (a threshold crossed): `steps()` run, in the
     plan's transaction, only if `condition` (SQL, no parameters) holds once the plan's steps are
@@ -208,13 +236,18 @@ def reopen_trigger_tables() -> bool:
     return True
 
 
+@functools.cache
 def compound_supported() -> bool:
+    """The database takes a plan as one compound statement (MariaDB ≥ 10.5). Known once per
+    process: its server does not change under it."""
     db = transaction.get_connection()
     return db.vendor == "mysql" and db.mysql_is_mariadb and db.mysql_version >= (10, 5)
 
 
+@functools.cache
 def vendor() -> str:
-    """The database the plans run on ("mysql" for MariaDB, "sqlite")."""
+    """The database the plans run on ("mysql" for MariaDB, "sqlite"): the default database's
+    engine, fixed for the process (looked up once: a verb asks several times per call)."""
     return transaction.get_connection().vendor
 
 
@@ -285,22 +318,35 @@ def run_plan(steps: list[Step], followup: Followup | None = None, *, stored: boo
         return rows
 
 
-def _one_by_one(db, steps: list[Step]) -> list[tuple]:
+def _one_by_one(db, steps: list[Step | Branch]) -> list[tuple]:
     returned = []
     with db.cursor() as cursor:
         for index, step in enumerate(steps):
-            if step.is_condition:
-                cursor.execute(f"SELECT CASE WHEN {step.sql} THEN 1 ELSE 0 END", step.params)
-                if cursor.fetchone()[0] != 1:
+            if isinstance(step, Branch):
+                way = step.then if _holds(cursor, step.condition, step.condition_params) else step.otherwise
+                if not all(_done(cursor, inner) for inner in way):
                     raise PlanStopped(index)
                 continue
-            cursor.execute(step.sql, step.params)
+            if not _done(cursor, step):
+                raise PlanStopped(index)
             if step.returns:
                 returned.append(cursor.fetchone())
-            elif step.must_change_one_row and cursor.rowcount != 1:
-                raise PlanStopped(index)
     _require_rows(steps, returned)
     return returned
+
+
+def _holds(cursor, condition: str, params) -> bool:
+    cursor.execute(f"SELECT CASE WHEN {condition} THEN 1 ELSE 0 END", list(params))
+    return cursor.fetchone()[0] == 1
+
+
+def _done(cursor, step: Step) -> bool:
+    """Run `step` alone: False if it is a condition that does not hold, or a checked statement
+    that did not change one row (a returning step's row is left to fetch)."""
+    if step.is_condition:
+        return _holds(cursor, step.sql, step.params)
+    cursor.execute(step.sql, step.params)
+    return step.returns or not step.must_change_one_row or cursor.rowcount == 1
 
 
 def compound_sql(steps: list[Step], *, own_transaction: bool, followup: str | None = None) -> str:
@@ -325,6 +371,14 @@ def compound_sql(steps: list[Step], *, own_transaction: bool, followup: str | No
     closing = []
     sent = []
     for index, step in enumerate(steps, start=1):
+        if isinstance(step, Branch):
+            # Each way sets `reached` only once all its statements were done; the rest of the
+            # plan runs only then.
+            body.append(f"IF {step.condition} THEN {_way(step.then, index)} ELSE {_way(step.otherwise, index)} END IF;")
+            if index < len(steps):
+                body.append(f"IF reached = {index} THEN")
+                closing.append("END IF;")
+            continue
         if step.is_condition:
             body.append(f"IF {step.sql} THEN SET reached = {index};")
             closing.append("END IF;")
@@ -360,11 +414,53 @@ def compound_sql(steps: list[Step], *, own_transaction: bool, followup: str | No
     return " ".join(head + body + list(reversed(closing)) + tail + ["END"])
 
 
+# compound_sql's blocks by the shape of their plans: a verb's plan has the same shape on every
+# call (its values are parameters), so its block is written once per process.
+_blocks: dict[tuple, str] = {}
+_MAX_BLOCKS = 1024
+
+
+def _block(steps: list[Step | Branch], *, own_transaction: bool, followup: str | None) -> str:
+    """`compound_sql` of the plan, remembered by what it depends on (not the parameters)."""
+    key = (tuple(_shape(step) for step in steps), own_transaction, followup)
+    sql = _blocks.get(key)
+    if sql is None:
+        if len(_blocks) >= _MAX_BLOCKS:  # plans whose SQL varies: keep memory bounded
+            _blocks.clear()
+        sql = _blocks[key] = compound_sql(steps, own_transaction=own_transaction, followup=followup)
+    return sql
+
+
+def _shape(step: Step | Branch) -> tuple:
+    """What `compound_sql` reads of a step."""
+    if isinstance(step, Branch):
+        return (step.condition, tuple(map(_shape, step.then)), tuple(map(_shape, step.otherwise)))
+    return (step.sql, step.returns, step.is_condition, step.must_change_one_row)
+
+
+def _way(steps: tuple[Step, ...], index: int) -> str:
+    """A branch's way (step `index` of the plan) as statements: each checked statement and
+    condition nests the rest, and the innermost sets `reached` to the branch's index."""
+    body, closing = [], []
+    for step in steps:
+        if step.is_condition:
+            body.append(f"IF {step.sql} THEN")
+            closing.append("END IF;")
+            continue
+        body.append(f"{step.sql};")
+        if step.must_change_one_row:
+            body.append("IF ROW_COUNT() = 1 THEN")
+            closing.append("END IF;")
+    return " ".join([*body, f"SET reached = {index};", *reversed(closing)])
+
+
 # A returning step as `_kept_row` can keep it: an INSERT of at most one row into a table with an
 # AUTO_INCREMENT `id` (not given by the INSERT), RETURNING columns; or a SELECT of columns that
 # finds at most one row. Column names only, no expressions.
 _INSERT_RETURNING = re.compile(r"(INSERT INTO (\w+) \((?:\w+, )*\w+\) .*) RETURNING (\w+(?:, \w+)*)", re.DOTALL)
 _SELECT_COLUMNS = re.compile(r"SELECT (\w+(?:, \w+)*) (FROM .*)", re.DOTALL)
+# Or, on MariaDB, a SELECT of the plan's own variables (values it kept, always one row).
+_SELECT_VARIABLES = re.compile(r"SELECT (@\w+(?:, @\w+)*)")
 
 
 @functools.lru_cache(maxsize=512)
@@ -376,7 +472,7 @@ def returned_columns(sql: str) -> int | None:
         if "id" in listed or "ON DUPLICATE KEY" in insert.upper():
             return None  # LAST_INSERT_ID() would not be this row's (or ROW_COUNT() not 1)
         return len(columns.split(", "))
-    if (selected := _SELECT_COLUMNS.fullmatch(sql)) is not None:
+    if (selected := _SELECT_COLUMNS.fullmatch(sql) or _SELECT_VARIABLES.fullmatch(sql)) is not None:
         return len(selected.group(1).split(", "))
     return None
 
@@ -400,6 +496,9 @@ def _kept_row(sql: str, index: int) -> tuple[str, tuple[str, ...]]:
             f"SET {found} = 0; {insert}; IF ROW_COUNT() = 1 THEN SELECT {columns}, 1 INTO {', '.join(into)}, {found} "
             f"FROM {table} WHERE id = LAST_INSERT_ID(); END IF"
         )
+    elif variables := _SELECT_VARIABLES.fullmatch(sql):
+        pairs = zip(into, variables.group(1).split(", "), strict=True)
+        keep = f"SET {found} = 1, {', '.join(f'{kept} = {variable}' for kept, variable in pairs)}"
     else:
         columns, rest = _SELECT_COLUMNS.fullmatch(sql).groups()
         keep = f"SET {found} = 0; SELECT {columns}, 1 INTO {', '.join(into)}, {found} {rest}"
@@ -412,7 +511,7 @@ def _compound(
     """Run the plan as one compound statement (or its stored procedure): the returning steps'
     rows, and whether the follow-up is due."""
     params = [param for step in steps for param in step.params]
-    sql = compound_sql(steps, own_transaction=own_transaction, followup=followup.condition if followup else None)
+    sql = _block(steps, own_transaction=own_transaction, followup=followup.condition if followup else None)
     try:
         with db.cursor() as cursor:
             _send(db, cursor, sql, params, stored=stored)
@@ -519,6 +618,21 @@ def _param_type(value: Any) -> str | None:
     return None
 
 
+# The parameter types of most values, by their class alone (an int may be beyond BIGINT).
+_COMMON_TYPES = {type(None): "NULL", bool: "BOOLEAN", int: "BIGINT", str: "TEXT", bytes: "BLOB"}
+
+
+def _param_types(params: list) -> tuple[str | None, ...]:
+    """`_param_type` of each value, the common classes looked up at once (a verb's every call)."""
+    types = []
+    for value in params:
+        kind = _COMMON_TYPES.get(type(value))
+        if kind is None or (kind == "BIGINT" and value not in _BIGINT):
+            kind = _param_type(value)
+        types.append(kind)
+    return tuple(types)
+
+
 def _text_type(db) -> tuple[str, str] | None:
     """The SQL type of a stored plan's text parameters on `db` — LONGTEXT in the character set
     and collation of the ledger's tables (a parameter's collation ranks with a column's: another
@@ -546,7 +660,7 @@ def _routine_name(db, sql: str, params: list) -> str | None:
     its creation failed a moment ago)."""
     if not stored_plans_enabled(db):
         return None
-    types = tuple(_param_type(value) for value in params)
+    types = _param_types(params)
     key = (db.alias, sql, types)
     name = _routines.get(key)
     if name is None:
