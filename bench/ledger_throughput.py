@@ -45,6 +45,8 @@ FAST_SCALE = 4
 TURNS = 2
 # A measurement stops after this many seconds even if its charges are not all done (busy machine).
 MAX_SECONDS = 4.0
+# Workers wait this long at most for one another's untimed first call (a stuck one fails the run).
+WARM_UP_SECONDS = 120
 START_BALANCE = 10**12
 COST = 7
 # django-hordak's MySQL leg check keeps amounts in DECIMAL(10,2).
@@ -115,10 +117,16 @@ def run_concurrently(workers: str, count: int, per_worker: int, work, max_second
     if workers == "processes":
         context = multiprocessing.get_context("fork")
         connections.close_all()  # each child opens its own connection
-        barrier, spawn, done = context.Barrier(count + 1), context.Process, context.Array("q", count, lock=False)
-        warmed = context.Array("q", count, lock=False)
+        barrier = context.Barrier(count + 1, timeout=WARM_UP_SECONDS)
+        spawn, done, warmed = (
+            context.Process,
+            context.Array("q", count, lock=False),
+            context.Array("q", count, lock=False),
+        )
     else:
-        barrier, spawn, done, warmed = threading.Barrier(count + 1), threading.Thread, [0] * count, [0] * count
+        barrier, spawn = threading.Barrier(count + 1, timeout=WARM_UP_SECONDS), threading.Thread
+        done, warmed = [0] * count, [0] * count
+    failures = []  # threads' (a process's failure is its exit code)
 
     def worker(index: int) -> None:
         try:
@@ -135,6 +143,9 @@ def run_concurrently(workers: str, count: int, per_worker: int, work, max_second
                     break
                 work(index, i)
                 done[index] = i + 1
+        except BaseException as exc:
+            failures.append(exc)
+            raise
         finally:
             connections.close_all()
 
@@ -148,8 +159,8 @@ def run_concurrently(workers: str, count: int, per_worker: int, work, max_second
         each.join()
     seconds = time.perf_counter() - started
     failed = [each.exitcode for each in pool if getattr(each, "exitcode", 0) != 0]
-    if failed:
-        raise SystemExit(f"{len(failed)} benchmark process(es) failed: exit codes {failed}")
+    if failed or failures:
+        raise SystemExit(f"benchmark workers failed: exit codes {failed}, errors {failures}")
     return seconds, sum(done), sum(warmed)
 
 

@@ -5,12 +5,13 @@ from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, transaction
 from django.urls import reverse
 from django.utils import timezone
 
 from billing import ledger
 from billing.expiry import expire_due_credits
+from billing.ledger import spending
 from billing.ledger import sql as billing_sql
 from billing.models import (
     CreditDraw,
@@ -218,6 +219,49 @@ def test_a_take_the_first_lot_only_partly_covers_burns_on_and_a_drawn_out_lot_cl
     second.refresh_from_db()
     assert (second.remaining_credits, second.is_open) == (0, False)
     assert CreditLot.objects.filter(wallet=second.wallet, is_open=True).get() == first
+    assert reconcile() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_short_way_reads_the_lots_as_they_are_not_an_older_snapshot(user):
+    """In a caller's transaction whose snapshot predates a lot the burn order now takes first
+    (REPEATABLE READ here; the service runs READ COMMITTED), a debit still takes that lot: the
+    short way reads the first lot with a locking read, as the general burn does."""
+    grant(user, 10)
+    with connection.cursor() as cursor:
+        cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    try:
+        with transaction.atomic():
+            assert CreditLot.objects.filter(wallet__user=user).count() == 1  # the snapshot is taken
+            (preferred,) = in_threads([None], lambda _: grant(user, 10, priority=-1), threads=1)
+            result = ledger.adjust(user_id=user.id, amount=-3, reason="correction")
+        assert draws(result) == [(preferred.id, 3)]
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+
+
+def test_a_charge_whose_debit_kept_no_wallet_writes_nothing_to_the_last_one(user, monkeypatch):
+    """The charge's row takes its wallet and balance from variables its debit sets: they are
+    cleared first, so a debit that did not set them (its WHERE changed so that the assignment is
+    skipped) fails the plan instead of writing into the wallet of the connection's last charge."""
+    other = UserFactory()
+    ledger.grant(user_id=other.id, amount=50, reason="seed")
+    ledger.grant(user_id=user.id, amount=50, reason="seed")
+    ledger.charge(user_id=other.id, amount=5, agent_id="a")  # the connection's variables: other's
+    real = spending._charge_sql.__wrapped__
+    monkeypatch.setattr(
+        spending,
+        "_charge_sql",
+        lambda mariadb: tuple(
+            None if text is None else text.replace(" AND (@ledger_wallet := id) IS NOT NULL", "")
+            for text in real(mariadb)
+        ),
+    )
+    with pytest.raises(Exception):  # noqa: B017 — which error matters less than what was written
+        ledger.charge(user_id=user.id, amount=7, agent_id="a")
+    assert CreditTransaction.objects.filter(wallet__user=other, kind="charge").count() == 1
+    assert CreditTransaction.objects.filter(wallet__user=user, kind="charge").count() == 0
     assert reconcile() == []
 
 

@@ -168,10 +168,13 @@ def _take_steps(
     )
     if vendor_name != "mysql" or only_lot_ids is not None:
         return general
+    # A locking read: the lots as they are now, whatever the transaction's isolation level (a
+    # snapshot taken before the wallet was locked could name a lot the burn order no longer
+    # takes first). Only this wallet's open lots, behind its lock already.
     first = (
         "SELECT id, remaining_credits - held_credits INTO @lot_first, @lot_first_free FROM credit_lots "
         f"WHERE wallet_id = {wallet} AND is_open = 1 AND remaining_credits > held_credits "
-        f"ORDER BY {BURN_ORDER.format(t='')} LIMIT 1"
+        f"ORDER BY {BURN_ORDER.format(t='')} LIMIT 1 FOR UPDATE"
     )
     short = (
         Step(f"INSERT INTO {table} ({column}, lot_id, credits) VALUES ({owner}, @lot_first, {amount})"),
@@ -183,7 +186,7 @@ def _take_steps(
     return (
         Step("SET @lot_first = NULL, @lot_first_free = 0", must_change_one_row=False),
         Step(first, must_change_one_row=False),
-        Branch(f"@lot_first_free >= {amount}", then=short, otherwise=general),
+        Branch(f"{amount} > 0 AND @lot_first_free >= {amount}", then=short, otherwise=general),
     )
 
 

@@ -112,6 +112,8 @@ def _charge_plan(*, user_id: int, fields: dict[str, Any], at: Any, now: datetime
         insert = Step(insert_sql, [at, *values, user_id], must_change_one_row=False, returns=True)
         return [debit, insert, *remember, *lots.draw_steps(wallet=_wallet_of_charge(), row=row, amount=amount)]
     return [
+        # Not the previous call's: if the debit did not set them, the row's INSERT fails on them.
+        Step("SET @ledger_wallet = NULL, @ledger_balance = NULL", must_change_one_row=False),
         debit,
         Step(insert_sql, [at, *values]),
         *remember,
@@ -209,8 +211,9 @@ def _take_available(
     replayed: Callable[[Any], T],
     then_steps: int = 0,
 ) -> T:
-    """Run a plan whose first step takes `amount` available credits (a debit or a hold); `wallet`
-    is SQL for its wallet's id once the plan's steps ran (for the follow-up). The plan runs stored
+    """Run a plan whose first checked step takes `amount` available credits (a debit or a hold;
+    only unchecked statements, such as resetting variables, may come before it); `wallet` is SQL
+    for its wallet's id once the plan's steps ran (for the follow-up). The plan runs stored
     (`run_plan(stored=True)`): its SQL must be the same for every call, every value a parameter.
 
     The rule lives in that step's WHERE clause; when it takes nothing, the refusal is explained
@@ -225,7 +228,8 @@ def _take_available(
         except PlanStopped as stopped:
             if stopped.step >= len(steps) - then_steps:
                 raise  # one of the caller's statements refused: nothing was taken
-            if stopped.step > 0:
+            taking = next(index for index, step in enumerate(steps) if step.must_change_one_row)
+            if stopped.step > taking:
                 raise LedgerInconsistent(
                     f"The lots of user {user_id}'s wallet do not cover {amount} credits."
                 ) from None

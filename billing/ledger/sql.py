@@ -256,7 +256,7 @@ def remember_inserted_id(name: str, table: str) -> tuple[list[Step], str]:
     generated in the plan's later steps (whose own INSERTs would change LAST_INSERT_ID()).
     On MariaDB a session variable; on SQLite, whose plans run alone (one writer at a time),
     the table's highest id."""
-    if transaction.get_connection().vendor == "mysql":
+    if vendor() == "mysql":
         return [Step(f"SET @{name} = LAST_INSERT_ID()", must_change_one_row=False)], f"@{name}"
     return [], f"(SELECT MAX(id) FROM {table})"
 
@@ -267,7 +267,7 @@ def bind(name: str, value: int) -> tuple[list[Step], str]:
     value (as a stored plan needs); on SQLite, whose plans are never stored, the number itself."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"Expected an integer, got {value!r}.")
-    if transaction.get_connection().vendor == "mysql":
+    if vendor() == "mysql":
         return [Step(f"SET @{name} = %s", [value], must_change_one_row=False)], f"@{name}"
     return [], str(value)
 
@@ -472,7 +472,8 @@ def returned_columns(sql: str) -> int | None:
         if "id" in listed or "ON DUPLICATE KEY" in insert.upper():
             return None  # LAST_INSERT_ID() would not be this row's (or ROW_COUNT() not 1)
         return len(columns.split(", "))
-    if (selected := _SELECT_COLUMNS.fullmatch(sql) or _SELECT_VARIABLES.fullmatch(sql)) is not None:
+    variables = _SELECT_VARIABLES.fullmatch(sql) if vendor() == "mysql" else None  # SQLite has none
+    if (selected := _SELECT_COLUMNS.fullmatch(sql) or variables) is not None:
         return len(selected.group(1).split(", "))
     return None
 
@@ -511,7 +512,11 @@ def _compound(
     """Run the plan as one compound statement (or its stored procedure): the returning steps'
     rows, and whether the follow-up is due."""
     params = [param for step in steps for param in step.params]
-    sql = _block(steps, own_transaction=own_transaction, followup=followup.condition if followup else None)
+    condition = followup.condition if followup else None
+    # Only a stored plan's SQL is known to be the same on every call: the others (ids written
+    # into them) are written each time, not remembered.
+    write = _block if stored else compound_sql
+    sql = write(steps, own_transaction=own_transaction, followup=condition)
     try:
         with db.cursor() as cursor:
             _send(db, cursor, sql, params, stored=stored)
