@@ -13,11 +13,14 @@ lots (`CreditHoldLot`) that only its capture draws and its release frees.
 A debit takes only a lot's *free* credits (`remaining − held`): credits pinned by a pending hold
 belong to that hold's run. The rule lives in `BURN_ORDER` and `_burn_into`, one window over the wallet's open lots,
 used by every debit (charge, debit adjustment, claw-back, shortfall collection, expiry) and every
-hold; a capture walks its own pins in the same order. Statements run inside the verb's plan or
-transaction, after the wallet row is locked (lock order: wallet → hold → lots → run).
+hold; a capture walks its own pins in the same order. On MariaDB a take the first lot in
+`BURN_ORDER` covers goes a short way first (`_take_steps`): that lot alone, by the same order.
+Statements run inside the verb's plan or transaction, after the wallet row is locked (lock order:
+wallet → hold → lots → run).
 
-Each step list ends with a check that the draws (or pins) add up to the amount: a plan whose lots
-disagree with the wallet stops (nothing kept) instead of writing a row the lots do not back.
+The general way ends with a check that the draws (or pins) add up to the amount, and the short
+way's one change is guarded by the lot's free credits: a plan whose lots disagree with the wallet
+stops (nothing kept) instead of writing a row the lots do not back.
 """
 
 from __future__ import annotations
