@@ -253,9 +253,9 @@ def test_a_charge_whose_debit_kept_no_wallet_writes_nothing_to_the_last_one(user
     monkeypatch.setattr(
         spending,
         "_charge_sql",
-        lambda mariadb: tuple(
+        lambda mariadb, low_balance_default: tuple(
             None if text is None else text.replace(" AND (@ledger_wallet := id) IS NOT NULL", "")
-            for text in real(mariadb)
+            for text in real(mariadb, low_balance_default)
         ),
     )
     with pytest.raises(Exception):  # noqa: B017 — which error matters less than what was written

@@ -160,9 +160,10 @@ def _take_steps(
     order has the whole amount free, the take is one row and one change of that lot — what the
     general steps would write, without their window over the lots, their join and their sum.
 
-    That first lot is read after the wallet's row is locked, as every change of a lot is made
-    (the lock order), and its change is guarded by its free credits again: a lot that changed
-    meanwhile stops the plan (nothing kept) instead of being overdrawn."""
+    That first lot is found and changed by one UPDATE … ORDER BY … LIMIT 1, after the wallet's
+    row is locked, as every change of a lot is made (the lock order); it takes the amount only
+    if the lot has all of it free, so it never overdraws a lot, and when it took nothing the
+    general steps run over the lots as they are."""
     column, assignment = _TAKES[table]
     general = (
         _from_open_lots(table=table, owner=owner, wallet=wallet, amount=amount, only_lot_ids=only_lot_ids),
@@ -171,25 +172,26 @@ def _take_steps(
     )
     if vendor_name != "mysql" or only_lot_ids is not None:
         return general
-    # A locking read: the lots as they are now, whatever the transaction's isolation level (a
-    # snapshot taken before the wallet was locked could name a lot the burn order no longer
-    # takes first). Only this wallet's open lots, behind its lock already.
+    # One statement finds the first lot in burn order and takes the amount from it if it has all of
+    # it free (else 0, leaving it as it was): an UPDATE reads the lots as they are now, whatever
+    # the transaction's isolation level (a snapshot taken before the wallet was locked could name
+    # a lot the burn order no longer takes first), and locks only this wallet's open lots, behind
+    # its lock already. Its SET is evaluated for that one lot alone, after the sort: the lot's id
+    # and what was taken from it are kept for the draw (or pin) the short way writes.
+    took = (
+        f"(@lot_took := CASE WHEN {amount} > 0 AND (@lot_first := id) IS NOT NULL "
+        f"AND remaining_credits - held_credits >= {amount} THEN {amount} ELSE 0 END)"
+    )
     first = (
-        "SELECT id, remaining_credits - held_credits INTO @lot_first, @lot_first_free FROM credit_lots "
+        f"UPDATE credit_lots SET {assignment.format(n=took)} "
         f"WHERE wallet_id = {wallet} AND is_open = 1 AND remaining_credits > held_credits "
-        f"ORDER BY {BURN_ORDER.format(t='')} LIMIT 1 FOR UPDATE"
+        f"ORDER BY {BURN_ORDER.format(t='')} LIMIT 1"
     )
-    short = (
-        Step(f"INSERT INTO {table} ({column}, lot_id, credits) VALUES ({owner}, @lot_first, {amount})"),
-        Step(
-            f"UPDATE credit_lots SET {assignment.format(n=amount)} "
-            f"WHERE id = @lot_first AND remaining_credits - held_credits >= {amount}"
-        ),
-    )
+    short = (Step(f"INSERT INTO {table} ({column}, lot_id, credits) VALUES ({owner}, @lot_first, {amount})"),)
     return (
-        Step("SET @lot_first = NULL, @lot_first_free = 0", must_change_one_row=False),
+        Step("SET @lot_first = NULL, @lot_took = 0", must_change_one_row=False),
         Step(first, must_change_one_row=False),
-        Branch(f"{amount} > 0 AND @lot_first_free >= {amount}", then=short, otherwise=general),
+        Branch(f"{amount} > 0 AND @lot_took = {amount}", then=short, otherwise=general),
     )
 
 

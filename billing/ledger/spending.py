@@ -35,7 +35,7 @@ from billing.ledger.posting import (
 )
 from billing.ledger.results import Captured, HoldResult, LedgerResult
 from billing.ledger.retry import run_replayable
-from billing.ledger.sql import Branch, PlanStopped, Step, bind, remember_inserted_id, run_plan, vendor
+from billing.ledger.sql import Branch, Followup, PlanStopped, Step, bind, remember_inserted_id, run_plan, vendor
 from billing.models import CreditHold, CreditTransaction, HoldStatus, TransactionKind
 from billing.signals import hold_expired
 
@@ -106,14 +106,18 @@ def _charge_plan(*, user_id: int, fields: dict[str, Any], at: Any, now: datetime
         json.dumps(fields["metadata"]),
     ]
     remember, row = remember_inserted_id("ledger_row", "credit_transactions")
-    debit_sql, insert_sql, returning_sql = _charge_sql(vendor() == "mysql")
+    debit_sql, insert_sql, returning_sql = _charge_sql(vendor() == "mysql", settings.BALANCE_LOW_THRESHOLD_CREDITS)
     debit = Step(debit_sql, [amount, at, *set_params, user_id, amount, *where_params])
     if returning_sql is None:  # SQLite: the row's wallet and balance read by the INSERT itself
         insert = Step(insert_sql, [at, *values, user_id], must_change_one_row=False, returns=True)
         return [debit, insert, *remember, *lots.draw_steps(wallet=_wallet_of_charge(), row=row, amount=amount)]
     return [
         # Not the previous call's: if the debit did not set them, the row's INSERT fails on them.
-        Step("SET @ledger_wallet = NULL, @ledger_balance = NULL", must_change_one_row=False),
+        Step(
+            "SET @ledger_wallet = NULL, @ledger_balance = NULL, @ledger_due = NULL, @ledger_take = %s",
+            [amount],
+            must_change_one_row=False,
+        ),
         debit,
         Step(insert_sql, [at, *values]),
         *remember,
@@ -123,19 +127,27 @@ def _charge_plan(*, user_id: int, fields: dict[str, Any], at: Any, now: datetime
 
 
 @functools.cache
-def _charge_sql(mariadb: bool) -> tuple[str, str, str | None]:
-    """The charge's statements, written once: the debit, the row's INSERT, and (MariaDB) what
-    hands back the row's id, wallet and balance.
+def _charge_sql(mariadb: bool, low_balance_default: int) -> tuple[str, str, str | None]:
+    """The charge's statements, written once (per value of the default low-balance threshold,
+    which the debit's crossing test writes into its SQL): the debit, the row's INSERT, and
+    (MariaDB) what hands back the row's id, wallet and balance.
 
     On MariaDB the debit itself keeps the wallet's id and new balance in variables of the plan
-    (assigned in its SET and as the last term of its WHERE, evaluated for the row it changes),
-    the row is inserted with VALUES, and the row handed back from those variables — where an
+    (assigned in its SET and as the last terms of its WHERE, evaluated for the one row it may
+    change), and whether it crossed a balance threshold (`thresholds.crossing_sql` over the
+    credits it leaves: the plan's follow-up condition, `_charge_followup`, with no second read
+    of the wallet); the row is inserted with VALUES, and handed back from those variables — where an
     INSERT … SELECT would read the wallet again and take the ledger table's AUTO-INC lock for its
     whole statement (innodb_autoinc_lock_mode=1, the default), which every other wallet's charge
     then waits for. Elsewhere: INSERT … SELECT … RETURNING."""
     caps_set, caps_where = caps.debit_sql()
     balance = "(@ledger_balance := balance_credits - %s)" if mariadb else "balance_credits - %s"
-    keep_wallet = " AND (@ledger_wallet := id) IS NOT NULL" if mariadb else ""
+    keep_wallet = (
+        " AND (@ledger_wallet := id) IS NOT NULL AND (@ledger_due := "
+        f"{thresholds.crossing_sql('balance_credits - held_credits - @ledger_take', debit=True)}) IS NOT NULL"
+        if mariadb
+        else ""
+    )
     debit = (
         f"UPDATE credit_wallets SET balance_credits = {balance}, updated_at = %s, {caps_set} "
         f"WHERE user_id = %s AND shortfall_credits = 0 AND balance_credits - held_credits >= %s AND {caps_where}"
@@ -162,6 +174,11 @@ def _wallet_of_charge() -> str:
     if vendor() == "mysql":
         return "@ledger_wallet"
     return _wallet_of_row(remember_inserted_id("ledger_row", "credit_transactions")[1])
+
+
+def _charge_followup() -> Followup:
+    """The charge's follow-up: on MariaDB due by the variable its debit set (`_charge_sql`)."""
+    return thresholds.followup(_wallet_of_charge(), debit=True, due="@ledger_due" if vendor() == "mysql" else None)
 
 
 def _wallet_of_user(user_id: int) -> str:
@@ -192,7 +209,7 @@ def _charge_once(*, user_id: int, fields: dict[str, Any]) -> LedgerResult:
         plan=lambda now: _charge_plan(
             user_id=user_id, fields=fields, at=db.ops.adapt_datetimefield_value(now), now=now
         ),
-        wallet=_wallet_of_charge(),
+        followup=_charge_followup(),
         done=charged,
         replayed=lambda existing: LedgerResult(existing, replayed=True),
     )
@@ -206,14 +223,14 @@ def _take_available(
     key: str | None,
     fingerprint: str,
     plan: Callable[[datetime], list[Step]],
-    wallet: str,
+    followup: Followup,
     done: Callable[[list[tuple], datetime], T],
     replayed: Callable[[Any], T],
     then_steps: int = 0,
 ) -> T:
     """Run a plan whose first checked step takes `amount` available credits (a debit or a hold;
-    only unchecked statements, such as resetting variables, may come before it); `wallet` is SQL
-    for its wallet's id once the plan's steps ran (for the follow-up). The plan runs stored
+    only unchecked statements, such as resetting variables, may come before it), with
+    `followup` (`thresholds.followup` of its wallet). The plan runs stored
     (`run_plan(stored=True)`): its SQL must be the same for every call, every value a parameter.
 
     The rule lives in that step's WHERE clause; when it takes nothing, the refusal is explained
@@ -224,7 +241,7 @@ def _take_available(
         now = timezone.now()
         steps = plan(now)
         try:
-            rows = run_plan(steps, thresholds.followup(wallet, debit=True), stored=True)
+            rows = run_plan(steps, followup, stored=True)
         except PlanStopped as stopped:
             if stopped.step >= len(steps) - then_steps:
                 raise  # one of the caller's statements refused: nothing was taken
@@ -344,7 +361,7 @@ def _hold_once(*, user_id, amount, agent_id, key, fingerprint, expires_at, agent
         key=key,
         fingerprint=fingerprint,
         plan=plan,
-        wallet=_wallet_of_hold(hold_ref),
+        followup=thresholds.followup(_wallet_of_hold(hold_ref), debit=True),
         done=held,
         replayed=lambda existing: HoldResult(existing, replayed=True),
         then_steps=len(then),

@@ -350,10 +350,12 @@ def _done(cursor, step: Step) -> bool:
 
 
 def compound_sql(steps: list[Step], *, own_transaction: bool, followup: str | None = None) -> str:
-    """The plan as one MariaDB compound statement. `reached` counts the steps done; the block
-    commits only when all steps were done and no follow-up is due, then sends one row: the end
-    mark, `reached`, `more` (whether the `followup` condition holds) and the returning steps'
-    rows (`_kept_row`; `_compound` takes them apart).
+    """The plan as one MariaDB compound statement. `reached` counts the steps done up to the last
+    checked one done (an unchecked statement cannot stop the plan: its error ends the block, so
+    only the checked steps, and the last step, set it — `_stopped_at` looks past the unchecked
+    ones); the block commits only when all steps were done and no follow-up is due, then sends
+    one row: the end mark, `reached`, `more` (whether the `followup` condition holds) and the
+    returning steps' rows (`_kept_row`; `_compound` takes them apart).
 
     In its own transaction the block sends nothing while it holds its locks: a result sent then
     wakes the waiting client, which on a busy machine takes the CPU from the thread holding the
@@ -392,7 +394,7 @@ def compound_sql(steps: list[Step], *, own_transaction: bool, followup: str | No
         if step.must_change_one_row:
             body.append(f"IF ROW_COUNT() = 1 THEN SET reached = {index};")
             closing.append("END IF;")
-        else:
+        elif index == len(steps):
             body.append(f"SET reached = {index};")
     head = ["BEGIN NOT ATOMIC", "DECLARE reached INT DEFAULT 0;", "DECLARE more INT DEFAULT 0;"]
     tail = []
@@ -772,7 +774,8 @@ def _require_rows(steps: list[Step], returned: list) -> None:
 
 
 def _stopped_at(steps: list[Step], reached: int) -> int:
-    # `reached` steps completed; the next checked step is the one that refused.
+    # The steps up to the `reached`th completed (it counts only checked ones, `compound_sql`): the
+    # next checked step is the one that refused.
     for index in range(reached, len(steps)):
         if steps[index].must_change_one_row or steps[index].is_condition:
             return index

@@ -72,23 +72,36 @@ def watch_step(wallet: str, *, debit: bool) -> Step:
     )
 
 
-def followup(wallet: str, *, debit: bool) -> Followup:
+def followup(wallet: str, *, debit: bool, due: str | None = None) -> Followup:
     """What a change to the wallet row `wallet` (SQL for its id) may need, as its plan's follow-up
     (`billing.ledger.sql.Followup`): due only when the change crossed something — the alert state
     differs from what the available credits now say, or (after a debit) an armed recharge
     threshold was passed, or (after credits came in) a disarmed one is reached again — so a
     change that crossed nothing sends none of it. Then: record the crossing (`watch_step`), the
-    balance events, and after a debit the recharge attempt (a step returning its id, or None)."""
-    available, threshold = "balance_credits - held_credits", "recharge_threshold_credits"
+    balance events, and after a debit the recharge attempt (a step returning its id, or None).
+
+    `due`: SQL that already says so (a variable the plan's own UPDATE of the wallet set from
+    `crossing_sql`), instead of reading the wallet row again once the plan's steps are done."""
+    condition = due or (
+        f"EXISTS (SELECT 1 FROM credit_wallets WHERE id = {wallet} "
+        f"AND {crossing_sql('balance_credits - held_credits', debit=debit)})"
+    )
+    return Followup(
+        condition=condition,
+        steps=lambda: [watch_step(wallet, debit=debit), *_crossing_steps(wallet, debit=debit)],
+    )
+
+
+def crossing_sql(available: str, *, debit: bool) -> str:
+    """Whether a wallet row left with `available` credits (SQL over the row) has crossed something
+    (`followup`): its alert state is not what they say, or a recharge threshold was passed (after
+    a debit) or reached again (after credits came in). Never NULL."""
+    threshold = "recharge_threshold_credits"
     if debit:
         recharge = f"(recharge_armed AND {threshold} IS NOT NULL AND {available} < {threshold})"
     else:
         recharge = f"(NOT recharge_armed AND ({threshold} IS NULL OR {available} >= {threshold}))"
-    return Followup(
-        condition=f"EXISTS (SELECT 1 FROM credit_wallets WHERE id = {wallet} "
-        f"AND (balance_alert_state <> {_state(available)} OR {recharge}))",
-        steps=lambda: [watch_step(wallet, debit=debit), *_crossing_steps(wallet, debit=debit)],
-    )
+    return f"COALESCE(balance_alert_state <> {_state(available)} OR {recharge}, TRUE)"
 
 
 def _crossing_steps(wallet: str, *, debit: bool) -> list[Step]:
