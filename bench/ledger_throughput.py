@@ -9,13 +9,14 @@ distinct wallets and on one hot wallet:
   (conditional UPDATE of the wallet, INSERT of the ledger row, COMMIT);
 - ours:  `billing.ledger.charge`, and `hold` → `capture`, on wallets holding 1 lot and on wallets
   holding 20 lots (of equal size, alternately promotional and paid, their priorities shuffled, so
-  that the burn order has to sort them), measured in alternating turns;
+  that the burn order has to sort them);
 - run billing: what an agent run costs the ledger without its tool — `agents.runner.start_run`
   (price lookup, then hold + the run's row in one plan) and `runner._succeed(run, result)`
   (capture + the run's receipt in one plan) — next to the one-step charge;
 - naive: ORM read-modify-write without locks, as several OSS billing projects do; the credits
   it loses under concurrency are counted;
 - django-hordak: a row-locked balance check, then `transfer_to`.
+Every implementation is measured in alternating turns with all the others, per configuration.
 Statements per charge, per run's billing and per wallet read are counted by MariaDB itself
 (`Questions`), with 1 and with 20 lots.
 The ledger is emptied first and every wallet funded as the ledger sees credits (grant rows and
@@ -41,8 +42,8 @@ LOTS = (1, 20)
 PEERS = "bench-peer"
 # The fast implementations run more charges per configuration, so each measures for a second or more.
 FAST_SCALE = 4
-# A run's billing and the one-step charge are measured in this many alternating turns.
-TURNS = 2
+# Every implementation is measured in this many alternating turns per configuration.
+TURNS = 3
 # A measurement stops after this many seconds even if its charges are not all done (busy machine).
 MAX_SECONDS = 4.0
 # Workers wait this long at most for one another's untimed first call (a stuck one fails the run).
@@ -388,8 +389,9 @@ def measure(
 
 
 def measure_in_turns(group, threads: int, charges: int, hot: bool, workers: str) -> list[dict]:
-    """Each of `group` measured in TURNS alternating parts and summed, so that a drift of this
-    shared machine's speed falls on all of them alike (their ratios are compared)."""
+    """Each of `group` measured in TURNS alternating parts (each a TURNS-th of its charges and of
+    its time limit) and summed, so that a drift of this shared machine's speed falls on all of
+    them alike (their ratios are compared)."""
     turns = [
         (
             implementation,
@@ -459,33 +461,29 @@ def main() -> None:
     hold_capture = {lots: OursHoldCapture(user_ids, lots) for lots, user_ids in pools.items()}
     hordak = Hordak(peers)
     settle()
-    # Ours with each lot count and a run's billing with each are measured in turns with one
-    # another (their ratios are compared), as are hold → capture with each lot count.
-    implementations = [
+    # Every implementation is measured in turns with all the others, per configuration: their
+    # ratios are what is compared, and this shared machine's speed drifts by tens of percent
+    # within seconds — a drift then falls on all of them alike, not on whichever ran during it.
+    implementations = (
         floor,
-        (*ours.values(), *run_billing.values()),
-        tuple(hold_capture.values()),
+        *ours.values(),
+        *run_billing.values(),
+        *hold_capture.values(),
         naive,
         hordak,
-    ]
+    )
 
     rows = []
     for hot in (False, True):
         for threads in CONCURRENCY:
-            for implementation in implementations:
-                if isinstance(implementation, tuple):
-                    measured = measure_in_turns(implementation, threads, args.charges, hot, args.workers)
-                else:
-                    charges = args.charges * implementation.charges_scale
-                    measured = [measure(implementation, threads, charges, hot, args.workers)]
-                for row in measured:
-                    rows.append(row)
-                    print(
-                        f"{row['implementation']:<36} c={threads:<3} {row['wallets']:<14} "
-                        f"{lots_label(row['lots']):<8} {row['charges_per_second']:>6} charges/s  "
-                        f"lost {row['lost_credits']}",
-                        flush=True,
-                    )
+            for row in measure_in_turns(implementations, threads, args.charges, hot, args.workers):
+                rows.append(row)
+                print(
+                    f"{row['implementation']:<36} c={threads:<3} {row['wallets']:<14} "
+                    f"{lots_label(row['lots']):<8} {row['charges_per_second']:>6} charges/s  "
+                    f"lost {row['lost_credits']}",
+                    flush=True,
+                )
 
     from billing import ledger
     from billing.selectors import wallet_summary
@@ -560,8 +558,8 @@ def main() -> None:
         + "; the floor, the naive peer and django-hordak draw no lots (lots –). "
         "A run's billing takes the "
         f"agent's seeded price ({run_billing[lot_counts[0]].cost} credits) and writes a run row; no tool runs. "
-        f"Ours (ledger.charge) with each lot count and a run's billing with each are measured in {TURNS} "
-        "alternating turns, as is hold → capture with each lot count, the figures summed. "
+        f"Every implementation is measured in {TURNS} turns per configuration, alternating with all the "
+        "others (a drift of the machine's speed falls on all alike), its turns' figures summed. "
         f"The whole run took {seconds} s.",
         "",
         *table(
