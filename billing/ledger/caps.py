@@ -39,14 +39,15 @@ def periods(now: datetime) -> tuple[date, date]:
     return today, today.replace(day=1)
 
 
-def debit_sql(amount_param: str = "%s") -> tuple[str, str]:
+def debit_sql(amount_param: str = "%s", day_param: str = "%s", month_param: str = "%s") -> tuple[str, str]:
     """(SET clause, WHERE clause) counting a debit of `amount_param` against the caps, for a
-    conditional UPDATE of the wallet row; their parameters come from `debit_params`."""
-    spent_day = "(CASE WHEN spent_day = %s THEN spent_day_credits ELSE 0 END)"
-    spent_month = "(CASE WHEN spent_month = %s THEN spent_month_credits ELSE 0 END)"
+    conditional UPDATE of the wallet row; their parameters come from `debit_params` — or, with
+    all three given as SQL (variables of the plan holding the amount and `period_params`), none."""
+    spent_day = f"(CASE WHEN spent_day = {day_param} THEN spent_day_credits ELSE 0 END)"
+    spent_month = f"(CASE WHEN spent_month = {month_param} THEN spent_month_credits ELSE 0 END)"
     assignments = (
-        f"spent_day_credits = {spent_day} + {amount_param}, spent_day = %s, "
-        f"spent_month_credits = {spent_month} + {amount_param}, spent_month = %s"
+        f"spent_day_credits = {spent_day} + {amount_param}, spent_day = {day_param}, "
+        f"spent_month_credits = {spent_month} + {amount_param}, spent_month = {month_param}"
     )
     condition = (
         f"({DAILY_CAP} IS NULL OR {spent_day} + {amount_param} <= {DAILY_CAP}) "
@@ -55,10 +56,16 @@ def debit_sql(amount_param: str = "%s") -> tuple[str, str]:
     return assignments, condition
 
 
+def period_params(now: datetime) -> tuple[Any, Any]:
+    """The day and month `now` counts in (`periods`), as the database takes them."""
+    adapt = transaction.get_connection().ops.adapt_datefield_value
+    day, month = periods(now)
+    return adapt(day), adapt(month)
+
+
 def debit_params(now: datetime, amount: Any) -> tuple[list, list]:
     """The parameters of `debit_sql`'s SET clause and WHERE clause, for a debit of `amount`."""
-    db = transaction.get_connection()
-    day, month = (db.ops.adapt_datefield_value(d) for d in periods(now))
+    day, month = period_params(now)
     return [day, amount, day, month, amount, month], [day, amount, month, amount]
 
 

@@ -124,15 +124,18 @@ def _apply(*, table: str, column: str, owner: str, assignments: str) -> Step:
     return Step(sql, must_change_one_row=False)
 
 
-def draw_steps(*, wallet: str, row: str, amount: int, only_lot_ids: list[int] | None = None) -> list[Step | Branch]:
+def draw_steps(
+    *, wallet: str, row: str, amount: int, only_lot_ids: list[int] | None = None, bound: str | None = None
+) -> list[Step | Branch]:
     """Take `amount` free credits in burn order (from `only_lot_ids` if given) for the ledger
     row `row` of `wallet` (both SQL expressions: an id, a variable, a subquery): draws
     written, lots reduced, the sum checked. The amount is bound to a variable of the plan (the
-    steps' SQL is the same for every amount, as a stored plan needs); lot ids, if given, are
-    written into it."""
-    bound, take = bind("lot_take", _int(amount))
+    steps' SQL is the same for every amount, as a stored plan needs) — `bound`, if the plan's
+    earlier steps already set one to it; lot ids, if given, are written into it."""
+    amount = _int(amount)
+    steps, take = ([], bound) if bound is not None and vendor() == "mysql" else bind("lot_take", amount)
     ids = None if only_lot_ids is None else tuple(_int(i) for i in only_lot_ids)
-    return [*bound, *_take_steps("credit_draws", wallet, row, take, ids, vendor())]
+    return [*steps, *_take_steps("credit_draws", wallet, row, take, ids, vendor())]
 
 
 def pin_steps(*, wallet: str, hold: str, amount: int) -> list[Step | Branch]:

@@ -94,7 +94,7 @@ _TXN_COLUMNS = ("kind", "amount", "agent_id", "agent_run_id", "idempotency_key",
 
 def _charge_plan(*, user_id: int, fields: dict[str, Any], at: Any, now: datetime | None = None) -> list[Step | Branch]:
     amount = -fields["amount"]
-    set_params, where_params = caps.debit_params(now or timezone.now(), amount)
+    now = now or timezone.now()
     run_id = fields["agent_run_id"]
     values = [
         str(fields["kind"]),
@@ -107,22 +107,25 @@ def _charge_plan(*, user_id: int, fields: dict[str, Any], at: Any, now: datetime
     ]
     remember, row = remember_inserted_id("ledger_row", "credit_transactions")
     debit_sql, insert_sql, returning_sql = _charge_sql(vendor() == "mysql", settings.BALANCE_LOW_THRESHOLD_CREDITS)
-    debit = Step(debit_sql, [amount, at, *set_params, user_id, amount, *where_params])
     if returning_sql is None:  # SQLite: the row's wallet and balance read by the INSERT itself
+        set_params, where_params = caps.debit_params(now, amount)
+        debit = Step(debit_sql, [amount, at, *set_params, user_id, amount, *where_params])
         insert = Step(insert_sql, [at, *values, user_id], must_change_one_row=False, returns=True)
         return [debit, insert, *remember, *lots.draw_steps(wallet=_wallet_of_charge(), row=row, amount=amount)]
     return [
-        # Not the previous call's: if the debit did not set them, the row's INSERT fails on them.
+        # The debit's values, once each, and what it keeps — not the previous call's: if the debit
+        # did not set them, the row's INSERT fails on them.
         Step(
-            "SET @ledger_wallet = NULL, @ledger_balance = NULL, @ledger_due = NULL, @ledger_take = %s",
-            [amount],
+            "SET @ledger_wallet = NULL, @ledger_balance = NULL, @ledger_due = NULL, "
+            "@ledger_take = %s, @ledger_day = %s, @ledger_month = %s",
+            [amount, *caps.period_params(now)],
             must_change_one_row=False,
         ),
-        debit,
+        Step(debit_sql, [at, user_id]),
         Step(insert_sql, [at, *values]),
         *remember,
         Step(returning_sql.format(row=row), must_change_one_row=False, returns=True),
-        *lots.draw_steps(wallet=_wallet_of_charge(), row=row, amount=amount),
+        *lots.draw_steps(wallet=_wallet_of_charge(), row=row, amount=amount, bound="@ledger_take"),
     ]
 
 
@@ -140,8 +143,10 @@ def _charge_sql(mariadb: bool, low_balance_default: int) -> tuple[str, str, str 
     INSERT … SELECT would read the wallet again and take the ledger table's AUTO-INC lock for its
     whole statement (innodb_autoinc_lock_mode=1, the default), which every other wallet's charge
     then waits for. Elsewhere: INSERT … SELECT … RETURNING."""
-    caps_set, caps_where = caps.debit_sql()
-    balance = "(@ledger_balance := balance_credits - %s)" if mariadb else "balance_credits - %s"
+    # On MariaDB the amount and the caps' day and month are variables the plan sets first.
+    take = "@ledger_take" if mariadb else "%s"
+    caps_set, caps_where = caps.debit_sql(*(("@ledger_take", "@ledger_day", "@ledger_month") if mariadb else ()))
+    balance = f"(@ledger_balance := balance_credits - {take})" if mariadb else "balance_credits - %s"
     keep_wallet = (
         " AND (@ledger_wallet := id) IS NOT NULL AND (@ledger_due := "
         f"{thresholds.crossing_sql('balance_credits - held_credits - @ledger_take', debit=True)}) IS NOT NULL"
@@ -150,7 +155,7 @@ def _charge_sql(mariadb: bool, low_balance_default: int) -> tuple[str, str, str 
     )
     debit = (
         f"UPDATE credit_wallets SET balance_credits = {balance}, updated_at = %s, {caps_set} "
-        f"WHERE user_id = %s AND shortfall_credits = 0 AND balance_credits - held_credits >= %s AND {caps_where}"
+        f"WHERE user_id = %s AND shortfall_credits = 0 AND balance_credits - held_credits >= {take} AND {caps_where}"
         f"{keep_wallet}"
     )
     columns = f"wallet_id, balance_after, created_at, reason, {', '.join(_TXN_COLUMNS)}"
