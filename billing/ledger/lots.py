@@ -132,17 +132,23 @@ def draw_steps(
     written, lots reduced, the sum checked. The amount is bound to a variable of the plan (the
     steps' SQL is the same for every amount, as a stored plan needs) — `bound`, if the plan's
     earlier steps already set one to it; lot ids, if given, are written into it."""
-    amount = _int(amount)
-    steps, take = ([], bound) if bound is not None and vendor() == "mysql" else bind("lot_take", amount)
+    steps, take = _bound(amount, bound)
     ids = None if only_lot_ids is None else tuple(_int(i) for i in only_lot_ids)
     return [*steps, *_take_steps("credit_draws", wallet, row, take, ids, vendor())]
 
 
-def pin_steps(*, wallet: str, hold: str, amount: int) -> list[Step | Branch]:
+def pin_steps(*, wallet: str, hold: str, amount: int, bound: str | None = None) -> list[Step | Branch]:
     """Reserve `amount` free credits in burn order for the hold `hold` (SQL, like `wallet`):
     pins written, the lots' `held_credits` raised, the sum checked (the amount bound as above)."""
-    bound, take = bind("lot_take", _int(amount))
-    return [*bound, *_take_steps("credit_hold_lots", wallet, hold, take, None, vendor())]
+    steps, take = _bound(amount, bound)
+    return [*steps, *_take_steps("credit_hold_lots", wallet, hold, take, None, vendor())]
+
+
+def _bound(amount: int, bound: str | None) -> tuple[list[Step], str]:
+    """Steps binding `amount` to a variable of the plan, and SQL reading it — none on MariaDB if
+    the plan's earlier steps already set the variable `bound` to it."""
+    amount = _int(amount)
+    return ([], bound) if bound is not None and vendor() == "mysql" else bind("lot_take", amount)
 
 
 # What a take writes into each table: the owner's column, and the lot's column it moves.

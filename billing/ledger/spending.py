@@ -113,14 +113,7 @@ def _charge_plan(*, user_id: int, fields: dict[str, Any], at: Any, now: datetime
         insert = Step(insert_sql, [at, *values, user_id], must_change_one_row=False, returns=True)
         return [debit, insert, *remember, *lots.draw_steps(wallet=_wallet_of_charge(), row=row, amount=amount)]
     return [
-        # The debit's values, once each, and what it keeps — not the previous call's: if the debit
-        # did not set them, the row's INSERT fails on them.
-        Step(
-            "SET @ledger_wallet = NULL, @ledger_balance = NULL, @ledger_due = NULL, "
-            "@ledger_take = %s, @ledger_day = %s, @ledger_month = %s",
-            [amount, *caps.period_params(now)],
-            must_change_one_row=False,
-        ),
+        _taking_values(amount, now),
         Step(debit_sql, [at, user_id]),
         Step(insert_sql, [at, *values]),
         *remember,
@@ -130,34 +123,66 @@ def _charge_plan(*, user_id: int, fields: dict[str, Any], at: Any, now: datetime
 
 
 @functools.cache
-def _charge_sql(mariadb: bool, low_balance_default: int) -> tuple[str, str, str | None]:
-    """The charge's statements, written once (per value of the default low-balance threshold,
-    which the debit's crossing test writes into its SQL): the debit, the row's INSERT, and
-    (MariaDB) what hands back the row's id, wallet and balance.
+def _taking_sql(mariadb: bool, low_balance_default: int, *, held: bool) -> str:
+    """The conditional UPDATE of the wallet that takes available credits — from its balance (a
+    charge) or into `held_credits` (a hold, `held`) — if they are there and the caps allow it.
 
-    On MariaDB the debit itself keeps the wallet's id and new balance in variables of the plan
-    (assigned in its SET and as the last terms of its WHERE, evaluated for the one row it may
-    change), and whether it crossed a balance threshold (`thresholds.crossing_sql` over the
-    credits it leaves: the plan's follow-up condition, `_charge_followup`, with no second read
-    of the wallet); the row is inserted with VALUES, and handed back from those variables — where an
-    INSERT … SELECT would read the wallet again and take the ledger table's AUTO-INC lock for its
-    whole statement (innodb_autoinc_lock_mode=1, the default), which every other wallet's charge
-    then waits for. Elsewhere: INSERT … SELECT … RETURNING."""
-    # On MariaDB the amount and the caps' day and month are variables the plan sets first.
+    On MariaDB the amount and the caps' day and month are variables the plan's first statement
+    sets (`_taking_values`), and the UPDATE keeps, for the one row it may change (assigned in its
+    SET and as the last terms of its WHERE), the wallet's id, the new balance (a charge) and
+    whether it crossed a balance threshold (`thresholds.crossing_sql` over the credits it
+    leaves: the plan's follow-up condition, with no second read of the wallet). Its parameters:
+    the time, the user. Elsewhere every value is a parameter (`caps.debit_params`)."""
     take = "@ledger_take" if mariadb else "%s"
     caps_set, caps_where = caps.debit_sql(*(("@ledger_take", "@ledger_day", "@ledger_month") if mariadb else ()))
-    balance = f"(@ledger_balance := balance_credits - {take})" if mariadb else "balance_credits - %s"
-    keep_wallet = (
+    if held:
+        change = f"held_credits = held_credits + {take}"
+    elif mariadb:
+        change = f"balance_credits = (@ledger_balance := balance_credits - {take})"
+    else:
+        change = f"balance_credits = balance_credits - {take}"
+    keep = (
         " AND (@ledger_wallet := id) IS NOT NULL AND (@ledger_due := "
         f"{thresholds.crossing_sql('balance_credits - held_credits - @ledger_take', debit=True)}) IS NOT NULL"
         if mariadb
         else ""
     )
-    debit = (
-        f"UPDATE credit_wallets SET balance_credits = {balance}, updated_at = %s, {caps_set} "
+    return (
+        f"UPDATE credit_wallets SET {change}, updated_at = %s, {caps_set} "
         f"WHERE user_id = %s AND shortfall_credits = 0 AND balance_credits - held_credits >= {take} AND {caps_where}"
-        f"{keep_wallet}"
+        f"{keep}"
     )
+
+
+def _taking_values(amount: int, now: datetime) -> Step:
+    """MariaDB: the first statement of a charge's or hold's plan — the values its taking UPDATE
+    reads (`_taking_sql`), once each, and what it keeps cleared: not the previous call's, so that
+    an UPDATE that did not set them fails the plan rather than writing into another wallet."""
+    return Step(
+        "SET @ledger_wallet = NULL, @ledger_balance = NULL, @ledger_due = NULL, "
+        "@ledger_take = %s, @ledger_day = %s, @ledger_month = %s",
+        [amount, *caps.period_params(now)],
+        must_change_one_row=False,
+    )
+
+
+def _taking_followup(wallet: str) -> Followup:
+    """A charge's or hold's follow-up: on MariaDB due by the variable its UPDATE set (`_taking_sql`)."""
+    return thresholds.followup(wallet, debit=True, due="@ledger_due" if vendor() == "mysql" else None)
+
+
+@functools.cache
+def _charge_sql(mariadb: bool, low_balance_default: int) -> tuple[str, str, str | None]:
+    """The charge's statements, written once (per value of the default low-balance threshold,
+    which the debit's crossing test writes into its SQL): the debit, the row's INSERT, and
+    (MariaDB) what hands back the row's id, wallet and balance.
+
+    On MariaDB the debit (`_taking_sql`) keeps the wallet's id and new balance in variables of
+    the plan; the row is inserted with VALUES, and handed back from those variables — where an
+    INSERT … SELECT would read the wallet again and take the ledger table's AUTO-INC lock for its
+    whole statement (innodb_autoinc_lock_mode=1, the default), which every other wallet's charge
+    then waits for. Elsewhere: INSERT … SELECT … RETURNING."""
+    debit = _taking_sql(mariadb, low_balance_default, held=False)
     columns = f"wallet_id, balance_after, created_at, reason, {', '.join(_TXN_COLUMNS)}"
     placeholders = ", ".join(["%s"] * len(_TXN_COLUMNS))
     if not mariadb:
@@ -179,11 +204,6 @@ def _wallet_of_charge() -> str:
     if vendor() == "mysql":
         return "@ledger_wallet"
     return _wallet_of_row(remember_inserted_id("ledger_row", "credit_transactions")[1])
-
-
-def _charge_followup() -> Followup:
-    """The charge's follow-up: on MariaDB due by the variable its debit set (`_charge_sql`)."""
-    return thresholds.followup(_wallet_of_charge(), debit=True, due="@ledger_due" if vendor() == "mysql" else None)
 
 
 def _wallet_of_user(user_id: int) -> str:
@@ -214,7 +234,7 @@ def _charge_once(*, user_id: int, fields: dict[str, Any]) -> LedgerResult:
         plan=lambda now: _charge_plan(
             user_id=user_id, fields=fields, at=db.ops.adapt_datetimefield_value(now), now=now
         ),
-        followup=_charge_followup(),
+        followup=_taking_followup(_wallet_of_charge()),
         done=charged,
         replayed=lambda existing: LedgerResult(existing, replayed=True),
     )
@@ -305,40 +325,51 @@ def _hold_once(*, user_id, amount, agent_id, key, fingerprint, expires_at, agent
     db = transaction.get_connection()
 
     remember, hold_ref = remember_inserted_id("ledger_hold", "credit_holds")
-
-    caps_set, caps_where = caps.debit_sql()
+    mariadb = vendor() == "mysql"
+    columns = (
+        "wallet_id, amount, status, agent_id, idempotency_key, request_fingerprint, expires_at, created_at, "
+        "settled_at, agent_run_id"
+    )
 
     def plan(now: datetime) -> list[Step]:
         at = db.ops.adapt_datetimefield_value(now)
-        set_params, where_params = caps.debit_params(now, amount)
+        values = [
+            HoldStatus.PENDING.value,
+            agent_id,
+            key,
+            fingerprint,
+            db.ops.adapt_datetimefield_value(expires_at or now + settings.BILLING_HOLD_TTL),
+            at,
+            _uuid_hex(agent_run_id),
+        ]
+        taking = _taking_sql(mariadb, settings.BALANCE_LOW_THRESHOLD_CREDITS, held=True)
+        if not mariadb:  # SQLite: the hold's wallet read by its INSERT
+            set_params, where_params = caps.debit_params(now, amount)
+            return [
+                Step(taking, [amount, at, *set_params, user_id, amount, *where_params]),
+                Step(
+                    f"INSERT INTO credit_holds ({columns}) SELECT id, %s, %s, %s, %s, %s, %s, %s, NULL, %s "
+                    "FROM credit_wallets WHERE user_id = %s RETURNING id, wallet_id",
+                    [amount, *values, user_id],
+                    must_change_one_row=False,
+                    returns=True,
+                ),
+                *remember,
+                *lots.pin_steps(wallet=_wallet_of_hold(hold_ref), hold=hold_ref, amount=amount),
+                *then,
+            ]
+        # MariaDB: as a charge's (`_charge_plan`), the hold's row by VALUES from what the UPDATE kept.
         return [
+            _taking_values(amount, now),
+            Step(taking, [at, user_id]),
             Step(
-                f"UPDATE credit_wallets SET held_credits = held_credits + %s, updated_at = %s, {caps_set} "
-                "WHERE user_id = %s AND shortfall_credits = 0 AND balance_credits - held_credits >= %s "
-                f"AND {caps_where}",
-                [amount, at, *set_params, user_id, amount, *where_params],
-            ),
-            Step(
-                "INSERT INTO credit_holds (wallet_id, amount, status, agent_id, idempotency_key, "
-                "request_fingerprint, expires_at, created_at, settled_at, agent_run_id) "
-                "SELECT id, %s, %s, %s, %s, %s, %s, %s, NULL, %s FROM credit_wallets WHERE user_id = %s "
-                "RETURNING id, wallet_id",
-                [
-                    amount,
-                    HoldStatus.PENDING.value,
-                    agent_id,
-                    key,
-                    fingerprint,
-                    db.ops.adapt_datetimefield_value(expires_at or now + settings.BILLING_HOLD_TTL),
-                    at,
-                    _uuid_hex(agent_run_id),
-                    user_id,
-                ],
-                must_change_one_row=False,
-                returns=True,
+                f"INSERT INTO credit_holds ({columns}) VALUES (@ledger_wallet, @ledger_take, %s, %s, %s, %s, %s, %s, "
+                "NULL, %s)",
+                values,
             ),
             *remember,
-            *lots.pin_steps(wallet=_wallet_of_hold(hold_ref), hold=hold_ref, amount=amount),
+            Step(f"SELECT {hold_ref}, @ledger_wallet", must_change_one_row=False, returns=True),
+            *lots.pin_steps(wallet="@ledger_wallet", hold=hold_ref, amount=amount, bound="@ledger_take"),
             *then,
         ]
 
@@ -366,7 +397,7 @@ def _hold_once(*, user_id, amount, agent_id, key, fingerprint, expires_at, agent
         key=key,
         fingerprint=fingerprint,
         plan=plan,
-        followup=thresholds.followup(_wallet_of_hold(hold_ref), debit=True),
+        followup=_taking_followup("@ledger_wallet" if mariadb else _wallet_of_hold(hold_ref)),
         done=held,
         replayed=lambda existing: HoldResult(existing, replayed=True),
         then_steps=len(then),
