@@ -1,6 +1,7 @@
 """Credit lots: the burn order in every tie case, holds pinning lots, expiry, refunds that
 follow their purchase, and `reconcile_ledger` catching a corrupted lot or draw."""
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
@@ -263,6 +264,41 @@ def test_a_charge_whose_debit_kept_no_wallet_writes_nothing_to_the_last_one(user
     assert CreditTransaction.objects.filter(wallet__user=other, kind="charge").count() == 1
     assert CreditTransaction.objects.filter(wallet__user=user, kind="charge").count() == 0
     assert reconcile() == []
+
+
+def test_a_capture_whose_statements_kept_nothing_charges_nothing_to_the_last_wallet(user, monkeypatch):
+    """A capture's later statements take the wallet and the hold's amount from variables its
+    first ones set (`spending._capture_steps_kept`): they are cleared first, so statements that
+    did not set them stop the plan instead of charging the wallet of the connection's last
+    capture."""
+    other = UserFactory()
+    ledger.grant(user_id=other.id, amount=50, reason="seed")
+    ledger.grant(user_id=user.id, amount=50, reason="seed")
+    ledger.capture(hold_id=ledger.hold(user_id=other.id, amount=5, agent_id="a").hold.id)  # other's variables
+    held = ledger.hold(user_id=user.id, amount=7, agent_id="a").hold
+    real = spending._capture_steps_kept
+
+    def keeping_nothing(**kwargs):
+        steps, wallet = real(**kwargs)
+        forget = [" AND (@ledger_wallet := id) IS NOT NULL", " AND (@hold_amount := amount) IS NOT NULL"]
+        for text in forget:
+            assert any(text in step.sql for step in steps), text
+        return [dataclasses.replace(step, sql=_without(step.sql, forget)) for step in steps], wallet
+
+    monkeypatch.setattr(spending, "_capture_steps_kept", keeping_nothing)
+    with pytest.raises(Exception):  # noqa: B017 — which error matters less than what was written
+        ledger.capture(hold_id=held.id)
+    assert CreditTransaction.objects.filter(wallet__user=other, kind="charge").count() == 1
+    assert CreditTransaction.objects.filter(wallet__user=user, kind="charge").count() == 0
+    held.refresh_from_db()
+    assert held.status == "pending"
+    assert reconcile() == []
+
+
+def _without(sql: str, texts: list[str]) -> str:
+    for text in texts:
+        sql = sql.replace(text, "")
+    return sql
 
 
 def test_a_capture_draws_exactly_the_lots_its_hold_pinned(user):

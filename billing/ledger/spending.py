@@ -404,18 +404,22 @@ def _hold_once(*, user_id, amount, agent_id, key, fingerprint, expires_at, agent
     )
 
 
-def _give_back(hold: str, amount: str | None, *, captured: bool = True) -> str:
+def _give_back(
+    hold: str, amount: str | None, *, captured: bool = True, held: str | None = None, held_at: str | None = None
+) -> str:
     """The SET clause returning a settled hold's unused credits to its period's spend counters:
     all of them on release, what a capture leaves (`amount` of the hold's; None: all taken).
-    `hold` and `amount` are SQL (a bound variable: `bind`)."""
-    held = f"(SELECT amount FROM credit_holds WHERE id = {hold})"
+    `hold` and `amount` are SQL (a bound variable: `bind`); so are the hold's amount and time
+    (`held`, `held_at`: read from the hold unless given)."""
+    held = held or f"(SELECT amount FROM credit_holds WHERE id = {hold})"
+    held_at = held_at or f"(SELECT created_at FROM credit_holds WHERE id = {hold})"
     if not captured:
         unused = held
     elif amount is None:
         unused = "0"
     else:
         unused = f"({held} - {amount})"
-    return caps.give_back_sql(held_at=f"(SELECT created_at FROM credit_holds WHERE id = {hold})", unused=unused)
+    return caps.give_back_sql(held_at=held_at, unused=unused)
 
 
 def _wallet_of_hold(hold: str) -> str:
@@ -469,8 +473,6 @@ def _capture_once(
     db = transaction.get_connection()
     now = timezone.now()
     at = db.ops.adapt_datetimefield_value(now)
-    hold_amount = "(SELECT amount FROM credit_holds WHERE id = %s)"
-    remember, row_ref = remember_inserted_id("ledger_row", "credit_transactions")
     # The hold and the amount as variables of the plan: its SQL is the same for every hold (stored).
     bound, hold = bind("ledger_hold", hold_id)
     if amount is not None:
@@ -478,53 +480,27 @@ def _capture_once(
         bound += bound_amount
     else:
         amount_ref = None
-    plan = [
-        *bound,
-        _lock_wallet_of_hold(hold_id, at),
-        Step(
-            "UPDATE credit_holds SET status = %s, settled_at = %s "
-            "WHERE id = %s AND status = %s AND expires_at > %s AND amount >= %s",
-            [HoldStatus.CAPTURED.value, at, hold_id, HoldStatus.PENDING.value, at, amount or 0],
-        ),
-        Step(
-            f"UPDATE credit_wallets SET balance_credits = balance_credits - COALESCE(%s, {hold_amount}), "
-            f"held_credits = held_credits - {hold_amount}, {_give_back(hold, amount_ref)} "
-            "WHERE id = (SELECT wallet_id FROM credit_holds WHERE id = %s)",
-            [amount, hold_id, hold_id, hold_id],
-        ),
-        Step(
-            "INSERT INTO credit_transactions (wallet_id, balance_after, created_at, reason, kind, amount, agent_id, "
-            "agent_run_id, hold_id, idempotency_key, request_fingerprint, metadata) "
-            "SELECT w.id, w.balance_credits, %s, '', %s, -COALESCE(%s, h.amount), h.agent_id, %s, h.id, %s, '', '{}' "
-            "FROM credit_holds h JOIN credit_wallets w ON w.id = h.wallet_id WHERE h.id = %s "
-            "RETURNING id, wallet_id, amount, balance_after, agent_id",
-            [at, TransactionKind.CHARGE.value, amount, _uuid_hex(agent_run_id), key, hold_id],
-            must_change_one_row=False,
-            returns=True,
-        ),
-        *remember,
-        *lots.capture_steps(hold=hold, row=row_ref, amount=amount_ref),
-        Step(
-            "SELECT user_id FROM credit_wallets WHERE id = (SELECT wallet_id FROM credit_holds WHERE id = %s)",
-            [hold_id],
-            must_change_one_row=False,
-            returns=True,
-        ),
-        *then,
-    ]
+    row = dict(at=at, agent_run_id=_uuid_hex(agent_run_id), key=key)
+    if vendor() == "mysql":
+        steps, wallet = _capture_steps_kept(hold=hold, amount=amount, amount_ref=amount_ref, **row)
+    else:
+        steps, wallet = _capture_steps_read(hold_id=hold_id, hold=hold, amount=amount, amount_ref=amount_ref, **row)
+    plan = [*bound, *steps, *then]
+    # The checked steps before the lots: the wallet locked, the hold settled, the wallet changed.
+    lots_from = len(bound) + next(i for i, step in enumerate(steps) if step.must_change_one_row) + 3
     try:
-        (row_id, wallet_id, charged, balance_after, agent_id), (user_id,), *_ = run_plan(
-            plan, thresholds.followup(_wallet_of_hold(hold), debit=False), stored=True
-        )
+        rows = run_plan(plan, thresholds.followup(wallet, debit=False), stored=True)
     except PlanStopped as stopped:
         if stopped.step >= len(plan) - len(then):
             raise  # one of the caller's statements refused: nothing was captured
-        if stopped.step > len(bound) + 2:  # past the wallet, the hold and the balance: the lots
+        if stopped.step >= lots_from:  # past the wallet, the hold and the balance: the lots
             raise LedgerInconsistent(f"The lots pinned by hold {hold_id} do not cover its capture.") from None
         if answer_lost and (earlier := _captured_earlier(hold_id, key)) is not None:
             return earlier
         _explain_unsettled(hold_id, amount=amount)
         raise
+    returned = rows[: sum(step.returns for step in steps)]  # the caller's steps' rows come after
+    row_id, wallet_id, charged, balance_after, agent_id, user_id = (column for kept in returned for column in kept)
     row = _loaded_row(
         db.alias,
         id=row_id,
@@ -539,6 +515,106 @@ def _capture_once(
         created_at=now,
     )
     return Captured(row, user_id=user_id)
+
+
+_CAPTURE_COLUMNS = (
+    "wallet_id, balance_after, created_at, reason, kind, amount, agent_id, agent_run_id, hold_id, idempotency_key, "
+    "request_fingerprint, metadata"
+)
+
+
+def _capture_steps_kept(
+    *, hold: str, amount: int | None, amount_ref: str | None, at: Any, agent_run_id: str | None, key: str
+) -> tuple[list[Step], str]:
+    """MariaDB: a capture's steps (after the bound hold and amount) and SQL for its wallet. As a
+    charge's (`_charge_plan`), each statement keeps what the next ones need in variables — the
+    wallet's id and user when it is locked, the hold's amount, agent and time when it is
+    settled, the new balance when it is charged — so that the ledger row is inserted with
+    VALUES and handed back from them, with no further read of the hold or the wallet (and no
+    INSERT … SELECT holding the ledger table's AUTO-INC lock for its statement). Returns one
+    row: the ledger row's id, wallet, amount, balance after, agent, and the wallet's user."""
+    charged = amount_ref or "@hold_amount"
+    steps = [
+        # Not the previous call's: a statement that did not set them fails the plan on them.
+        Step(
+            "SET @ledger_wallet = NULL, @ledger_user = NULL, @ledger_balance = NULL, @ledger_charged = NULL, "
+            "@hold_amount = NULL, @hold_agent = NULL, @hold_at = NULL",
+            must_change_one_row=False,
+        ),
+        # Lock order: the wallet first, then the hold (every verb, `expire_holds` too).
+        Step(
+            f"UPDATE credit_wallets SET updated_at = %s WHERE id = {_wallet_of_hold(hold)} "
+            "AND (@ledger_wallet := id) IS NOT NULL AND (@ledger_user := user_id) IS NOT NULL",
+            [at],
+        ),
+        Step(
+            f"UPDATE credit_holds SET status = %s, settled_at = %s WHERE id = {hold} AND status = %s "
+            "AND expires_at > %s AND amount >= %s AND (@hold_amount := amount) IS NOT NULL "
+            "AND (@hold_agent := agent_id) IS NOT NULL AND (@hold_at := created_at) IS NOT NULL",
+            [HoldStatus.CAPTURED.value, at, HoldStatus.PENDING.value, at, amount or 0],
+        ),
+        Step(
+            f"UPDATE credit_wallets SET balance_credits = (@ledger_balance := balance_credits - {charged}), "
+            f"held_credits = held_credits - @hold_amount, "
+            f"{_give_back(hold, amount_ref, held='@hold_amount', held_at='@hold_at')} WHERE id = @ledger_wallet"
+        ),
+        Step(
+            f"INSERT INTO credit_transactions ({_CAPTURE_COLUMNS}) VALUES (@ledger_wallet, @ledger_balance, %s, '', "
+            f"%s, (@ledger_charged := -{charged}), @hold_agent, %s, {hold}, %s, '', '{{}}')",
+            [at, TransactionKind.CHARGE.value, agent_run_id, key],
+        ),
+    ]
+    remember, row = remember_inserted_id("ledger_row", "credit_transactions")
+    return [
+        *steps,
+        *remember,
+        *lots.capture_steps(hold=hold, row=row, amount=charged),
+        Step(
+            f"SELECT {row}, @ledger_wallet, @ledger_charged, @ledger_balance, @hold_agent, @ledger_user",
+            must_change_one_row=False,
+            returns=True,
+        ),
+    ], "@ledger_wallet"
+
+
+def _capture_steps_read(
+    *, hold_id: int, hold: str, amount: int | None, amount_ref: str | None, at: Any, agent_run_id: str | None, key: str
+) -> tuple[list[Step], str]:
+    """Elsewhere (SQLite): a capture's steps, each reading the hold and the wallet it needs.
+    Returns two rows: the ledger row's id, wallet, amount, balance after and agent; the user."""
+    hold_amount = "(SELECT amount FROM credit_holds WHERE id = %s)"
+    remember, row = remember_inserted_id("ledger_row", "credit_transactions")
+    return [
+        _lock_wallet_of_hold(hold_id, at),
+        Step(
+            "UPDATE credit_holds SET status = %s, settled_at = %s "
+            "WHERE id = %s AND status = %s AND expires_at > %s AND amount >= %s",
+            [HoldStatus.CAPTURED.value, at, hold_id, HoldStatus.PENDING.value, at, amount or 0],
+        ),
+        Step(
+            f"UPDATE credit_wallets SET balance_credits = balance_credits - COALESCE(%s, {hold_amount}), "
+            f"held_credits = held_credits - {hold_amount}, {_give_back(hold, amount_ref)} "
+            "WHERE id = (SELECT wallet_id FROM credit_holds WHERE id = %s)",
+            [amount, hold_id, hold_id, hold_id],
+        ),
+        Step(
+            f"INSERT INTO credit_transactions ({_CAPTURE_COLUMNS}) "
+            "SELECT w.id, w.balance_credits, %s, '', %s, -COALESCE(%s, h.amount), h.agent_id, %s, h.id, %s, '', '{}' "
+            "FROM credit_holds h JOIN credit_wallets w ON w.id = h.wallet_id WHERE h.id = %s "
+            "RETURNING id, wallet_id, amount, balance_after, agent_id",
+            [at, TransactionKind.CHARGE.value, amount, agent_run_id, key, hold_id],
+            must_change_one_row=False,
+            returns=True,
+        ),
+        *remember,
+        *lots.capture_steps(hold=hold, row=row, amount=amount_ref),
+        Step(
+            "SELECT user_id FROM credit_wallets WHERE id = (SELECT wallet_id FROM credit_holds WHERE id = %s)",
+            [hold_id],
+            must_change_one_row=False,
+            returns=True,
+        ),
+    ], _wallet_of_hold(hold)
 
 
 def _captured_earlier(hold_id: int, key: str) -> Captured | None:
