@@ -5,6 +5,7 @@ import dataclasses
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.db import connection, transaction
 from django.urls import reverse
@@ -14,14 +15,17 @@ from billing import ledger
 from billing.expiry import expire_due_credits
 from billing.ledger import spending
 from billing.ledger import sql as billing_sql
+from billing.ledger.errors import LedgerInconsistent
 from billing.models import (
     CreditDraw,
+    CreditHold,
     CreditHoldLot,
     CreditLot,
     CreditTransaction,
     Purchase,
     PurchaseStatus,
     TransactionKind,
+    Wallet,
 )
 from billing.reconcile import reconcile
 from tests.concurrency import in_threads
@@ -263,6 +267,65 @@ def test_a_charge_whose_debit_kept_no_wallet_writes_nothing_to_the_last_one(user
         ledger.charge(user_id=user.id, amount=7, agent_id="a")
     assert CreditTransaction.objects.filter(wallet__user=other, kind="charge").count() == 1
     assert CreditTransaction.objects.filter(wallet__user=user, kind="charge").count() == 0
+    assert reconcile() == []
+
+
+def test_a_hold_whose_update_kept_no_wallet_pins_nothing_for_the_last_one(user, monkeypatch):
+    """A hold's row and pins take its wallet from the variable its UPDATE of the wallet sets
+    (`spending._taking_sql`): cleared first, so an UPDATE that did not set it fails the plan
+    instead of writing the hold into the wallet of the connection's last hold."""
+    other = UserFactory()
+    ledger.grant(user_id=other.id, amount=50, reason="seed")
+    ledger.grant(user_id=user.id, amount=50, reason="seed")
+    ledger.hold(user_id=other.id, amount=5, agent_id="a")  # the connection's variables: other's
+    real = spending._taking_sql
+    kept = " AND (@ledger_wallet := id) IS NOT NULL"
+    assert kept in real(True, settings.BALANCE_LOW_THRESHOLD_CREDITS, held=True)
+    monkeypatch.setattr(
+        spending, "_taking_sql", lambda mariadb, low, *, held: real(mariadb, low, held=held).replace(kept, "")
+    )
+    with pytest.raises(Exception):  # noqa: B017 — which error matters less than what was written
+        ledger.hold(user_id=user.id, amount=7, agent_id="a")
+    assert CreditHold.objects.filter(wallet__user=other).count() == 1
+    assert CreditHold.objects.filter(wallet__user=user).count() == 0
+    assert CreditLot.objects.get(wallet__user=other).held_credits == 5
+    assert reconcile() == []
+
+
+def test_a_take_its_lots_do_not_cover_stops_with_nothing_kept_not_even_from_the_last_lot(user):
+    """The lots disagree with the wallet (here: its one lot drawn out behind the ledger's back): a
+    charge or hold stops with LedgerInconsistent and writes nothing — in particular not a draw or
+    pin of the lot the connection's previous take went the short way with (its variables are
+    cleared first)."""
+    other = UserFactory()
+    ledger.grant(user_id=other.id, amount=50, reason="seed")
+    ledger.grant(user_id=user.id, amount=50, reason="seed")
+    other_lot = CreditLot.objects.get(wallet__user=other)
+    CreditLot.objects.filter(wallet__user=user).update(remaining_credits=0)
+    for take in (
+        lambda: ledger.charge(user_id=user.id, amount=10, agent_id="a"),
+        lambda: ledger.hold(user_id=user.id, amount=10, agent_id="a"),
+    ):
+        ledger.charge(user_id=other.id, amount=10, agent_id="a")  # the short way, 10 from other's lot
+        with pytest.raises(LedgerInconsistent):
+            take()
+    wallet = Wallet.objects.get(user=user)
+    assert (wallet.balance_credits, wallet.held_credits) == (50, 0)
+    assert not CreditTransaction.objects.filter(wallet=wallet, kind="charge").exists()
+    assert not CreditHold.objects.filter(wallet=wallet).exists()
+    other_lot.refresh_from_db()
+    assert (other_lot.remaining_credits, other_lot.held_credits) == (30, 0)
+    assert CreditDraw.objects.filter(lot=other_lot).count() == 2
+    assert not CreditHoldLot.objects.filter(lot=other_lot).exists()
+
+
+def test_a_hold_without_an_agent_is_captured(user):
+    ledger.grant(user_id=user.id, amount=50, reason="seed")
+    held = ledger.hold(user_id=user.id, amount=10, agent_id=None).hold
+    captured = ledger.capture(hold_id=held.id, amount=6)
+    stored = CreditTransaction.objects.get(pk=captured.transaction.pk)
+    assert (stored.amount, stored.agent_id, stored.hold_id, stored.balance_after) == (-6, None, held.id, 44)
+    assert (captured.transaction.amount, captured.transaction.agent_id) == (-6, None)
     assert reconcile() == []
 
 

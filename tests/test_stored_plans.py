@@ -368,6 +368,29 @@ def test_a_branch_takes_one_way_and_a_refusal_in_it_stops_the_plan_there(scratch
     assert scratch() == {1: 20, 2: 101}
 
 
+@pytest.mark.parametrize("ways", ["compound statement", "statement by statement"])
+def test_a_refusal_after_unchecked_steps_names_its_own_step_and_keeps_nothing(scratch, monkeypatch, ways):
+    """Only checked steps (and the last) count in the block's `reached`: a plan that refuses after
+    unchecked ones still names the step that refused, a statement or a condition."""
+    if ways == "statement by statement":
+        monkeypatch.setattr(sql, "compound_supported", lambda: False)
+
+    def bump(row: int, *, checked: bool = False) -> sql.Step:
+        return sql.Step("UPDATE plan_scratch SET n = n + 1 WHERE id = %s", [row], must_change_one_row=checked)
+
+    refusing = [bump(1), bump(2, checked=True), bump(1), bump(1), bump(99, checked=True), bump(1)]
+    with pytest.raises(sql.PlanStopped) as stopped:
+        sql.run_plan(refusing)
+    assert stopped.value.step == 4
+    failing = [bump(1), bump(1), sql.Step("(SELECT n FROM plan_scratch WHERE id = 1) = 5", is_condition=True), bump(2)]
+    with pytest.raises(sql.PlanStopped) as stopped:
+        sql.run_plan(failing)
+    assert stopped.value.step == 2
+    assert scratch() == {1: 0, 2: 0}
+    assert sql.run_plan([bump(2, checked=True), bump(1), bump(1)]) == []  # the last step unchecked: done
+    assert scratch() == {1: 2, 2: 1}
+
+
 def test_a_branch_as_the_last_step_and_a_way_that_returns_a_row_is_refused(scratch):
     last = _branch_plan(short=False)[:2]
     assert sql.run_plan(last) == []

@@ -132,7 +132,11 @@ def _taking_sql(mariadb: bool, low_balance_default: int, *, held: bool) -> str:
     SET and as the last terms of its WHERE), the wallet's id, the new balance (a charge) and
     whether it crossed a balance threshold (`thresholds.crossing_sql` over the credits it
     leaves: the plan's follow-up condition, with no second read of the wallet). Its parameters:
-    the time, the user. Elsewhere every value is a parameter (`caps.debit_params`)."""
+    the time, the user. Elsewhere every value is a parameter (`caps.debit_params`).
+
+    Each kept variable is assigned from a column of the row, as the last terms of a WHERE that finds
+    at most that one row (by its unique user): MariaDB evaluates such a term only for a row every
+    earlier term matched. A term reading no column would be evaluated even when no row matches."""
     take = "@ledger_take" if mariadb else "%s"
     caps_set, caps_where = caps.debit_sql(*(("@ledger_take", "@ledger_day", "@ledger_month") if mariadb else ()))
     if held:
@@ -486,8 +490,11 @@ def _capture_once(
     else:
         steps, wallet = _capture_steps_read(hold_id=hold_id, hold=hold, amount=amount, amount_ref=amount_ref, **row)
     plan = [*bound, *steps, *then]
-    # The checked steps before the lots: the wallet locked, the hold settled, the wallet changed.
-    lots_from = len(bound) + next(i for i, step in enumerate(steps) if step.must_change_one_row) + 3
+    # Before the ledger row: the wallet locked, the hold settled, the wallet changed; from it on, the
+    # row and the lots (a stop there means the lots do not cover the capture).
+    lots_from = len(bound) + next(
+        index for index, step in enumerate(steps) if step.sql.startswith("INSERT INTO credit_transactions")
+    )
     try:
         rows = run_plan(plan, thresholds.followup(wallet, debit=False), stored=True)
     except PlanStopped as stopped:
@@ -532,7 +539,12 @@ def _capture_steps_kept(
     settled, the new balance when it is charged — so that the ledger row is inserted with
     VALUES and handed back from them, with no further read of the hold or the wallet (and no
     INSERT … SELECT holding the ledger table's AUTO-INC lock for its statement). Returns one
-    row: the ledger row's id, wallet, amount, balance after, agent, and the wallet's user."""
+    row: the ledger row's id, wallet, amount, balance after, agent, and the wallet's user.
+
+    Each kept variable is assigned from a column of the row, as the last terms of a WHERE that
+    finds at most that one row: MariaDB evaluates such a term only for a row every earlier term
+    matched. (A term reading no column, `(@x := @y) IS NOT NULL`, would be evaluated even when no
+    row matches: never keep one that way.)"""
     charged = amount_ref or "@hold_amount"
     steps = [
         # Not the previous call's: a statement that did not set them fails the plan on them.
@@ -550,7 +562,7 @@ def _capture_steps_kept(
         Step(
             f"UPDATE credit_holds SET status = %s, settled_at = %s WHERE id = {hold} AND status = %s "
             "AND expires_at > %s AND amount >= %s AND (@hold_amount := amount) IS NOT NULL "
-            "AND (@hold_agent := agent_id) IS NOT NULL AND (@hold_at := created_at) IS NOT NULL",
+            "AND ((@hold_agent := agent_id) IS NOT NULL OR agent_id IS NULL) AND (@hold_at := created_at) IS NOT NULL",
             [HoldStatus.CAPTURED.value, at, HoldStatus.PENDING.value, at, amount or 0],
         ),
         Step(
@@ -565,8 +577,7 @@ def _capture_steps_kept(
         ),
     ]
     remember, row = remember_inserted_id("ledger_row", "credit_transactions")
-    return [
-        *steps,
+    steps += [
         *remember,
         *lots.capture_steps(hold=hold, row=row, amount=charged),
         Step(
@@ -574,7 +585,8 @@ def _capture_steps_kept(
             must_change_one_row=False,
             returns=True,
         ),
-    ], "@ledger_wallet"
+    ]
+    return steps, "@ledger_wallet"
 
 
 def _capture_steps_read(
