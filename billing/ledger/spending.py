@@ -126,6 +126,8 @@ def _charge_plan(*, user_id: int, fields: dict[str, Any], at: Any, now: datetime
 def _taking_sql(mariadb: bool, low_balance_default: int, *, held: bool) -> str:
     """The conditional UPDATE of the wallet that takes available credits — from its balance (a
     charge) or into `held_credits` (a hold, `held`) — if they are there and the caps allow it.
+    Written once per value of the default low-balance threshold (`low_balance_default`, the
+    cache's key: the crossing test writes it into the SQL).
 
     On MariaDB the amount and the caps' day and month are variables the plan's first statement
     sets (`_taking_values`), and the UPDATE keeps, for the one row it may change (assigned in its
@@ -208,10 +210,6 @@ def _wallet_of_charge() -> str:
     if vendor() == "mysql":
         return "@ledger_wallet"
     return _wallet_of_row(remember_inserted_id("ledger_row", "credit_transactions")[1])
-
-
-def _wallet_of_user(user_id: int) -> str:
-    return f"(SELECT id FROM credit_wallets WHERE user_id = {int(user_id)})"
 
 
 def _wallet_of_row(row: str) -> str:
